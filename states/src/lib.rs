@@ -1,0 +1,21 @@
+//! The compute's state machine: what a compute may do next, and nothing else.
+//!
+//! This crate is pure. Handlers decide; they never touch the world. Every decision that needs
+//! I/O leaves the machine as a [`Command`], and every result of I/O comes back as an [`Event`]
+//! that carries its own data (time included: nothing here reads a clock). The runtime crate
+//! drives it from one task and runs the commands as async effects.
+//!
+//! [`table::TRANSITIONS`] is the declarative copy of the machine: the diagram is generated
+//! from it, and the tests check that the statig handlers agree with it pair by pair.
+
+mod command;
+mod event;
+mod machine;
+pub mod mermaid;
+mod status;
+pub mod table;
+
+pub use command::Command;
+pub use event::{Event, EventKind, PostmasterExit, SpecRef, TerminateMode};
+pub use machine::{Compute, Handled, Rejection};
+pub use status::{ComputeStatus, StateKind};

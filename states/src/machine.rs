@@ -1,0 +1,347 @@
+//! The statig machine and the small wrapper the runtime drives.
+//!
+//! Handlers are plain functions that decide. They push [`Command`]s into the context instead of
+//! acting, and an event that no state accepts falls through to the top superstate, which turns
+//! it into an explicit [`Rejection`] (statig itself drops such events silently).
+
+use std::fmt;
+
+use statig::blocking::*;
+use statig::prelude::Outcome;
+
+use crate::command::Command;
+use crate::event::{Event, EventKind, TerminateMode};
+use crate::status::{ComputeStatus, StateKind};
+
+/// Shared storage: what outlives a single state.
+#[derive(Debug, Default)]
+pub struct Logic {
+    /// Why the compute failed; cleared when it reaches `Running` again.
+    error: Option<String>,
+    /// Whether a postmaster is up, as far as the events told.
+    postmaster_alive: bool,
+}
+
+/// The context handlers write their decisions into; drained after every event.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    commands: Vec<Command>,
+    transition: Option<(StateKind, StateKind)>,
+    rejected: bool,
+}
+
+// statig's generated items (`State`, `Superstate`) are private to this module on purpose:
+// the rest of the world sees kinds and statuses.
+#[allow(clippy::enum_variant_names)]
+#[state_machine(
+    initial = "State::empty()",
+    state(derive(Debug, Clone, PartialEq)),
+    superstate(derive(Debug)),
+    after_transition = "Self::after_transition"
+)]
+impl Logic {
+    #[state(superstate = "live")]
+    fn empty(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
+        match event {
+            Event::SpecLoaded { spec } => {
+                context.commands.push(Command::StartCompute { spec: *spec });
+                Transition(State::init())
+            }
+            Event::ConfigureRequested { spec } => self.configure(*spec, context),
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "supervising")]
+    fn configuration_pending(event: &Event) -> Outcome<State> {
+        match event {
+            Event::ConfigurationStarted => Transition(State::configuration()),
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "supervising")]
+    fn configuration(&mut self, event: &Event) -> Outcome<State> {
+        self.starting(event)
+    }
+
+    #[state(superstate = "supervising")]
+    fn init(&mut self, event: &Event) -> Outcome<State> {
+        self.starting(event)
+    }
+
+    #[state(superstate = "supervising", entry_action = "enter_running")]
+    fn running(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
+        match event {
+            Event::ConfigureRequested { spec } => self.configure(*spec, context),
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "live")]
+    fn failed(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
+        match event {
+            Event::ConfigureRequested { spec } => self.configure(*spec, context),
+            Event::PostmasterExited { exit } => {
+                self.postmaster_alive = false;
+                self.error = Some(match self.error.take() {
+                    Some(previous) => {
+                        format!("{previous}; then postgres exited unexpectedly ({exit})")
+                    }
+                    None => format!("postgres exited unexpectedly ({exit})"),
+                });
+                context.commands.push(Command::Exit {
+                    code: exit.exit_code(),
+                });
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "compute")]
+    fn termination_pending(
+        &mut self,
+        mode: &mut TerminateMode,
+        context: &mut Decisions,
+        event: &Event,
+    ) -> Outcome<State> {
+        match event {
+            Event::TerminateRequested { mode: requested } => {
+                // A harsher request escalates (fast -> immediate); a milder one changes nothing.
+                if *requested > *mode {
+                    *mode = *requested;
+                    context.commands.push(Command::Stop { mode: *requested });
+                }
+                Handled
+            }
+            Event::PostmasterExited { .. } => {
+                self.postmaster_alive = false;
+                Handled
+            }
+            Event::Stopped => {
+                self.postmaster_alive = false;
+                context.commands.push(Command::Exit { code: 0 });
+                Transition(State::terminated())
+            }
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "compute")]
+    fn terminated(event: &Event) -> Outcome<State> {
+        let _ = event;
+        Super
+    }
+
+    /// States in which a postmaster may be running and its exit is a failure.
+    #[superstate(superstate = "live")]
+    fn supervising(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
+        match event {
+            Event::PostmasterExited { exit } => {
+                self.postmaster_alive = false;
+                self.error = Some(format!("postgres exited unexpectedly ({exit})"));
+                context.commands.push(Command::Exit {
+                    code: exit.exit_code(),
+                });
+                Transition(State::failed())
+            }
+            _ => Super,
+        }
+    }
+
+    /// States a compute can be terminated from.
+    #[superstate(superstate = "compute")]
+    fn live(context: &mut Decisions, event: &Event) -> Outcome<State> {
+        match event {
+            Event::TerminateRequested { mode } => {
+                context.commands.push(Command::Stop { mode: *mode });
+                Transition(State::termination_pending(*mode))
+            }
+            _ => Super,
+        }
+    }
+
+    /// The top: whatever reaches it was not accepted by the current state.
+    #[superstate]
+    fn compute(context: &mut Decisions, event: &Event) -> Outcome<State> {
+        let _ = event;
+        context.rejected = true;
+        Handled
+    }
+
+    #[action]
+    fn enter_running(&mut self) {
+        self.error = None;
+    }
+}
+
+impl Logic {
+    fn configure(&mut self, spec: crate::SpecRef, context: &mut Decisions) -> Outcome<State> {
+        context.commands.push(Command::Configure {
+            spec,
+            postgres_running: self.postmaster_alive,
+        });
+        Transition(State::configuration_pending())
+    }
+
+    /// Shared by `Init` (startup spec) and `Configuration` (spec from `/configure`).
+    fn starting(&mut self, event: &Event) -> Outcome<State> {
+        match event {
+            Event::PostgresStarted => {
+                self.postmaster_alive = true;
+                Handled
+            }
+            Event::ConfigurationApplied => Transition(State::running()),
+            Event::StartFailed { error } | Event::ConfigurationFailed { error } => {
+                self.error = Some(error.clone());
+                Transition(State::failed())
+            }
+            _ => Super,
+        }
+    }
+
+    fn after_transition(&mut self, source: &State, target: &State, context: &mut Decisions) {
+        context.transition = Some((source.kind(), target.kind()));
+    }
+}
+
+impl State {
+    fn kind(&self) -> StateKind {
+        match self {
+            State::Empty {} => StateKind::Empty,
+            State::ConfigurationPending {} => StateKind::ConfigurationPending,
+            State::Configuration {} => StateKind::Configuration,
+            State::Init {} => StateKind::Init,
+            State::Running {} => StateKind::Running,
+            State::Failed {} => StateKind::Failed,
+            State::TerminationPending { .. } => StateKind::TerminationPending,
+            State::Terminated {} => StateKind::Terminated,
+        }
+    }
+
+    fn status(&self) -> ComputeStatus {
+        match self {
+            State::Empty {} => ComputeStatus::Empty,
+            State::ConfigurationPending {} => ComputeStatus::ConfigurationPending,
+            State::Configuration {} => ComputeStatus::Configuration,
+            State::Init {} => ComputeStatus::Init,
+            State::Running {} => ComputeStatus::Running,
+            State::Failed {} => ComputeStatus::Failed,
+            State::TerminationPending { mode } => ComputeStatus::termination_pending(*mode),
+            State::Terminated {} => ComputeStatus::Terminated,
+        }
+    }
+}
+
+/// An event the current state does not accept. Its text is what HTTP answers with 412.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: ComputeStatus,
+    pub state: StateKind,
+    pub event: EventKind,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid compute status: {}", self.status)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// What an accepted event did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    /// `Some((from, to))` when the state changed (or was re-entered).
+    pub transition: Option<(StateKind, StateKind)>,
+    /// The effects to run, in order.
+    pub commands: Vec<Command>,
+}
+
+/// The compute's state machine, as the runtime sees it.
+pub struct Compute {
+    machine: StateMachine<Logic>,
+}
+
+impl Default for Compute {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Compute {
+    pub fn new() -> Self {
+        let mut decisions = Decisions::default();
+        let machine = Logic::default()
+            .uninitialized_state_machine()
+            .init_with_context(&mut decisions);
+        Self {
+            machine: machine.into(),
+        }
+    }
+
+    /// Feed one event. A rejected event changes nothing and pushes no command.
+    pub fn handle(&mut self, event: &Event) -> Result<Handled, Rejection> {
+        let before = self.machine.state().clone();
+        let mut decisions = Decisions::default();
+        self.machine.handle_with_context(event, &mut decisions);
+        if decisions.rejected {
+            debug_assert!(decisions.commands.is_empty() && decisions.transition.is_none());
+            return Err(Rejection {
+                status: before.status(),
+                state: before.kind(),
+                event: event.kind(),
+            });
+        }
+        Ok(Handled {
+            transition: decisions.transition,
+            commands: decisions.commands,
+        })
+    }
+
+    pub fn state(&self) -> StateKind {
+        self.machine.state().kind()
+    }
+
+    pub fn status(&self) -> ComputeStatus {
+        self.machine.state().status()
+    }
+
+    /// Why the compute is failed (or failed before it was terminated).
+    pub fn error(&self) -> Option<&str> {
+        self.machine.inner().error.as_deref()
+    }
+
+    pub fn postmaster_alive(&self) -> bool {
+        self.machine.inner().postmaster_alive
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod sample {
+    //! Builds a machine in any state, for the agreement and property tests.
+    use super::*;
+
+    pub fn in_state(kind: StateKind) -> Compute {
+        let mut machine = Logic {
+            error: None,
+            postmaster_alive: !matches!(kind, StateKind::Empty | StateKind::Terminated),
+        }
+        .uninitialized_state_machine();
+        *machine.state_mut() = match kind {
+            StateKind::Empty => State::empty(),
+            StateKind::ConfigurationPending => State::configuration_pending(),
+            StateKind::Configuration => State::configuration(),
+            StateKind::Init => State::init(),
+            StateKind::Running => State::running(),
+            StateKind::Failed => State::failed(),
+            StateKind::TerminationPending => State::termination_pending(TerminateMode::Fast),
+            StateKind::Terminated => State::terminated(),
+        };
+        let machine = machine.init_with_context(&mut Decisions::default());
+        Compute {
+            machine: machine.into(),
+        }
+    }
+}

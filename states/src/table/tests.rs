@@ -1,0 +1,306 @@
+use std::collections::{BTreeSet, VecDeque};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::machine::sample;
+use crate::{Command, Compute, Event, PostmasterExit, SpecRef, TerminateMode};
+
+fn sample_event(kind: EventKind) -> Event {
+    match kind {
+        EventKind::SpecLoaded => Event::SpecLoaded { spec: SpecRef(1) },
+        EventKind::ConfigureRequested => Event::ConfigureRequested { spec: SpecRef(2) },
+        EventKind::ConfigurationStarted => Event::ConfigurationStarted,
+        EventKind::PostgresStarted => Event::PostgresStarted,
+        EventKind::StartFailed => Event::StartFailed {
+            error: "initdb failed".into(),
+        },
+        EventKind::ConfigurationApplied => Event::ConfigurationApplied,
+        EventKind::ConfigurationFailed => Event::ConfigurationFailed {
+            error: "role \"x\" does not exist".into(),
+        },
+        EventKind::TerminateRequested => Event::TerminateRequested {
+            mode: TerminateMode::Fast,
+        },
+        EventKind::PostmasterExited => Event::PostmasterExited {
+            exit: PostmasterExit::Signal(9),
+        },
+        EventKind::Stopped => Event::Stopped,
+    }
+}
+
+/// Every (state, event) pair: the statig handlers do what the table says, nothing more.
+#[test]
+fn handlers_agree_with_table() {
+    let mut mismatches = Vec::new();
+    for from in StateKind::ALL {
+        for on in EventKind::ALL {
+            let mut compute = sample::in_state(from);
+            let got = compute.handle(&sample_event(on));
+            let ok = match (&got, expected(from, on)) {
+                (Err(rejection), None) => rejection.state == from && compute.state() == from,
+                (Ok(handled), Some(Target::Stay)) => {
+                    handled.transition.is_none() && compute.state() == from
+                }
+                (Ok(handled), Some(Target::To(to))) => {
+                    handled.transition == Some((from, to)) && compute.state() == to
+                }
+                _ => false,
+            };
+            if !ok {
+                mismatches.push(format!(
+                    "{} + {}: statig={:?} table={:?}",
+                    from.name(),
+                    on.name(),
+                    got,
+                    expected(from, on)
+                ));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn no_pair_is_listed_twice() {
+    let mut seen = BTreeSet::new();
+    for e in TRANSITIONS {
+        assert!(seen.insert((e.from, e.on)), "{:?} + {:?} twice", e.from, e.on);
+    }
+}
+
+#[test]
+fn seed_edges_exist() {
+    use StateKind::*;
+    let seed = [
+        (Empty, ConfigurationPending),
+        (ConfigurationPending, Configuration),
+        (Configuration, Running),
+        (Configuration, Failed),
+        (Empty, Init),
+        (Init, Running),
+        (Init, Failed),
+        (Empty, TerminationPending),
+        (Running, TerminationPending),
+        (TerminationPending, Terminated),
+        (Running, ConfigurationPending),
+    ];
+    for (from, to) in seed {
+        assert!(
+            TRANSITIONS
+                .iter()
+                .any(|e| e.from == from && e.target == Target::To(to)),
+            "missing seed edge {from:?} -> {to:?}"
+        );
+    }
+}
+
+fn successors(from: StateKind) -> impl Iterator<Item = StateKind> {
+    TRANSITIONS.iter().filter_map(move |e| match e.target {
+        Target::To(to) if e.from == from => Some(to),
+        _ => None,
+    })
+}
+
+fn reachable_from(start: StateKind) -> BTreeSet<StateKind> {
+    let mut seen = BTreeSet::from([start]);
+    let mut queue = VecDeque::from([start]);
+    while let Some(s) = queue.pop_front() {
+        for next in successors(s) {
+            if seen.insert(next) {
+                queue.push_back(next);
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn every_state_is_reachable_from_empty() {
+    let reachable = reachable_from(StateKind::Empty);
+    for s in StateKind::ALL {
+        assert!(reachable.contains(&s), "{s:?} is unreachable");
+    }
+}
+
+#[test]
+fn every_live_state_terminates_directly() {
+    for s in StateKind::ALL.into_iter().filter(|s| s.is_live()) {
+        assert_eq!(
+            expected(s, EventKind::TerminateRequested),
+            Some(Target::To(StateKind::TerminationPending)),
+            "{s:?} cannot be terminated"
+        );
+        assert!(reachable_from(s).contains(&StateKind::Terminated));
+    }
+}
+
+#[test]
+fn termination_escalates_but_never_softens() {
+    let mut compute = sample::in_state(StateKind::Running);
+    let fast = Event::TerminateRequested {
+        mode: TerminateMode::Fast,
+    };
+    let immediate = Event::TerminateRequested {
+        mode: TerminateMode::Immediate,
+    };
+    let first = compute.handle(&fast).unwrap();
+    assert_eq!(
+        first.commands,
+        vec![Command::Stop {
+            mode: TerminateMode::Fast
+        }]
+    );
+    let escalated = compute.handle(&immediate).unwrap();
+    assert_eq!(
+        escalated.commands,
+        vec![Command::Stop {
+            mode: TerminateMode::Immediate
+        }]
+    );
+    assert_eq!(compute.status().to_string(), "termination-pending-immediate");
+    assert!(compute.handle(&fast).unwrap().commands.is_empty());
+    assert_eq!(compute.status().to_string(), "termination-pending-immediate");
+}
+
+#[test]
+fn a_crash_fails_the_compute_and_exits_with_postgres_code() {
+    let mut compute = sample::in_state(StateKind::Running);
+    let handled = compute
+        .handle(&Event::PostmasterExited {
+            exit: PostmasterExit::Code(3),
+        })
+        .unwrap();
+    assert_eq!(handled.commands, vec![Command::Exit { code: 3 }]);
+    assert_eq!(compute.state(), StateKind::Failed);
+    assert_eq!(
+        compute.error(),
+        Some("postgres exited unexpectedly (exit code 3)")
+    );
+}
+
+#[test]
+fn reconfigure_knows_postgres_runs_and_a_start_does_not() {
+    let mut compute = Compute::new();
+    let cmds = compute
+        .handle(&Event::ConfigureRequested { spec: SpecRef(7) })
+        .unwrap()
+        .commands;
+    assert_eq!(
+        cmds,
+        vec![Command::Configure {
+            spec: SpecRef(7),
+            postgres_running: false
+        }]
+    );
+    compute.handle(&Event::ConfigurationStarted).unwrap();
+    compute.handle(&Event::PostgresStarted).unwrap();
+    compute.handle(&Event::ConfigurationApplied).unwrap();
+    let cmds = compute
+        .handle(&Event::ConfigureRequested { spec: SpecRef(8) })
+        .unwrap()
+        .commands;
+    assert_eq!(
+        cmds,
+        vec![Command::Configure {
+            spec: SpecRef(8),
+            postgres_running: true
+        }]
+    );
+}
+
+#[test]
+fn running_clears_the_error_of_a_failed_attempt() {
+    let mut compute = sample::in_state(StateKind::Failed);
+    compute
+        .handle(&Event::ConfigureRequested { spec: SpecRef(1) })
+        .unwrap();
+    compute.handle(&Event::ConfigurationStarted).unwrap();
+    compute
+        .handle(&Event::ConfigurationFailed { error: "bad".into() })
+        .unwrap();
+    assert_eq!(compute.error(), Some("bad"));
+    compute
+        .handle(&Event::ConfigureRequested { spec: SpecRef(2) })
+        .unwrap();
+    compute.handle(&Event::ConfigurationStarted).unwrap();
+    compute.handle(&Event::ConfigurationApplied).unwrap();
+    assert_eq!(compute.state(), StateKind::Running);
+    assert_eq!(compute.error(), None);
+}
+
+#[test]
+fn diagram_has_every_edge() {
+    let diagram = crate::mermaid::state_diagram();
+    assert!(diagram.starts_with("stateDiagram-v2\n"));
+    assert_eq!(diagram.lines().count(), TRANSITIONS.len() + 3);
+    assert!(diagram.contains("    Empty --> ConfigurationPending: ConfigureRequested"));
+    assert!(diagram.contains("    TerminationPending --> Terminated: Stopped"));
+}
+
+fn any_event() -> impl Strategy<Value = Event> {
+    let mode = prop_oneof![Just(TerminateMode::Fast), Just(TerminateMode::Immediate)];
+    let exit = prop_oneof![
+        any::<i32>().prop_map(PostmasterExit::Code),
+        (1..64i32).prop_map(PostmasterExit::Signal)
+    ];
+    prop_oneof![
+        any::<u64>().prop_map(|n| Event::SpecLoaded { spec: SpecRef(n) }),
+        any::<u64>().prop_map(|n| Event::ConfigureRequested { spec: SpecRef(n) }),
+        Just(Event::ConfigurationStarted),
+        Just(Event::PostgresStarted),
+        ".*".prop_map(|error| Event::StartFailed { error }),
+        Just(Event::ConfigurationApplied),
+        ".*".prop_map(|error| Event::ConfigurationFailed { error }),
+        mode.prop_map(|mode| Event::TerminateRequested { mode }),
+        exit.prop_map(|exit| Event::PostmasterExited { exit }),
+        Just(Event::Stopped),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+    /// Random event sequences never panic, every rejection names the state it happened in and
+    /// changes nothing, every accepted event does what the table says, and the invariants hold.
+    #[test]
+    fn random_sequences_follow_the_table(events in prop::collection::vec(any_event(), 0..40)) {
+        let mut compute = Compute::new();
+        for event in &events {
+            let before = compute.state();
+            let status = compute.status();
+            match compute.handle(event) {
+                Err(rejection) => {
+                    prop_assert_eq!(rejection.state, before);
+                    prop_assert_eq!(
+                        rejection.to_string(),
+                        format!("invalid compute status: {status}")
+                    );
+                    prop_assert_eq!(compute.state(), before);
+                    prop_assert_eq!(compute.status(), status);
+                    prop_assert_eq!(expected(before, event.kind()), None);
+                }
+                Ok(handled) => {
+                    let target = expected(before, event.kind());
+                    prop_assert!(target.is_some(), "{:?} accepted {:?}", before, event);
+                    if let Some(Target::To(to)) = target {
+                        prop_assert_eq!(compute.state(), to);
+                    } else {
+                        prop_assert_eq!(compute.state(), before);
+                    }
+                    for command in &handled.commands {
+                        if let Command::Exit { code } = command {
+                            let terminated = compute.state() == StateKind::Terminated;
+                            prop_assert_eq!(code == &0, terminated);
+                        }
+                    }
+                }
+            }
+            match compute.state() {
+                StateKind::Running => prop_assert!(compute.error().is_none()),
+                StateKind::Failed => prop_assert!(compute.error().is_some()),
+                _ => {}
+            }
+        }
+    }
+}
