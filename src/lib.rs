@@ -1,1 +1,16 @@
+//! `compute_ctl`: the supervisor of one PostgreSQL compute.
+//!
+//! The decisions live in the `compute-states` crate. This crate is the runtime around it: the
+//! command line, the engine task that owns the machine, the effects that touch the world
+//! (PGDATA, the postmaster, SQL), and the HTTP API that turns requests into events.
 
+pub mod cli;
+pub mod engine;
+pub mod effects;
+pub mod http;
+pub mod pgconf;
+pub mod quote;
+pub mod reconcile;
+pub mod signals;
+pub mod spec;
+pub mod telemetry;

@@ -1,0 +1,209 @@
+//! Effects: how a command from the machine touches the world.
+//!
+//! Each command runs as a spawned task that reports its result as events through the
+//! [`Reporter`]. Start and configuration tasks share one cancellation token, so a termination
+//! request during startup cancels them (dropping a child process kills it) before Postgres is
+//! stopped.
+
+pub mod apply;
+pub mod node;
+pub mod pgdata;
+pub mod postgres;
+pub mod process;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use compute_states::{Command, Event, TerminateMode};
+use nix::sys::signal::Signal;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Reporter, millis};
+use crate::spec::ComputeSpec;
+use node::Node;
+use postgres::Postmaster;
+
+pub struct Effects {
+    node: Arc<Node>,
+    reporter: Reporter,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    postmaster: Arc<Mutex<Option<Postmaster>>>,
+}
+
+impl Effects {
+    pub fn new(node: Arc<Node>, reporter: Reporter) -> Self {
+        Self {
+            node,
+            reporter,
+            cancel: CancellationToken::new(),
+            tasks: Vec::new(),
+            postmaster: Arc::default(),
+        }
+    }
+
+    /// Start the effect for `command`. `spec` is the spec a start or configure command names.
+    pub fn run(&mut self, command: Command, spec: Option<Arc<ComputeSpec>>) {
+        let work = Work {
+            node: self.node.clone(),
+            reporter: self.reporter.clone(),
+            postmaster: self.postmaster.clone(),
+        };
+        match (command, spec) {
+            (Command::StartCompute { .. }, Some(spec)) => {
+                self.spawn_cancellable(async move { work.start(spec).await })
+            }
+            (
+                Command::Configure {
+                    postgres_running, ..
+                },
+                Some(spec),
+            ) => self.spawn_cancellable(async move {
+                work.reporter.event(Event::ConfigurationStarted);
+                if postgres_running {
+                    work.reconfigure(spec).await
+                } else {
+                    work.start(spec).await
+                }
+            }),
+            (Command::Stop { mode }, _) => {
+                self.cancel.cancel();
+                let running = std::mem::take(&mut self.tasks);
+                tokio::spawn(async move {
+                    for task in running {
+                        let _ = task.await;
+                    }
+                    work.stop(mode).await;
+                });
+            }
+            (command, _) => tracing::error!("effects cannot run {command:?}"),
+        }
+    }
+
+    fn spawn_cancellable(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tasks.retain(|task| !task.is_finished());
+        self.tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => tracing::info!("effect cancelled"),
+                _ = work => {}
+            }
+        }));
+    }
+
+    /// The last word before the process exits: cancel what runs and leave no postmaster behind.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let postmaster = lock(&self.postmaster).clone();
+        if let Some(postmaster) = postmaster
+            && postmaster.exited().is_none()
+        {
+            tracing::warn!("postmaster still running at exit; stopping it (immediate)");
+            postgres::stop(&postmaster, TerminateMode::Immediate).await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What one effect task needs.
+struct Work {
+    node: Arc<Node>,
+    reporter: Reporter,
+    postmaster: Arc<Mutex<Option<Postmaster>>>,
+}
+
+impl Work {
+    /// Build PGDATA, start Postgres, then apply the spec.
+    async fn start(&self, spec: Arc<ComputeSpec>) {
+        let started = match self.start_postgres(&spec).await {
+            Ok(started) => started,
+            Err(error) => {
+                self.reporter.event(Event::StartFailed {
+                    error: format!("{error:#}"),
+                });
+                return;
+            }
+        };
+        let (postmaster, took) = started;
+        self.reporter.metrics(move |m| m.start_postgres_ms = millis(took));
+        postmaster.announce();
+        if let Some(exit) = postmaster.exited() {
+            self.reporter.event(Event::StartFailed {
+                error: format!("postgres exited as soon as it was ready ({exit})"),
+            });
+            return;
+        }
+        self.reporter.event(Event::PostgresStarted);
+        self.apply(&spec).await;
+    }
+
+    async fn start_postgres(
+        &self,
+        spec: &ComputeSpec,
+    ) -> anyhow::Result<(Postmaster, std::time::Duration)> {
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || pgdata::claim(&node)).await??;
+        pgdata::initdb(&self.node).await?;
+        pgdata::write_postgresql_conf(&self.node, spec)?;
+        pgdata::write_pg_hba(&self.node)?;
+        let began = Instant::now();
+        let postmaster = postgres::spawn(&self.node, self.reporter.clone())?;
+        *lock(&self.postmaster) = Some(postmaster.clone());
+        tracing::info!(pid = postmaster.pid.as_raw(), "postmaster started");
+        postgres::wait_ready(&self.node, &postmaster).await?;
+        Ok((postmaster, began.elapsed()))
+    }
+
+    /// Rewrite postgresql.conf, reload, apply the spec.
+    async fn reconfigure(&self, spec: Arc<ComputeSpec>) {
+        let postmaster = lock(&self.postmaster).clone();
+        let written = pgdata::write_postgresql_conf(&self.node, &spec);
+        match (written, postmaster) {
+            (Ok(()), Some(postmaster)) => {
+                postmaster.signal(Signal::SIGHUP);
+                self.apply(&spec).await;
+            }
+            (Err(error), _) => self.reporter.event(Event::ConfigurationFailed {
+                error: format!("{error:#}"),
+            }),
+            (Ok(()), None) => self.reporter.event(Event::ConfigurationFailed {
+                error: "no postmaster to reconfigure".into(),
+            }),
+        }
+    }
+
+    async fn apply(&self, spec: &ComputeSpec) {
+        let began = Instant::now();
+        match apply::apply(&self.node, spec).await {
+            Ok(statements) => {
+                let took = began.elapsed();
+                tracing::info!(statements, "spec applied in {took:?}");
+                self.reporter.metrics(move |m| m.config_ms = millis(took));
+                self.reporter.event(Event::ConfigurationApplied);
+            }
+            Err(error) => self.reporter.event(Event::ConfigurationFailed {
+                error: format!("{error:#}"),
+            }),
+        }
+    }
+
+    /// Stop Postgres if it runs, then report `Stopped`.
+    async fn stop(&self, mode: TerminateMode) {
+        let postmaster = lock(&self.postmaster).clone();
+        if let Some(postmaster) = postmaster
+            && postmaster.exited().is_none()
+        {
+            tracing::info!("stopping postgres ({})", mode.as_str());
+            let exit = postgres::stop(&postmaster, mode).await;
+            tracing::info!("postgres stopped ({exit})");
+        }
+        self.reporter.event(Event::Stopped);
+    }
+}

@@ -1,0 +1,156 @@
+//! The local Postgres node: where its files are, which binaries run it, who it runs as, and
+//! how compute_ctl connects to it. Built once from the command line, then shared read-only.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, anyhow, bail};
+use nix::unistd::{Gid, Uid, User};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::ConnectOptions;
+
+/// The unprivileged OS user Postgres runs as when compute_ctl is root.
+#[derive(Debug, Clone)]
+pub struct OsUser {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub pgdata: PathBuf,
+    /// The `postgres` binary; `initdb` and friends live beside it.
+    pub postgres: PathBuf,
+    /// The superuser `initdb` creates and compute_ctl connects as (the `--connstr` user).
+    pub superuser: String,
+    /// The port Postgres listens on (the `--connstr` port).
+    pub port: u16,
+    /// Options for compute_ctl's own connections.
+    connect: PgConnectOptions,
+    /// `Some` when compute_ctl is root and must drop privileges for Postgres.
+    pub os_user: Option<OsUser>,
+}
+
+impl Node {
+    pub fn new(
+        pgdata: &Path,
+        connstr: &str,
+        pgbin: Option<&Path>,
+        pg_user: &str,
+    ) -> anyhow::Result<Self> {
+        let pgdata = std::path::absolute(pgdata)
+            .with_context(|| format!("--pgdata {}", pgdata.display()))?;
+        let connect = PgConnectOptions::from_str(connstr)
+            .map_err(|e| anyhow!("--connstr {connstr:?} is not a valid postgres URL: {e}"))?;
+        let superuser = connect.get_username().to_owned();
+        if superuser.is_empty() {
+            bail!("--connstr {connstr:?} names no user: compute_ctl needs one to create the superuser");
+        }
+        let port = connect.get_port();
+        let postgres = match pgbin {
+            Some(path) => path.to_owned(),
+            None => find_postgres()?,
+        };
+        if !postgres.is_file() {
+            bail!(
+                "postgres binary {} does not exist (set --pgbin or POSTGRES_PATH)",
+                postgres.display()
+            );
+        }
+        let os_user = if Uid::effective().is_root() {
+            let user = User::from_name(pg_user)
+                .with_context(|| format!("looking up OS user {pg_user:?}"))?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "compute_ctl runs as root, so Postgres must run as another user, but OS user {pg_user:?} does not exist: create it or pass --pg-user"
+                    )
+                })?;
+            if user.uid.is_root() {
+                bail!("--pg-user {pg_user:?} is root; Postgres refuses to run as root");
+            }
+            Some(OsUser {
+                name: user.name,
+                uid: user.uid,
+                gid: user.gid,
+            })
+        } else {
+            None
+        };
+        let connect = connect
+            .application_name("compute_ctl")
+            // Per-database `ALTER DATABASE ... SET` must not change how compute_ctl's own SQL runs.
+            .options([
+                ("default_transaction_read_only", "off"),
+                ("search_path", ""),
+                ("statement_timeout", "0"),
+            ])
+            // Statements carry password hashes: never log them.
+            .disable_statement_logging();
+        Ok(Self {
+            pgdata,
+            postgres,
+            superuser,
+            port,
+            connect,
+            os_user,
+        })
+    }
+
+    /// A sibling tool of the `postgres` binary (`initdb`, `pg_ctl`, ...).
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.postgres.with_file_name(name)
+    }
+
+    /// Connection options for `database`, labelled with `application_name` in pg_stat_activity.
+    pub fn connect_options(&self, database: &str, application_name: &str) -> PgConnectOptions {
+        self.connect
+            .clone()
+            .database(database)
+            .application_name(application_name)
+    }
+
+    /// The database compute_ctl connects to by default (the `--connstr` database).
+    pub fn default_database(&self) -> &str {
+        self.connect.get_database().unwrap_or("postgres")
+    }
+
+    /// A URL for humans (logs, `make run`).
+    pub fn psql_url(&self) -> String {
+        format!(
+            "postgresql://{}@{}:{}/{}",
+            self.superuser,
+            self.connect.get_host(),
+            self.port,
+            self.default_database()
+        )
+    }
+}
+
+/// `postgres` on PATH, else the newest Debian/Ubuntu install under /usr/lib/postgresql.
+fn find_postgres() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("postgres");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let binary = entry.path().join("bin/postgres");
+            binary.is_file().then_some((version, binary))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, path)| path).ok_or_else(|| {
+        anyhow!(
+            "no postgres binary found on PATH or under /usr/lib/postgresql/*/bin: install PostgreSQL (apt-get install postgresql) or pass --pgbin"
+        )
+    })
+}

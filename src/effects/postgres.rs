@@ -1,0 +1,217 @@
+//! The postmaster: spawned directly as `postgres -D`, watched until it exits, declared ready
+//! from `postmaster.pid`, stopped with the signal that matches the terminate mode.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use compute_states::{Event, PostmasterExit, TerminateMode};
+use inotify::{Inotify, WatchMask};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+
+use super::node::Node;
+use super::process;
+use crate::engine::Reporter;
+
+/// How long Postgres may take to become ready before the start counts as failed.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fast shutdown may take before it is escalated to immediate, then to SIGKILL.
+const FAST_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+const IMMEDIATE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of Postgres's stderr kept to explain a failed start.
+const STDERR_TAIL: usize = 8;
+
+/// A handle to the running (or exited) postmaster. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Postmaster {
+    pub pid: Pid,
+    exit: watch::Receiver<Option<PostmasterExit>>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Set once the start effect announced `PostgresStarted`: from then on an exit is the
+    /// machine's business; before, the start effect reports it as a failed start.
+    announced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Postmaster {
+    pub fn exited(&self) -> Option<PostmasterExit> {
+        *self.exit.borrow()
+    }
+
+    pub async fn wait(&self) -> PostmasterExit {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(status) => status.expect("waited for Some"),
+            // The watcher only drops the sender after publishing the exit.
+            Err(_) => self.exited().unwrap_or(PostmasterExit::Signal(0)),
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if self.exited().is_none() {
+            // ESRCH only means it is already gone; the watcher will publish that.
+            let _ = kill(self.pid, signal);
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter().cloned().collect::<Vec<_>>().join(" | ")
+    }
+
+    pub fn announce(&self) {
+        self.announced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Spawn `postgres -D <pgdata>`, re-log its stderr with a `PG:` prefix, and watch for its exit.
+pub fn spawn(node: &Node, reporter: Reporter) -> anyhow::Result<Postmaster> {
+    let mut child = process::command(node, &node.postgres)
+        .arg("-D")
+        .arg(&node.pgdata)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // The watcher below owns the child; it must outlive the effect that spawned it.
+        .kill_on_drop(false)
+        .spawn()
+        .with_context(|| format!("spawning {}", node.postgres.display()))?;
+    let pid = Pid::from_raw(child.id().context("postmaster has no pid")? as i32);
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    if let Some(stderr) = child.stderr.take() {
+        let tail = stderr_tail.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "postgres", "PG: {line}");
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+    }
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let announced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let postmaster = Postmaster {
+        pid,
+        exit: exit_rx,
+        stderr_tail,
+        announced: announced.clone(),
+    };
+    tokio::spawn(async move {
+        let exit = match child.wait().await {
+            Ok(status) => exit_of(status),
+            Err(e) => {
+                tracing::error!("waiting for the postmaster failed: {e}");
+                PostmasterExit::Signal(0)
+            }
+        };
+        tracing::info!(pid = pid.as_raw(), "postmaster exited: {exit}");
+        let _ = exit_tx.send(Some(exit));
+        if announced.load(std::sync::atomic::Ordering::SeqCst) {
+            reporter.event(Event::PostmasterExited { exit });
+        }
+    });
+    Ok(postmaster)
+}
+
+fn exit_of(status: std::process::ExitStatus) -> PostmasterExit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => PostmasterExit::Code(code),
+        (None, Some(signal)) => PostmasterExit::Signal(signal),
+        (None, None) => PostmasterExit::Signal(0),
+    }
+}
+
+/// Wait until `postmaster.pid` says `ready` for this postmaster. inotify wakes us on every
+/// write to PGDATA; a short poll covers filesystems where inotify says nothing.
+pub async fn wait_ready(node: &Node, postmaster: &Postmaster) -> anyhow::Result<()> {
+    let pid_file = node.pgdata.join("postmaster.pid");
+    let mut notifications = watch_dir(&node.pgdata);
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut exit = postmaster.exit.clone();
+    loop {
+        if is_ready(&pid_file, postmaster.pid)? {
+            return Ok(());
+        }
+        if let Some(exit) = postmaster.exited() {
+            bail!(
+                "postgres exited before it was ready ({exit}): {}",
+                postmaster.stderr_tail()
+            );
+        }
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = exit.changed() => {}
+            Some(_) = next(&mut notifications) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                bail!("postgres was not ready after {READY_TIMEOUT:?}: {}", postmaster.stderr_tail());
+            }
+        }
+    }
+}
+
+type Notifications = Option<inotify::EventStream<Vec<u8>>>;
+
+fn watch_dir(dir: &Path) -> Notifications {
+    let inotify = Inotify::init().ok()?;
+    inotify
+        .watches()
+        .add(
+            dir,
+            WatchMask::CREATE | WatchMask::MODIFY | WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO,
+        )
+        .ok()?;
+    inotify.into_event_stream(vec![0u8; 4096]).ok()
+}
+
+async fn next(notifications: &mut Notifications) -> Option<()> {
+    match notifications {
+        Some(stream) => stream.next().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+/// `postmaster.pid`: line 1 is the pid, line 8 the status (`starting`, `ready`, ...).
+fn is_ready(pid_file: &Path, pid: Pid) -> anyhow::Result<bool> {
+    let text = match std::fs::read_to_string(pid_file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).context("reading postmaster.pid"),
+    };
+    let mut lines = text.lines();
+    let ours = lines.next().map(str::trim) == Some(pid.as_raw().to_string().as_str());
+    Ok(ours && text.lines().nth(7).map(str::trim) == Some("ready"))
+}
+
+/// Stop the postmaster: SIGINT (fast) or SIGQUIT (immediate); escalate when it takes too long.
+pub async fn stop(postmaster: &Postmaster, mode: TerminateMode) -> PostmasterExit {
+    let steps: &[(Signal, Duration)] = match mode {
+        TerminateMode::Fast => &[
+            (Signal::SIGINT, FAST_STOP_TIMEOUT),
+            (Signal::SIGQUIT, IMMEDIATE_STOP_TIMEOUT),
+        ],
+        TerminateMode::Immediate => &[(Signal::SIGQUIT, IMMEDIATE_STOP_TIMEOUT)],
+    };
+    for (signal, patience) in steps {
+        postmaster.signal(*signal);
+        if let Ok(exit) = tokio::time::timeout(*patience, postmaster.wait()).await {
+            return exit;
+        }
+        tracing::warn!("postmaster did not stop within {patience:?} after {signal}; escalating");
+    }
+    postmaster.signal(Signal::SIGKILL);
+    postmaster.wait().await
+}

@@ -1,0 +1,149 @@
+//! Route handlers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, SecondsFormat, Utc};
+use compute_states::{ComputeStatus, Event, TerminateMode};
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use crate::engine::{ComputeMetrics, EngineHandle, Input, RequestError, Snapshot};
+use crate::spec;
+
+/// Neon's `ComputeStatusResponse`, field for field.
+#[derive(Debug, Serialize)]
+pub struct StatusResponse {
+    start_time: String,
+    tenant: Option<String>,
+    timeline: Option<String>,
+    status: &'static str,
+    last_active: Option<String>,
+    error: Option<String>,
+}
+
+impl From<&Snapshot> for StatusResponse {
+    fn from(s: &Snapshot) -> Self {
+        Self {
+            start_time: rfc3339(&s.start_time),
+            tenant: s.tenant.clone(),
+            timeline: s.timeline.clone(),
+            status: s.status.as_json(),
+            last_active: s.last_active.as_ref().map(rfc3339),
+            error: s.error.clone(),
+        }
+    }
+}
+
+/// Both timestamps use `Z` (Neon writes `last_active` with `+00:00`, `start_time` with `Z`).
+fn rfc3339(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+pub async fn status(State(engine): State<EngineHandle>) -> Json<StatusResponse> {
+    Json(StatusResponse::from(&*engine.snapshot()))
+}
+
+pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMetrics> {
+    Json(engine.snapshot().metrics.clone())
+}
+
+/// `POST /configure`: validate, hand the spec to the machine, answer with the outcome.
+pub async fn configure(
+    State(engine): State<EngineHandle>,
+    body: Bytes,
+) -> Result<Json<StatusResponse>, ApiError> {
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("request body is not JSON: {e}"),
+        ));
+    }
+    let request = spec::parse_request(&body).map_err(|e| {
+        let status = match e {
+            spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    })?;
+    let seq = engine
+        .request(Input::Configure(Arc::new(request.spec)))
+        .await
+        .map_err(request_error)?;
+    let outcome = engine.wait_for(seq, |s| !s.status.is_transient()).await;
+    match outcome.status {
+        ComputeStatus::Running => Ok(Json(StatusResponse::from(&*outcome))),
+        ComputeStatus::Failed => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "compute configuration failed: {}",
+                outcome.error.as_deref().unwrap_or("unknown error")
+            ),
+        )),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("compute configuration interrupted: compute is {other}"),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TerminateQuery {
+    #[serde(default)]
+    mode: Mode,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    #[default]
+    Fast,
+    Immediate,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TerminateResponse {
+    lsn: Option<String>,
+}
+
+/// `POST /terminate[?mode=fast|immediate]`: 200 once terminated, 201 if it already was.
+pub async fn terminate(
+    State(engine): State<EngineHandle>,
+    query: Result<Query<TerminateQuery>, QueryRejection>,
+) -> Result<(StatusCode, Json<TerminateResponse>), ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text().to_lowercase()))?;
+    let mode = match query.mode {
+        Mode::Fast => TerminateMode::Fast,
+        Mode::Immediate => TerminateMode::Immediate,
+    };
+    let terminated = TerminateResponse { lsn: None };
+    match engine
+        .request(Input::Event(Event::TerminateRequested { mode }))
+        .await
+    {
+        Ok(seq) => {
+            engine
+                .wait_for(seq, |s| s.status == ComputeStatus::Terminated)
+                .await;
+            Ok((StatusCode::OK, Json(terminated)))
+        }
+        Err(RequestError::Rejected(r)) if r.status == ComputeStatus::Terminated => {
+            Ok((StatusCode::CREATED, Json(terminated)))
+        }
+        Err(e) => Err(request_error(e)),
+    }
+}
+
+fn request_error(e: RequestError) -> ApiError {
+    match e {
+        RequestError::Rejected(rejection) => {
+            ApiError::new(StatusCode::PRECONDITION_FAILED, rejection.to_string())
+        }
+        RequestError::Gone => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}

@@ -1,0 +1,344 @@
+//! The text of `postgresql.conf` and `pg_hba.conf`.
+//!
+//! `postgresql.conf` is rewritten whole at startup and on every reconfiguration, from the spec
+//! alone (plus the port), so the file always says exactly what the spec says. Order matters,
+//! because for a setting given twice the last line wins:
+//!
+//! 1. `cluster.postgresql_conf`, verbatim;
+//! 2. `cluster.settings` between `# Managed by compute_ctl: begin` / `end` markers;
+//! 3. what the compute mode requires (`hot_standby`, `recovery_target_lsn`);
+//! 4. `port`, from `--connstr`, after the spec's settings so that it wins over them;
+//! 5. `include_if_exists` of [`OVERRIDE_FILE`], last, for temporary overrides.
+//!
+//! Neon's storage lines (pageserver, safekeepers, tenant/timeline) are not written: this
+//! compute runs on local storage. All quoting goes through [`crate::quote`].
+
+use crate::quote;
+use crate::spec::{ComputeMode, ComputeSpec, GenericOption, SpecError};
+
+/// File in PGDATA included at the end of `postgresql.conf` if it exists.
+pub const OVERRIDE_FILE: &str = "compute_ctl_override.conf";
+
+/// First line of the block of `cluster.settings`.
+pub const MANAGED_BEGIN: &str = "# Managed by compute_ctl: begin";
+/// Last line of the block of `cluster.settings`.
+pub const MANAGED_END: &str = "# Managed by compute_ctl: end";
+
+/// `pg_hba.conf` as on Neon's computes.
+pub const PG_HBA: &str = "\
+# pg_hba.conf written by compute_ctl.
+#
+# A compute is single-tenant: one container or VM serves one endpoint. Whatever can reach the
+# Unix socket or the loopback interface already runs inside the compute, so it is trusted
+# (compute_ctl itself connects that way). Every other host needs a password; \"md5\" also
+# accepts roles whose password is stored as a SCRAM-SHA-256 verifier.
+#
+# TYPE DATABASE USER ADDRESS METHOD
+local all all trust
+host all all 127.0.0.1/32 trust
+host all all ::1/128 trust
+host all all all md5
+";
+
+/// Directives of the configuration file that look like settings but load other files.
+const DIRECTIVES: [&str; 3] = ["include", "include_dir", "include_if_exists"];
+
+/// One `name = value` line for a `cluster.settings` entry (without the newline). `field` is
+/// the entry's JSON path (like `cluster.settings[3]`), for errors.
+///
+/// A `string` value is quoted; any other vartype is written raw and so must be a single bare
+/// token, else it could end the line early, start a comment or another setting. A missing value
+/// is refused: `postgresql.conf` has no syntax for a name alone (PostgreSQL would refuse the
+/// whole file). Include directives are refused too: they are not settings.
+pub fn setting_line(opt: &GenericOption, field: &str) -> Result<String, SpecError> {
+    let invalid = |part: &str, value: &str, reason: String| SpecError::Invalid {
+        field: format!("{field}.{part}"),
+        value: value.to_owned(),
+        reason,
+    };
+    let name = quote::conf_name(&opt.name)
+        .map_err(|e| invalid("name", &opt.name, format!("bad setting name ({e})")))?;
+    if DIRECTIVES.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
+        return Err(invalid(
+            "name",
+            &opt.name,
+            "include directives are not accepted as settings".to_owned(),
+        ));
+    }
+    let Some(value) = opt.value.as_deref() else {
+        return Err(invalid(
+            "value",
+            "",
+            format!("setting {name} has no value (postgresql.conf cannot express that)"),
+        ));
+    };
+    let rendered = if opt.vartype == "string" {
+        quote::conf_value(value)
+    } else {
+        quote::conf_raw(value)
+    }
+    .map_err(|e| {
+        invalid(
+            "value",
+            value,
+            format!(
+                "bad value for setting {name} of type {:?} ({e})",
+                opt.vartype
+            ),
+        )
+    })?;
+    Ok(format!("{name} = {rendered}"))
+}
+
+/// The whole `postgresql.conf` for `spec`, with Postgres listening on `port`.
+pub fn postgresql_conf(spec: &ComputeSpec, port: u16) -> Result<String, SpecError> {
+    let mut out = String::new();
+
+    if let Some(head) = &spec.cluster.postgresql_conf {
+        if head.contains('\0') {
+            return Err(SpecError::Invalid {
+                field: "cluster.postgresql_conf".to_owned(),
+                value: head.clone(),
+                reason: "postgresql_conf contains a NUL byte".to_owned(),
+            });
+        }
+        out.push_str(head);
+        if !head.is_empty() && !head.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+
+    if let Some(settings) = &spec.cluster.settings {
+        out.push_str(MANAGED_BEGIN);
+        out.push('\n');
+        for (i, opt) in settings.iter().enumerate() {
+            out.push_str(&setting_line(opt, &format!("cluster.settings[{i}]"))?);
+            out.push('\n');
+        }
+        out.push_str(MANAGED_END);
+        out.push('\n');
+    }
+
+    match spec.mode {
+        ComputeMode::Primary => {}
+        ComputeMode::Replica => out.push_str("hot_standby = on\n"),
+        ComputeMode::Static(lsn) => {
+            out.push_str("hot_standby = on\n");
+            out.push_str(&format!(
+                "recovery_target_lsn = {}\n",
+                quote::conf_value(&lsn.to_string()).expect("an LSN is plain text")
+            ));
+        }
+    }
+
+    out.push_str(
+        "# from --connstr; after the spec's settings, so it wins over a port given there\n",
+    );
+    out.push_str(&format!("port = {port}\n"));
+    out.push_str(&format!(
+        "include_if_exists = {}\n",
+        quote::conf_value(OVERRIDE_FILE).expect("a constant file name")
+    ));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Lsn, parse_spec};
+    use serde_json::json;
+
+    const CLUSTER_SPEC: &[u8] = include_bytes!("../tests/fixtures/neon/cluster_spec.json");
+
+    fn spec(value: serde_json::Value) -> ComputeSpec {
+        parse_spec(&serde_json::to_vec(&value).unwrap()).unwrap()
+    }
+
+    /// A spec that skipped validation, as a caller could build by hand.
+    fn unvalidated(settings: serde_json::Value) -> ComputeSpec {
+        serde_json::from_value(json!({
+            "format_version": 1.0,
+            "suspend_timeout_seconds": -1,
+            "cluster": {"roles": [], "databases": [], "settings": settings}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn golden_small_spec() {
+        let spec = spec(json!({
+            "format_version": 1.0,
+            "suspend_timeout_seconds": 3600,
+            "cluster": {
+                "roles": [],
+                "databases": [],
+                "postgresql_conf": "# head\nmax_connections = 50",
+                "settings": [
+                    {"name": "fsync", "value": "off", "vartype": "bool"},
+                    {"name": "shared_buffers", "value": "1MB", "vartype": "string"},
+                    {"name": "neon.x", "value": "it's", "vartype": "string"},
+                    {"name": "port", "value": "55432", "vartype": "integer"}
+                ]
+            }
+        }));
+        let expected = "\
+# head
+max_connections = 50
+# Managed by compute_ctl: begin
+fsync = off
+shared_buffers = '1MB'
+neon.x = 'it''s'
+port = 55432
+# Managed by compute_ctl: end
+# from --connstr; after the spec's settings, so it wins over a port given there
+port = 5432
+include_if_exists = 'compute_ctl_override.conf'
+";
+        assert_eq!(postgresql_conf(&spec, 5432).unwrap(), expected);
+    }
+
+    #[test]
+    fn no_settings_no_block() {
+        let spec = spec(json!({
+            "format_version": 1.0,
+            "suspend_timeout_seconds": 3600,
+            "cluster": {"roles": [], "databases": [], "postgresql_conf": "a = 1\n"}
+        }));
+        assert_eq!(
+            postgresql_conf(&spec, 6000).unwrap(),
+            "a = 1\n# from --connstr; after the spec's settings, so it wins over a port given \
+             there\nport = 6000\ninclude_if_exists = 'compute_ctl_override.conf'\n"
+        );
+    }
+
+    #[test]
+    fn fixture_escaping_and_order() {
+        let spec = parse_spec(CLUSTER_SPEC).unwrap();
+        let conf = postgresql_conf(&spec, 55433).unwrap();
+        let lines: Vec<&str> = conf.lines().collect();
+        assert!(lines.contains(
+            &r#"test.escaping = 'here''s a backslash \\ and a quote '' and a double-quote " hooray'"#
+        ));
+        assert!(lines.contains(&"fsync = off"));
+        assert!(lines.contains(&"listen_addresses = '0.0.0.0'"));
+        assert!(lines.contains(&"neon.pageserver_connstring = 'host=127.0.0.1 port=6400'"));
+        assert_eq!(lines[0], MANAGED_BEGIN);
+        assert_eq!(lines[26], MANAGED_END);
+        let spec_port = lines.iter().position(|l| *l == "port = 55432").unwrap();
+        let our_port = lines.iter().position(|l| *l == "port = 55433").unwrap();
+        assert!(spec_port < our_port);
+        assert_eq!(
+            lines.last(),
+            Some(&"include_if_exists = 'compute_ctl_override.conf'")
+        );
+    }
+
+    #[test]
+    fn raw_value_injection_is_refused() {
+        for value in [
+            "off\nshared_preload_libraries = 'evil'",
+            "off # comment",
+            "off'",
+            "on x",
+            "",
+        ] {
+            let spec = unvalidated(json!([
+                {"name": "fsync", "value": "off", "vartype": "bool"},
+                {"name": "wal_level", "value": value, "vartype": "enum"}
+            ]));
+            let err = postgresql_conf(&spec, 5432).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with("at cluster.settings[1].value: bad value for setting wal_level"),
+                "{value:?}: {text}"
+            );
+            assert!(!text.contains('\n'), "{text}");
+        }
+    }
+
+    #[test]
+    fn string_value_with_newline_is_refused() {
+        let spec = unvalidated(json!([
+            {"name": "a.b", "value": "x'\ny = 'z", "vartype": "string"}
+        ]));
+        let err = postgresql_conf(&spec, 5432).unwrap_err();
+        assert!(
+            err.to_string().starts_with("at cluster.settings[0].value"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_names_and_directives_are_refused() {
+        for name in [
+            "a = b\nc",
+            "a b",
+            "1a",
+            "include",
+            "INCLUDE_DIR",
+            "include_if_exists",
+        ] {
+            let spec = unvalidated(json!([{"name": name, "value": "x", "vartype": "string"}]));
+            let err = postgresql_conf(&spec, 5432).unwrap_err();
+            assert!(
+                err.to_string().starts_with("at cluster.settings[0].name"),
+                "{name:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_value_is_refused() {
+        let spec = unvalidated(json!([{"name": "fsync", "value": null, "vartype": "bool"}]));
+        let err = postgresql_conf(&spec, 5432).unwrap_err();
+        assert!(
+            err.to_string().starts_with("at cluster.settings[0].value"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn static_and_replica_mode_lines() {
+        let mut spec = unvalidated(json!([]));
+        spec.mode = ComputeMode::Static(Lsn(0x1_016B_9188));
+        let conf = postgresql_conf(&spec, 5432).unwrap();
+        assert_eq!(
+            conf,
+            "# Managed by compute_ctl: begin\n# Managed by compute_ctl: end\n\
+             hot_standby = on\nrecovery_target_lsn = '1/16B9188'\n\
+             # from --connstr; after the spec's settings, so it wins over a port given there\n\
+             port = 5432\ninclude_if_exists = 'compute_ctl_override.conf'\n"
+        );
+
+        spec.mode = ComputeMode::Replica;
+        let conf = postgresql_conf(&spec, 5432).unwrap();
+        assert!(conf.contains("\nhot_standby = on\n# from --connstr"));
+        assert!(!conf.contains("recovery_target_lsn"));
+
+        spec.mode = ComputeMode::Primary;
+        assert!(
+            !postgresql_conf(&spec, 5432)
+                .unwrap()
+                .contains("hot_standby")
+        );
+    }
+
+    #[test]
+    fn pg_hba_rules() {
+        let rules: Vec<Vec<&str>> = PG_HBA
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                vec!["local", "all", "all", "trust"],
+                vec!["host", "all", "all", "127.0.0.1/32", "trust"],
+                vec!["host", "all", "all", "::1/128", "trust"],
+                vec!["host", "all", "all", "all", "md5"],
+            ]
+        );
+        assert!(PG_HBA.ends_with('\n'));
+    }
+}

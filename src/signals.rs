@@ -1,0 +1,29 @@
+//! Signals become termination requests: SIGTERM and SIGINT ask for a fast shutdown, a second
+//! one (or SIGQUIT) for an immediate one.
+
+use compute_states::{Event, TerminateMode};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::engine::{EngineHandle, Input};
+
+pub async fn forward(engine: EngineHandle) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut asked = false;
+    loop {
+        let (name, mode) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", if asked { TerminateMode::Immediate } else { TerminateMode::Fast }),
+            _ = int.recv() => ("SIGINT", if asked { TerminateMode::Immediate } else { TerminateMode::Fast }),
+            _ = quit.recv() => ("SIGQUIT", TerminateMode::Immediate),
+        };
+        asked = true;
+        tracing::info!("received {name}: terminating ({})", mode.as_str());
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let _ = engine
+                .request(Input::Event(Event::TerminateRequested { mode }))
+                .await;
+        });
+    }
+}
