@@ -57,7 +57,7 @@ pub fn setting_line(opt: &GenericOption, field: &str) -> Result<String, SpecErro
         reason,
     };
     let name = quote::conf_name(&opt.name)
-        .map_err(|e| invalid("name", &opt.name, format!("bad setting name ({e})")))?;
+        .map_err(|e| invalid("name", &opt.name, format!("setting name {}", e.problem())))?;
     if DIRECTIVES.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
         return Err(invalid(
             "name",
@@ -82,8 +82,9 @@ pub fn setting_line(opt: &GenericOption, field: &str) -> Result<String, SpecErro
             "value",
             value,
             format!(
-                "bad value for setting {name} of type {:?} ({e})",
-                opt.vartype
+                "value of setting {name} (vartype {:?}) {}",
+                opt.vartype,
+                e.problem()
             ),
         )
     })?;
@@ -249,7 +250,7 @@ include_if_exists = 'compute_ctl_override.conf'
             let err = postgresql_conf(&spec, 5432).unwrap_err();
             let text = err.to_string();
             assert!(
-                text.starts_with("at cluster.settings[1].value: bad value for setting wal_level"),
+                text.starts_with("at cluster.settings[1].value: value of setting wal_level"),
                 "{value:?}: {text}"
             );
             assert!(!text.contains('\n'), "{text}");

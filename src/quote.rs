@@ -20,31 +20,58 @@
 //! PostgreSQL cannot store a NUL byte in any text, so every function that returns a `Result`
 //! refuses one; `postgresql.conf` additionally cannot hold a newline inside a value.
 
-/// Text that cannot be quoted safely for the requested context.
+/// Text that cannot be quoted safely for the requested context. The message starts with the
+/// offending value in Debug form; [`QuoteError::problem`] is the message without it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuoteError {
     /// PostgreSQL stores text as C strings: a NUL byte cannot be represented anywhere.
-    #[error("{value:?} contains a NUL byte, which PostgreSQL cannot store")]
+    #[error("{value:?} {}", QuoteError::NUL)]
     Nul { value: String },
-    /// A `postgresql.conf` value ends at the end of the line; a newline cannot be quoted.
-    #[error("{value:?} contains a line break, which cannot be written in postgresql.conf")]
+    /// A `postgresql.conf` value ends at the end of the line; a line break cannot be quoted.
+    #[error("{value:?} {}", QuoteError::NEWLINE)]
     Newline { value: String },
     /// `""` is not a valid SQL identifier ("zero-length delimited identifier").
-    #[error("{value:?} is empty, and an SQL identifier cannot be empty")]
+    #[error("{value:?} {}", QuoteError::EMPTY_IDENT)]
     EmptyIdent { value: String },
     /// A `postgresql.conf` setting name is written bare, so it must be a plain name.
-    #[error(
-        "{value:?} is not a valid postgresql.conf setting name \
-         (expected letters, digits and '_', optionally one '.' between two such names, \
-         not starting with a digit)"
-    )]
+    #[error("{value:?} {}", QuoteError::NOT_A_NAME)]
     NotAName { value: String },
     /// A value written without quotes must be one bare token.
-    #[error(
-        "{value:?} cannot be written unquoted in postgresql.conf \
-         (allowed: one or more of A-Z a-z 0-9 _ . + : -)"
-    )]
+    #[error("{value:?} {}", QuoteError::NOT_A_TOKEN)]
     NotAToken { value: String },
+}
+
+impl QuoteError {
+    const NUL: &str = "contains a NUL byte, which PostgreSQL cannot store";
+    const NEWLINE: &str = "contains a line break, which cannot be written in postgresql.conf";
+    const EMPTY_IDENT: &str = "is empty, and an SQL identifier cannot be empty";
+    const NOT_A_NAME: &str = "is not a valid name in postgresql.conf (expected letters, \
+                              digits and '_', optionally one '.' between two such names, not \
+                              starting with a digit)";
+    const NOT_A_TOKEN: &str = "cannot be written unquoted in postgresql.conf (allowed: one or \
+                               more of A-Z a-z 0-9 _ . + : -)";
+
+    /// What is wrong, without the value: the message reads `<value> <problem>`.
+    pub fn problem(&self) -> &'static str {
+        match self {
+            QuoteError::Nul { .. } => Self::NUL,
+            QuoteError::Newline { .. } => Self::NEWLINE,
+            QuoteError::EmptyIdent { .. } => Self::EMPTY_IDENT,
+            QuoteError::NotAName { .. } => Self::NOT_A_NAME,
+            QuoteError::NotAToken { .. } => Self::NOT_A_TOKEN,
+        }
+    }
+
+    /// The text that was refused.
+    pub fn value(&self) -> &str {
+        match self {
+            QuoteError::Nul { value }
+            | QuoteError::Newline { value }
+            | QuoteError::EmptyIdent { value }
+            | QuoteError::NotAName { value }
+            | QuoteError::NotAToken { value } => value,
+        }
+    }
 }
 
 fn refuse_nul(value: &str) -> Result<(), QuoteError> {

@@ -370,12 +370,13 @@ pub enum SpecError {
         file: PathBuf,
         error: std::io::Error,
     },
-    /// Not JSON, or JSON of the wrong shape; `path` is where (`spec.cluster.roles[2].name`, or
-    /// `.` for the document itself).
+    /// Not JSON, or JSON of the wrong shape; `path` is where (`spec.cluster.roles[2].name`;
+    /// `.` for the top-level object; empty or `?` when unknown, as for a syntax error).
     #[error("{}", json_line(path, message))]
     Json { path: String, message: String },
-    /// Well-formed, but a value is not acceptable; `field` is its JSON path.
-    #[error("at {field}: {reason}: {}", show_value(value))]
+    /// Well-formed, but a value is not acceptable; `field` is its JSON path, `value` the value
+    /// (empty when there is nothing to show, like a missing field).
+    #[error("at {field}: {reason}{}", show_value(value))]
     Invalid {
         field: String,
         value: String,
@@ -408,17 +409,20 @@ impl SpecError {
 }
 
 fn json_line(path: &str, message: &str) -> String {
-    if path.is_empty() || path == "." {
-        format!("invalid JSON: {message}")
-    } else {
-        format!("at {path}: {message}")
+    match path {
+        "" | "?" => format!("invalid JSON: {message}"),
+        "." => format!("at top level: {message}"),
+        path => format!("at {path}: {message}"),
     }
 }
 
-/// A value as it reads best in one line: bare when it is plain printable ASCII, else quoted and
-/// escaped; cut after 200 characters.
+/// `: value` as it reads best in one line: bare when it is plain printable ASCII, else quoted
+/// and escaped; cut after 200 characters. Nothing for an empty value.
 fn show_value(value: &str) -> String {
     const MAX: usize = 200;
+    if value.is_empty() {
+        return String::new();
+    }
     let (shown, cut) = match value.char_indices().nth(MAX) {
         Some((at, _)) => (&value[..at], true),
         None => (value, false),
@@ -428,9 +432,9 @@ fn show_value(value: &str) -> String {
             .chars()
             .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\'));
     let mut out = if plain {
-        shown.to_owned()
+        format!(": {shown}")
     } else {
-        format!("{shown:?}")
+        format!(": {shown:?}")
     };
     if cut {
         out.push_str("...");
@@ -445,7 +449,7 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SpecError> {
         message: e.into_inner().to_string(),
     })?;
     de.end().map_err(|e| SpecError::Json {
-        path: ".".to_owned(),
+        path: String::new(),
         message: e.to_string(),
     })?;
     Ok(value)
@@ -637,7 +641,7 @@ impl ComputeSpec {
                     return Err(SpecError::invalid(
                         format!("{field}.new_name"),
                         "",
-                        format!("{action} requires new_name"),
+                        format!("{action} of {:?} requires new_name", op.name),
                     ));
                 }
                 (None, _) => {}
@@ -891,7 +895,11 @@ mod tests {
     #[test]
     fn syntax_errors_and_trailing_garbage() {
         let err = parse_spec(b"{").unwrap_err();
-        assert!(err.to_string().contains("EOF"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid JSON: EOF while parsing"),
+            "{err}"
+        );
         let mut bytes = serde_json::to_vec(&minimal()).unwrap();
         bytes.extend_from_slice(b" x");
         let err = parse_spec(&bytes).unwrap_err();
@@ -912,7 +920,7 @@ mod tests {
         let err = parse_value(&v).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"at delta_operations[3].new_name: rename_role requires new_name: """#
+            r#"at delta_operations[3].new_name: rename_role of "zenith new" requires new_name"#
         );
 
         let mut v = minimal();
@@ -954,7 +962,7 @@ mod tests {
         let err = parse_value(&v).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"at cluster.roles[3].name: role name is empty: """#
+            "at cluster.roles[3].name: role name is empty"
         );
 
         v["cluster"]["roles"][3]["name"] = json!("a\u{0}b");
@@ -1012,7 +1020,7 @@ mod tests {
         let err = parse_value(&v).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"at cluster.databases[1].owner: database owner is empty: """#
+            "at cluster.databases[1].owner: database owner is empty"
         );
     }
 

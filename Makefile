@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+
+CARGO    ?= cargo
+RUN_DIR  ?= /tmp/compute_ctl-run
+PG_PORT  ?= 55432
+BIN      := target/debug/compute_ctl
+DIAGRAM  := diagrams/compute-states.md
+
+# Prints the diagram document to stdout, from the code.
+define render_diagram
+	{ printf '# Compute states\n\nGenerated from `states/src/table.rs` by `make diagrams`: do not edit by hand.\n\n```mermaid\n'; \
+	  $(BIN) diagram; printf '```\n'; }
+endef
+
+.PHONY: run test lint diagrams check-diagrams postgres build
+
+postgres:
+	@scripts/install-postgres
+
+build:
+	$(CARGO) build --bin compute_ctl
+
+## Start a compute on local storage with examples/compute.json. Ctrl-C stops it (fast shutdown).
+run: postgres build
+	@mkdir -p $(RUN_DIR) && chmod 755 $(RUN_DIR)
+	@echo "compute: psql postgresql://demo:demo@127.0.0.1:$(PG_PORT)/demo"
+	@echo "status:  curl http://127.0.0.1:3080/status"
+	$(BIN) -D $(RUN_DIR)/pgdata -C postgresql://cloud_admin@127.0.0.1:$(PG_PORT)/postgres \
+	    -i local-demo -c examples/compute.json
+
+## Formatting, lints, diagram freshness, then every test (needs PostgreSQL: installed if missing).
+test: postgres lint check-diagrams
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+diagrams: build
+	$(render_diagram) > $(DIAGRAM)
+
+check-diagrams: build
+	@$(render_diagram) | diff -u $(DIAGRAM) - \
+	    || { echo "$(DIAGRAM) is stale: run 'make diagrams'" >&2; exit 1; }
