@@ -308,7 +308,9 @@ impl Engine {
         self.snapshot.seq += 1;
         self.snapshot.status = self.machine.status();
         self.snapshot.error = self.machine.error().map(str::to_owned);
-        self.inbox.snapshots.send_replace(Arc::new(self.snapshot.clone()));
+        self.inbox
+            .snapshots
+            .send_replace(Arc::new(self.snapshot.clone()));
     }
 }
 

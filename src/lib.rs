@@ -5,8 +5,8 @@
 //! (PGDATA, the postmaster, SQL), and the HTTP API that turns requests into events.
 
 pub mod cli;
-pub mod engine;
 pub mod effects;
+pub mod engine;
 pub mod http;
 pub mod pgconf;
 pub mod quote;

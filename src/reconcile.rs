@@ -149,7 +149,10 @@ mod tests {
     fn changed_password_and_owner_are_altered() {
         let catalog = Catalog {
             roles: [
-                ("alice".to_owned(), Some("md5ffffffffffffffffffffffffffffffff".to_owned())),
+                (
+                    "alice".to_owned(),
+                    Some("md5ffffffffffffffffffffffffffffffff".to_owned()),
+                ),
                 ("b\"o'b".to_owned(), None),
                 ("nopass".to_owned(), None),
             ]
@@ -164,6 +167,9 @@ mod tests {
         assert_eq!(plan.len(), 3);
         assert!(plan.roles[0].starts_with("ALTER ROLE \"alice\" WITH LOGIN PASSWORD 'md5012"));
         assert!(plan.roles[1].starts_with("ALTER ROLE \"b\"\"o'b\""));
-        assert_eq!(plan.databases, ["ALTER DATABASE \"app\"\"db\" OWNER TO \"b\"\"o'b\""]);
+        assert_eq!(
+            plan.databases,
+            ["ALTER DATABASE \"app\"\"db\" OWNER TO \"b\"\"o'b\""]
+        );
     }
 }

@@ -121,7 +121,11 @@ async fn hostile_names_roles_databases_and_passwords() {
 
     let names = hostile_names();
     let (mut roles, mut dbs) = hostile_roles_and_databases();
-    let scram_role = "scram \"role\" $x$ \\ 🐘";
+    // sqlx SASLprep-normalizes the user name it puts into the SCRAM exchange and refuses
+    // prohibited characters (control characters such as tab, unassigned code points such as
+    // emoji) before connecting, although Postgres ignores that name. So this one is hostile
+    // only within SASLprep's limits; the md5 roles above cover the rest.
+    let scram_role = "scram \"role\" $x$ \\ it's";
     let scram_db = "scram db\t'owned'";
     let nopw_role = "no password \"role\"";
     roles.push(role(scram_role, Some(SCRAM_VERIFIER)));
@@ -342,20 +346,10 @@ async fn terminate_reaches_terminated_and_exits_zero() {
     );
 
     // A second attempt races the exit: either 201 with the same body, or no server any more.
-    match c.try_terminate(None).await {
-        Ok((code, body)) => {
-            assert_eq!(code, StatusCode::CREATED, "second POST /terminate: {body}");
-            assert_eq!(body, json!({"lsn": null}));
-        }
-        Err(e) => assert!(
-            e.is_connect() || e.is_request(),
-            "second POST /terminate failed in an unexpected way: {e}"
-        ),
-    }
+    // Checked after the exit assertions, so a failure here still reports those first.
+    let second = c.try_terminate(None).await;
     // Same for /status: terminated, or gone.
-    if let Ok((StatusCode::OK, body)) = c.try_status().await {
-        assert_eq!(body["status"], "terminated", "{body}");
-    }
+    let status_after = c.try_status().await;
 
     let st = c.wait_exit().await;
     assert_eq!(
@@ -365,6 +359,21 @@ async fn terminate_reaches_terminated_and_exits_zero() {
         c.log_tail(40)
     );
     c.assert_no_postgres_left();
+
+    match second {
+        Ok((code, body)) => {
+            assert_eq!(code, StatusCode::CREATED, "second POST /terminate: {body}");
+            assert_eq!(body, json!({"lsn": null}));
+        }
+        Err(e) => assert!(
+            e.is_connect() || e.is_request(),
+            "second POST /terminate failed in an unexpected way: {e}"
+        ),
+    }
+    if let Ok((code, body)) = status_after {
+        assert_eq!(code, StatusCode::OK, "GET /status after /terminate: {body}");
+        assert_eq!(body["status"], "terminated", "{body}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

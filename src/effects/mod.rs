@@ -132,7 +132,8 @@ impl Work {
             }
         };
         let (postmaster, took) = started;
-        self.reporter.metrics(move |m| m.start_postgres_ms = millis(took));
+        self.reporter
+            .metrics(move |m| m.start_postgres_ms = millis(took));
         postmaster.announce();
         if let Some(exit) = postmaster.exited() {
             self.reporter.event(Event::StartFailed {
@@ -152,7 +153,7 @@ impl Work {
         tokio::task::spawn_blocking(move || pgdata::claim(&node)).await??;
         pgdata::initdb(&self.node).await?;
         pgdata::write_postgresql_conf(&self.node, spec)?;
-        pgdata::write_pg_hba(&self.node)?;
+        pgdata::write_static_files(&self.node)?;
         let began = Instant::now();
         let postmaster = postgres::spawn(&self.node, self.reporter.clone())?;
         *lock(&self.postmaster) = Some(postmaster.clone());

@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use anyhow::{Context, anyhow, bail};
 use nix::unistd::{Gid, Uid, User};
-use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
 
 /// The unprivileged OS user Postgres runs as when compute_ctl is root.
 #[derive(Debug, Clone)]
@@ -45,7 +45,9 @@ impl Node {
             .map_err(|e| anyhow!("--connstr {connstr:?} is not a valid postgres URL: {e}"))?;
         let superuser = connect.get_username().to_owned();
         if superuser.is_empty() {
-            bail!("--connstr {connstr:?} names no user: compute_ctl needs one to create the superuser");
+            bail!(
+                "--connstr {connstr:?} names no user: compute_ctl needs one to create the superuser"
+            );
         }
         let port = connect.get_port();
         let postgres = match pgbin {

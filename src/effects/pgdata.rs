@@ -111,9 +111,11 @@ pub fn write_postgresql_conf(node: &Node, spec: &ComputeSpec) -> anyhow::Result<
     write_owned(node, "postgresql.conf", &text)
 }
 
-/// Write `pg_hba.conf`: loopback trusted, every other host needs a password.
-pub fn write_pg_hba(node: &Node) -> anyhow::Result<()> {
-    write_owned(node, "pg_hba.conf", pgconf::PG_HBA)
+/// Write the files a spec does not change: `pg_hba.conf` (loopback trusted, every other host
+/// needs a password) and an empty override file, so Postgres finds what it includes.
+pub fn write_static_files(node: &Node) -> anyhow::Result<()> {
+    write_owned(node, "pg_hba.conf", pgconf::PG_HBA)?;
+    write_owned(node, pgconf::OVERRIDE_FILE, "")
 }
 
 /// Write a file into PGDATA atomically (temp + rename), owned by the Postgres user, mode 0600.

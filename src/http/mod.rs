@@ -2,6 +2,7 @@
 //! they hold no state logic. Authentication will wrap the external router as one layer.
 
 mod error;
+mod metrics;
 mod routes;
 
 use std::net::SocketAddr;
@@ -20,6 +21,9 @@ pub fn external(engine: EngineHandle) -> Router {
         .route("/configure", post(routes::configure))
         .route("/terminate", post(routes::terminate))
         .route("/metrics.json", get(routes::metrics_json))
+        .route("/metrics", get(routes::metrics))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
         .with_state(engine)
 }
 

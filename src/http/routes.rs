@@ -6,7 +6,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use chrono::{DateTime, SecondsFormat, Utc};
 use compute_states::{ComputeStatus, Event, TerminateMode};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,27 @@ fn rfc3339(at: &DateTime<Utc>) -> String {
 
 pub async fn status(State(engine): State<EngineHandle>) -> Json<StatusResponse> {
     Json(StatusResponse::from(&*engine.snapshot()))
+}
+
+/// `GET /metrics`: Prometheus text format, no auth.
+pub async fn metrics(State(engine): State<EngineHandle>) -> Result<impl IntoResponse, ApiError> {
+    let text = super::metrics::render(&engine.snapshot())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text))
+}
+
+/// `GET /healthz`: the process serves. No details, no auth.
+pub async fn healthz() -> StatusCode {
+    StatusCode::OK
+}
+
+/// `GET /readyz`: 200 while `running`, 503 otherwise. No details, no auth.
+pub async fn readyz(State(engine): State<EngineHandle>) -> StatusCode {
+    if engine.snapshot().status == ComputeStatus::Running {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMetrics> {
@@ -132,7 +154,11 @@ pub async fn terminate(
                 .await;
             Ok((StatusCode::OK, Json(terminated)))
         }
-        Err(RequestError::Rejected(r)) if r.status == ComputeStatus::Terminated => {
+        // Already terminated: the machine says so, or it has finished and the process is
+        // on its way out.
+        Err(RequestError::Rejected(_) | RequestError::Gone)
+            if engine.snapshot().status == ComputeStatus::Terminated =>
+        {
             Ok((StatusCode::CREATED, Json(terminated)))
         }
         Err(e) => Err(request_error(e)),

@@ -14,7 +14,13 @@ pub fn state_diagram() -> String {
             Target::To(to) => to,
             Target::Stay => edge.from,
         };
-        let _ = write!(out, "    {} --> {}: {}", edge.from.name(), to.name(), edge.on.name());
+        let _ = write!(
+            out,
+            "    {} --> {}: {}",
+            edge.from.name(),
+            to.name(),
+            edge.on.name()
+        );
         if !edge.note.is_empty() {
             let _ = write!(out, " ({})", edge.note);
         }

@@ -65,7 +65,12 @@ fn handlers_agree_with_table() {
 fn no_pair_is_listed_twice() {
     let mut seen = BTreeSet::new();
     for e in TRANSITIONS {
-        assert!(seen.insert((e.from, e.on)), "{:?} + {:?} twice", e.from, e.on);
+        assert!(
+            seen.insert((e.from, e.on)),
+            "{:?} + {:?} twice",
+            e.from,
+            e.on
+        );
     }
 }
 
@@ -158,9 +163,15 @@ fn termination_escalates_but_never_softens() {
             mode: TerminateMode::Immediate
         }]
     );
-    assert_eq!(compute.status().to_string(), "termination-pending-immediate");
+    assert_eq!(
+        compute.status().to_string(),
+        "termination-pending-immediate"
+    );
     assert!(compute.handle(&fast).unwrap().commands.is_empty());
-    assert_eq!(compute.status().to_string(), "termination-pending-immediate");
+    assert_eq!(
+        compute.status().to_string(),
+        "termination-pending-immediate"
+    );
 }
 
 #[test]
@@ -217,7 +228,9 @@ fn running_clears_the_error_of_a_failed_attempt() {
         .unwrap();
     compute.handle(&Event::ConfigurationStarted).unwrap();
     compute
-        .handle(&Event::ConfigurationFailed { error: "bad".into() })
+        .handle(&Event::ConfigurationFailed {
+            error: "bad".into(),
+        })
         .unwrap();
     assert_eq!(compute.error(), Some("bad"));
     compute

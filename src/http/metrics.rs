@@ -1,0 +1,27 @@
+//! `GET /metrics`: Prometheus text, built from the latest snapshot at each scrape (Neon's
+//! metric names, so its dashboards keep working).
+
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::engine::Snapshot;
+
+/// The build label of `compute_ctl_up`: `BUILD_TAG` at compile time, else `latest` (as Neon).
+pub const BUILD_TAG: &str = match option_env!("BUILD_TAG") {
+    Some(tag) => tag,
+    None => "latest",
+};
+
+pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
+    let registry = Registry::new();
+    let up = IntGaugeVec::new(
+        Opts::new("compute_ctl_up", "Compute status; exactly one series is 1"),
+        &["build_tag", "status"],
+    )?;
+    registry.register(Box::new(up.clone()))?;
+    up.with_label_values(&[BUILD_TAG, &snapshot.status.to_string()])
+        .set(1);
+
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out)?;
+    Ok(String::from_utf8(out).expect("the text encoder writes UTF-8"))
+}
