@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
@@ -73,4 +74,10 @@ pub struct RunArgs {
     /// OS user Postgres runs as when compute_ctl runs as root (Postgres refuses root).
     #[arg(long, default_value = "postgres")]
     pub pg_user: String,
+
+    /// After a fast termination requested over HTTP, keep answering the API this long (e.g.
+    /// `30s`, `500ms`) so the control plane can read the final status. An immediate termination
+    /// or a signal ends it at once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub terminate_linger: Duration,
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use compute_states::{Command, Compute, ComputeStatus, Event, Rejection, SpecRef};
+use compute_states::{Command, Compute, ComputeStatus, Event, Rejection, SpecRef, TerminateMode};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -48,6 +48,10 @@ pub struct Snapshot {
     pub timeline: Option<String>,
     pub last_active: Option<DateTime<Utc>>,
     pub metrics: ComputeMetrics,
+    /// The final WAL position (`X/Y`) of a primary stopped by a termination, once known.
+    pub lsn: Option<String>,
+    /// The mode of the termination under way or done (the latest, after an escalation).
+    pub terminate_mode: Option<TerminateMode>,
 }
 
 /// What can be sent to the engine.
@@ -59,6 +63,8 @@ pub enum Input {
     Configure(Arc<ComputeSpec>),
     /// A timing measured by an effect.
     Metrics(Box<dyn FnOnce(&mut ComputeMetrics) + Send>),
+    /// The final WAL position, read by the stop effect after the postmaster stopped.
+    Lsn(String),
 }
 
 struct Request {
@@ -126,6 +132,10 @@ impl Reporter {
         self.send(Input::Metrics(Box::new(update)));
     }
 
+    pub fn lsn(&self, lsn: String) {
+        self.send(Input::Lsn(lsn));
+    }
+
     fn send(&self, input: Input) {
         // After the engine stopped nobody listens; the result is moot.
         let _ = self.tx.send(Request { input, reply: None });
@@ -149,6 +159,8 @@ pub fn channel() -> (EngineHandle, Reporter, Inbox) {
         timeline: None,
         last_active: None,
         metrics: ComputeMetrics::default(),
+        lsn: None,
+        terminate_mode: None,
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
     (
@@ -207,6 +219,11 @@ impl Engine {
                 }
                 Input::Metrics(update) => {
                     update(&mut self.snapshot.metrics);
+                    self.publish();
+                    continue;
+                }
+                Input::Lsn(lsn) => {
+                    self.snapshot.lsn = Some(lsn);
                     self.publish();
                     continue;
                 }
@@ -308,6 +325,15 @@ impl Engine {
         self.snapshot.seq += 1;
         self.snapshot.status = self.machine.status();
         self.snapshot.error = self.machine.error().map(str::to_owned);
+        match self.snapshot.status {
+            ComputeStatus::TerminationPendingFast => {
+                self.snapshot.terminate_mode = Some(TerminateMode::Fast)
+            }
+            ComputeStatus::TerminationPendingImmediate => {
+                self.snapshot.terminate_mode = Some(TerminateMode::Immediate)
+            }
+            _ => {}
+        }
         self.inbox
             .snapshots
             .send_replace(Arc::new(self.snapshot.clone()));

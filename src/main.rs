@@ -9,10 +9,11 @@ use compute_ctl::effects::Effects;
 use compute_ctl::effects::node::Node;
 use compute_ctl::engine::{self, Engine, Input};
 use compute_ctl::{http, signals, spec, telemetry};
+use compute_states::{ComputeStatus, TerminateMode};
 use tokio_util::sync::CancellationToken;
 
-/// How long the HTTP API keeps answering after the final status, so that whoever asked for
-/// the termination (or polls the status) gets the last word.
+/// How long the HTTP API keeps answering after an exit that is not a fast termination (a crash),
+/// so that whoever polls the status gets the last word.
 const LINGER: Duration = Duration::from_millis(300);
 
 #[tokio::main]
@@ -78,7 +79,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .await
         })
     });
-    tokio::spawn(signals::forward(handle.clone()));
+    let signalled = CancellationToken::new();
+    tokio::spawn(signals::forward(handle.clone(), signalled.clone()));
 
     match spec {
         Some(spec) => {
@@ -95,7 +97,19 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let (code, effects) = engine.run().await;
     effects.shutdown().await;
-    tokio::time::sleep(LINGER).await;
+    let last = handle.snapshot();
+    let linger = match (last.status, last.terminate_mode) {
+        (ComputeStatus::Terminated, Some(TerminateMode::Fast)) => args.terminate_linger,
+        (ComputeStatus::Terminated, _) => Duration::ZERO,
+        _ => LINGER,
+    };
+    if !linger.is_zero() && !signalled.is_cancelled() {
+        tracing::info!("final status {}: serving it for {linger:?}", last.status);
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(linger) => {}
+        _ = signalled.cancelled() => {}
+    }
     stop_serving.cancel();
     for server in servers {
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

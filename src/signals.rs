@@ -1,12 +1,14 @@
 //! Signals become termination requests: SIGTERM and SIGINT ask for a fast shutdown, a second
-//! one (or SIGQUIT) for an immediate one.
+//! one (or SIGQUIT) for an immediate one. Every signal also cancels `received`, which ends the
+//! linger after a termination: whoever sends signals (docker stop, systemd) wants the process gone.
 
 use compute_states::{Event, TerminateMode};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::{EngineHandle, Input};
 
-pub async fn forward(engine: EngineHandle) -> anyhow::Result<()> {
+pub async fn forward(engine: EngineHandle, received: CancellationToken) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
@@ -18,6 +20,7 @@ pub async fn forward(engine: EngineHandle) -> anyhow::Result<()> {
             _ = quit.recv() => ("SIGQUIT", TerminateMode::Immediate),
         };
         asked = true;
+        received.cancel();
         tracing::info!("received {name}: terminating ({})", mode.as_str());
         let engine = engine.clone();
         tokio::spawn(async move {

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Reporter, millis};
-use crate::spec::ComputeSpec;
+use crate::spec::{ComputeMode, ComputeSpec};
 use node::Node;
 use postgres::Postmaster;
 
@@ -30,6 +30,8 @@ pub struct Effects {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
+    /// The mode of the latest spec: only a primary reports its final LSN.
+    mode: Option<ComputeMode>,
 }
 
 impl Effects {
@@ -40,6 +42,7 @@ impl Effects {
             cancel: CancellationToken::new(),
             tasks: Vec::new(),
             postmaster: Arc::default(),
+            mode: None,
         }
     }
 
@@ -50,6 +53,9 @@ impl Effects {
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
         };
+        if let Some(spec) = &spec {
+            self.mode = Some(spec.mode);
+        }
         match (command, spec) {
             (Command::StartCompute { .. }, Some(spec)) => {
                 self.spawn_cancellable(async move { work.start(spec).await })
@@ -70,11 +76,12 @@ impl Effects {
             (Command::Stop { mode }, _) => {
                 self.cancel.cancel();
                 let running = std::mem::take(&mut self.tasks);
+                let primary = self.mode == Some(ComputeMode::Primary);
                 tokio::spawn(async move {
                     for task in running {
                         let _ = task.await;
                     }
-                    work.stop(mode).await;
+                    work.stop(mode, primary).await;
                 });
             }
             (command, _) => tracing::error!("effects cannot run {command:?}"),
@@ -195,15 +202,30 @@ impl Work {
         }
     }
 
-    /// Stop Postgres if it runs, then report `Stopped`.
-    async fn stop(&self, mode: TerminateMode) {
+    /// Stop Postgres if it runs, report a primary's final LSN, then report `Stopped`.
+    async fn stop(&self, mode: TerminateMode, primary: bool) {
         let postmaster = lock(&self.postmaster).clone();
-        if let Some(postmaster) = postmaster
-            && postmaster.exited().is_none()
-        {
+        let Some(postmaster) = postmaster else {
+            self.reporter.event(Event::Stopped);
+            return;
+        };
+        if postmaster.exited().is_none() {
             tracing::info!("stopping postgres ({})", mode.as_str());
             let exit = postgres::stop(&postmaster, mode).await;
             tracing::info!("postgres stopped ({exit})");
+        }
+        // A Postgres that never came up wrote nothing: initdb's checkpoint is no final position.
+        if primary && postmaster.announced() {
+            match postgres::final_lsn(&self.node).await {
+                Ok(Some(lsn)) => {
+                    tracing::info!(lsn, "final WAL position");
+                    self.reporter.lsn(lsn);
+                }
+                Ok(None) => tracing::info!(
+                    "no final WAL position: postgres did not finish with a shutdown checkpoint"
+                ),
+                Err(error) => tracing::warn!("reading the final WAL position: {error:#}"),
+            }
         }
         self.reporter.event(Event::Stopped);
     }

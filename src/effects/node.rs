@@ -101,7 +101,15 @@ impl Node {
 
     /// A sibling tool of the `postgres` binary (`initdb`, `pg_ctl`, ...).
     pub fn tool(&self, name: &str) -> PathBuf {
-        self.postgres.with_file_name(name)
+        let beside = self.postgres.with_file_name(name);
+        if beside.exists() {
+            return beside;
+        }
+        // `postgres` may be a symlink (/usr/local/bin/postgres) into a full installation that
+        // has the tools not linked beside it.
+        std::fs::canonicalize(&self.postgres)
+            .map(|real| real.with_file_name(name))
+            .unwrap_or(beside)
     }
 
     /// Connection options for `database`, labelled with `application_name` in pg_stat_activity.

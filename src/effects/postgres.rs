@@ -20,6 +20,7 @@ use tokio_stream::StreamExt;
 use super::node::Node;
 use super::process;
 use crate::engine::Reporter;
+use crate::spec::Lsn;
 
 /// How long Postgres may take to become ready before the start counts as failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -64,6 +65,11 @@ impl Postmaster {
     fn stderr_tail(&self) -> String {
         let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
         tail.iter().cloned().collect::<Vec<_>>().join(" | ")
+    }
+
+    /// Whether Postgres came up (its exit is then the machine's business).
+    pub fn announced(&self) -> bool {
+        self.announced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn announce(&self) {
@@ -212,6 +218,91 @@ pub async fn stop(postmaster: &Postmaster, mode: TerminateMode) -> PostmasterExi
         }
         tracing::warn!("postmaster did not stop within {patience:?} after {signal}; escalating");
     }
-    postmaster.signal(Signal::SIGKILL);
+    // The whole process group (the postmaster was spawned as its leader): backends of a
+    // killed postmaster would otherwise linger until they notice it is gone.
+    if postmaster.exited().is_none() {
+        let _ = nix::sys::signal::killpg(postmaster.pid, Signal::SIGKILL);
+    }
     postmaster.wait().await
+}
+
+/// The final WAL position of a cleanly stopped cluster: `pg_controldata`'s latest checkpoint,
+/// which after a fast shutdown is the shutdown checkpoint, the last WAL record written. `None`
+/// when the cluster did not shut down cleanly (immediate mode, crash): then no record of
+/// pg_control is the end of WAL.
+pub async fn final_lsn(node: &Node) -> anyhow::Result<Option<String>> {
+    let tool = node.tool("pg_controldata");
+    let output = process::command(node, &tool)
+        .arg("-D")
+        .arg(&node.pgdata)
+        // The labels parsed below are the untranslated ones.
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", tool.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            tool.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    parse_controldata(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_controldata(text: &str) -> anyhow::Result<Option<String>> {
+    let field = |name: &str| {
+        text.lines().find_map(|line| {
+            let (label, value) = line.split_once(':')?;
+            (label.trim() == name).then(|| value.trim())
+        })
+    };
+    let state =
+        field("Database cluster state").context("pg_controldata printed no cluster state")?;
+    if state != "shut down" {
+        return Ok(None);
+    }
+    let lsn = field("Latest checkpoint location")
+        .context("pg_controldata printed no latest checkpoint location")?;
+    let lsn: Lsn = lsn
+        .parse()
+        .context("pg_controldata's latest checkpoint location")?;
+    Ok(Some(lsn.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_controldata;
+
+    const CONTROLDATA: &str = "\
+pg_control version number:            1300
+Database cluster state:               shut down
+pg_control last modified:             Sun 22 Nov 2026 10:00:00 PM UTC
+Latest checkpoint location:           0/1A2B3C8
+Latest checkpoint's REDO location:    0/1A2B3C8
+";
+
+    #[test]
+    fn lsn_of_a_clean_shutdown() {
+        assert_eq!(
+            parse_controldata(CONTROLDATA).unwrap().as_deref(),
+            Some("0/1A2B3C8")
+        );
+    }
+
+    #[test]
+    fn no_lsn_after_an_unclean_stop() {
+        let text = CONTROLDATA.replace("shut down", "in production");
+        assert_eq!(parse_controldata(&text).unwrap(), None);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse_controldata("nothing here").is_err());
+        let text = CONTROLDATA.replace("0/1A2B3C8\nLatest", "0/zz\nLatest");
+        let err = format!("{:#}", parse_controldata(&text).unwrap_err());
+        assert!(err.contains("\"0/zz\""), "{err}");
+    }
 }

@@ -132,7 +132,8 @@ pub struct TerminateResponse {
     lsn: Option<String>,
 }
 
-/// `POST /terminate[?mode=fast|immediate]`: 200 once terminated, 201 if it already was.
+/// `POST /terminate[?mode=fast|immediate]`: 200 once terminated, 201 if it already was; both
+/// with a primary's final LSN (null for replicas, or when Postgres did not stop cleanly).
 pub async fn terminate(
     State(engine): State<EngineHandle>,
     query: Result<Query<TerminateQuery>, QueryRejection>,
@@ -143,23 +144,23 @@ pub async fn terminate(
         Mode::Fast => TerminateMode::Fast,
         Mode::Immediate => TerminateMode::Immediate,
     };
-    let terminated = TerminateResponse { lsn: None };
+    let terminated = |s: &Snapshot| TerminateResponse { lsn: s.lsn.clone() };
     match engine
         .request(Input::Event(Event::TerminateRequested { mode }))
         .await
     {
         Ok(seq) => {
-            engine
+            let last = engine
                 .wait_for(seq, |s| s.status == ComputeStatus::Terminated)
                 .await;
-            Ok((StatusCode::OK, Json(terminated)))
+            Ok((StatusCode::OK, Json(terminated(&last))))
         }
         // Already terminated: the machine says so, or it has finished and the process is
         // on its way out.
         Err(RequestError::Rejected(_) | RequestError::Gone)
             if engine.snapshot().status == ComputeStatus::Terminated =>
         {
-            Ok((StatusCode::CREATED, Json(terminated)))
+            Ok((StatusCode::CREATED, Json(terminated(&engine.snapshot()))))
         }
         Err(e) => Err(request_error(e)),
     }

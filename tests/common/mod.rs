@@ -234,6 +234,9 @@ impl Compute {
             self.external_port.to_string().into(),
             "--internal-http-port".into(),
             self.internal_port.to_string().into(),
+            // Tests expect a prompt exit after /terminate (the default lingers 30 s).
+            "--terminate-linger".into(),
+            "100ms".into(),
         ]
     }
 
