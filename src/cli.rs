@@ -80,4 +80,8 @@ pub struct RunArgs {
     /// or a signal ends it at once.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub terminate_linger: Duration,
+
+    /// Reap orphaned processes as a child subreaper. Always on when compute_ctl is PID 1.
+    #[arg(long)]
+    pub reap_orphans: bool,
 }

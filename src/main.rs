@@ -59,6 +59,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         env!("CARGO_PKG_VERSION")
     );
 
+    compute_ctl::effects::reaper::start(args.reap_orphans)?;
+
     let (handle, reporter, inbox) = engine::channel();
     let engine = Engine::new(inbox, Effects::new(node.clone(), reporter));
 

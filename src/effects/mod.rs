@@ -10,6 +10,7 @@ pub mod node;
 pub mod pgdata;
 pub mod postgres;
 pub mod process;
+pub mod reaper;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

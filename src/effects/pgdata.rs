@@ -67,17 +67,18 @@ pub fn claim(node: &Node) -> anyhow::Result<()> {
 /// Run `initdb` in the staging directory, then move its output into PGDATA.
 pub async fn initdb(node: &Node) -> anyhow::Result<()> {
     let staging = node.pgdata.join(STAGING);
-    let output = process::command(node, &node.tool("initdb"))
-        .arg("-D")
-        .arg(&staging)
-        .args(["-U", &node.superuser])
-        .args(["--encoding=UTF8", "--locale=C.UTF-8", "--auth=trust"])
-        // The data lives as long as the compute: durability of the template is not needed.
-        .arg("--no-sync")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running initdb")?;
+    let output = process::output(
+        process::command(node, &node.tool("initdb"))
+            .arg("-D")
+            .arg(&staging)
+            .args(["-U", &node.superuser])
+            .args(["--encoding=UTF8", "--locale=C.UTF-8", "--auth=trust"])
+            // The data lives as long as the compute: durability of the template is not needed.
+            .arg("--no-sync")
+            .stdin(Stdio::null()),
+    )
+    .await
+    .context("running initdb")?;
     if !output.status.success() {
         bail!(
             "initdb failed ({}): {}",

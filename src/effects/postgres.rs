@@ -80,16 +80,17 @@ impl Postmaster {
 
 /// Spawn `postgres -D <pgdata>`, re-log its stderr with a `PG:` prefix, and watch for its exit.
 pub fn spawn(node: &Node, reporter: Reporter) -> anyhow::Result<Postmaster> {
-    let mut child = process::command(node, &node.postgres)
-        .arg("-D")
-        .arg(&node.pgdata)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        // The watcher below owns the child; it must outlive the effect that spawned it.
-        .kill_on_drop(false)
-        .spawn()
-        .with_context(|| format!("spawning {}", node.postgres.display()))?;
+    let mut child = process::spawn(
+        process::command(node, &node.postgres)
+            .arg("-D")
+            .arg(&node.pgdata)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // The watcher below owns the child; it must outlive the effect that spawned it.
+            .kill_on_drop(false),
+    )
+    .with_context(|| format!("spawning {}", node.postgres.display()))?;
     let pid = Pid::from_raw(child.id().context("postmaster has no pid")? as i32);
     let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
     if let Some(stderr) = child.stderr.take() {
@@ -115,7 +116,9 @@ pub fn spawn(node: &Node, reporter: Reporter) -> anyhow::Result<Postmaster> {
         announced: announced.clone(),
     };
     tokio::spawn(async move {
-        let exit = match child.wait().await {
+        let waited = child.wait().await;
+        process::forget(Some(pid.as_raw() as u32));
+        let exit = match waited {
             Ok(status) => exit_of(status),
             Err(e) => {
                 tracing::error!("waiting for the postmaster failed: {e}");
@@ -232,15 +235,16 @@ pub async fn stop(postmaster: &Postmaster, mode: TerminateMode) -> PostmasterExi
 /// pg_control is the end of WAL.
 pub async fn final_lsn(node: &Node) -> anyhow::Result<Option<String>> {
     let tool = node.tool("pg_controldata");
-    let output = process::command(node, &tool)
-        .arg("-D")
-        .arg(&node.pgdata)
-        // The labels parsed below are the untranslated ones.
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {}", tool.display()))?;
+    let output = process::output(
+        process::command(node, &tool)
+            .arg("-D")
+            .arg(&node.pgdata)
+            // The labels parsed below are the untranslated ones.
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null()),
+    )
+    .await
+    .with_context(|| format!("running {}", tool.display()))?;
     if !output.status.success() {
         bail!(
             "{} failed ({}): {}",

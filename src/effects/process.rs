@@ -1,11 +1,17 @@
 //! How every child process is started: as the Postgres user when compute_ctl is root, in its
 //! own process group (a terminal's Ctrl-C reaches compute_ctl only, which then stops Postgres
 //! in order), and set to receive SIGQUIT should compute_ctl die without cleaning up.
+//!
+//! Children are spawned through [`spawn`] or [`output`], which record their pids: the orphan
+//! reaper (`reaper.rs`) must leave those to tokio, which reports their exit status.
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Output;
+use std::sync::{Mutex, MutexGuard};
 
 use nix::sys::signal::Signal;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use super::node::Node;
 
@@ -28,4 +34,46 @@ pub fn command(node: &Node, program: &Path) -> Command {
         });
     }
     cmd
+}
+
+/// Pids of the children compute_ctl spawned and waits for itself.
+static OURS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// The lock on our children's pids. The reaper holds it while it reaps, so a child that exits
+/// between its fork and its registration cannot be mistaken for an orphan.
+pub fn ours() -> MutexGuard<'static, BTreeSet<i32>> {
+    OURS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Spawn and register a child; call [`forget`] once its exit status has been collected.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut ours = ours();
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        ours.insert(pid as i32);
+    }
+    Ok(child)
+}
+
+pub fn forget(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        ours().remove(&(pid as i32));
+    }
+}
+
+/// Like `Command::output`, for a registered child.
+pub async fn output(cmd: &mut Command) -> std::io::Result<Output> {
+    /// Forgets the pid also when the future is dropped (a cancelled effect): the child is then
+    /// killed and nobody waits for its status, so the reaper may collect it.
+    struct Registered(Option<u32>);
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            forget(self.0);
+        }
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = spawn(cmd)?;
+    let _registered = Registered(child.id());
+    child.wait_with_output().await
 }

@@ -263,10 +263,25 @@ impl Compute {
 
     /// Start compute_ctl with exactly these arguments.
     pub fn start_raw(&mut self, args: Vec<OsString>) {
+        self.start_raw_via(&[], args);
+    }
+
+    /// Start `wrapper... compute_ctl args...` (e.g. `unshare --pid --fork`); the child (whose
+    /// exit and signals the harness handles) is then the wrapper.
+    pub fn start_raw_via(&mut self, wrapper: &[&str], args: Vec<OsString>) {
         assert!(self.child.is_none(), "compute already started");
         let stdout = fs::File::create(&self.stdout_path).expect("create stdout log");
         let stderr = fs::File::create(&self.stderr_path).expect("create stderr log");
-        let child = Command::new(env!("CARGO_BIN_EXE_compute_ctl"))
+        let binary = env!("CARGO_BIN_EXE_compute_ctl");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
