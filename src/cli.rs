@@ -29,7 +29,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("spec_source").required(true).args(["config", "spec_path"])))]
+#[command(group(ArgGroup::new("spec_source").required(true).args(["config", "spec_path", "control_plane_uri"])))]
 pub struct RunArgs {
     /// Postgres data directory. compute_ctl creates it, and wipes it at every start, but only
     /// if it created it itself (it holds a `.compute_ctl` marker file).
@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// A bare ComputeSpec JSON file (the older way to pass a spec).
     #[arg(short = 'S', long)]
     pub spec_path: Option<PathBuf>,
+
+    /// Fetch the ComputeConfig from this control plane: GET
+    /// {uri}/compute/api/v2/computes/{compute-id}/spec, bearer $NEON_CONTROL_PLANE_TOKEN.
+    #[arg(short = 'p', long)]
+    pub control_plane_uri: Option<String>,
 
     /// The compute's identity (checked against the `compute_id` claim of API tokens).
     #[arg(short = 'i', long, required = true)]

@@ -5,6 +5,7 @@
 //! (PGDATA, the postmaster, SQL), and the HTTP API that turns requests into events.
 
 pub mod cli;
+pub mod control_plane;
 pub mod effects;
 pub mod engine;
 pub mod http;

@@ -8,7 +8,7 @@ use compute_ctl::cli::{Cli, Command, RunArgs};
 use compute_ctl::effects::Effects;
 use compute_ctl::effects::node::Node;
 use compute_ctl::engine::{self, Engine, Input};
-use compute_ctl::{http, signals, spec, telemetry};
+use compute_ctl::{control_plane, http, signals, spec, telemetry};
 use compute_states::{ComputeStatus, TerminateMode};
 use tokio_util::sync::CancellationToken;
 
@@ -40,10 +40,18 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let connstr = args.connstr.context("--connstr is required")?;
     let compute_id = args.compute_id.context("--compute-id is required")?;
 
-    let spec = match (&args.config, &args.spec_path) {
-        (Some(path), _) => spec::load_config(path)?.spec,
+    // A ComputeConfig from a file or from the control plane; clap lets only one through.
+    let config = match (&args.config, &args.control_plane_uri) {
+        (Some(path), _) => Some(spec::load_config(path)?),
+        (None, Some(uri)) => Some(control_plane::fetch_config(uri, &compute_id).await?),
+        (None, None) => None,
+    };
+    let spec = match (config, &args.spec_path) {
+        (Some(config), _) => config.spec,
         (None, Some(path)) => Some(spec::load_spec(path)?),
-        (None, None) => anyhow::bail!("give a spec with --config or --spec-path"),
+        (None, None) => {
+            anyhow::bail!("give a spec with --config, --spec-path or --control-plane-uri")
+        }
     };
     let node = Arc::new(Node::new(
         &pgdata,

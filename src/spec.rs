@@ -33,6 +33,23 @@ pub struct ComputeConfig {
     pub compute_ctl_config: ComputeCtlConfig,
 }
 
+/// The control plane's answer to `GET {uri}/compute/api/v2/computes/{id}/spec`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ControlPlaneConfigResponse {
+    #[serde(default)]
+    pub spec: Option<ComputeSpec>,
+    pub status: ControlPlaneComputeStatus,
+    pub compute_ctl_config: ComputeCtlConfig,
+}
+
+/// Whether the control plane has attached the compute to an endpoint (then it sends a spec).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlPlaneComputeStatus {
+    Empty,
+    Attached,
+}
+
 /// The body of `POST /configure`: both fields required (Neon ignores `compute_ctl_config`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConfigurationRequest {
@@ -462,6 +479,16 @@ pub fn parse_config(bytes: &[u8]) -> Result<ComputeConfig, SpecError> {
         spec.validate_at("spec.")?;
     }
     Ok(config)
+}
+
+/// Parses the control plane's answer; validates its spec. A [`SpecError::Json`] means the body
+/// could not be decoded, anything else that it was decoded and is wrong.
+pub fn parse_control_plane_response(bytes: &[u8]) -> Result<ControlPlaneConfigResponse, SpecError> {
+    let response: ControlPlaneConfigResponse = from_json(bytes)?;
+    if let Some(spec) = &response.spec {
+        spec.validate_at("spec.")?;
+    }
+    Ok(response)
 }
 
 /// Parses and validates a bare `ComputeSpec` (the legacy `--spec-path` file).

@@ -79,7 +79,8 @@ async fn orphans_are_reaped_and_the_postmaster_exit_is_reported(c: &mut Compute,
     let mut conn = c.connect("postgres").await;
     for i in 0..ORPHANS {
         let program = format!(
-            "(while [ ! -e go ]; do sleep 0.05; done; touch done-{i}) </dev/null >/dev/null 2>&1 &"
+            // Read the row first: a shell gone before Postgres wrote it fails the COPY.
+            "cat >/dev/null; (while [ ! -e go ]; do sleep 0.05; done; touch done-{i}) </dev/null >/dev/null 2>&1 &"
         );
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "COPY (SELECT 1) TO PROGRAM '{program}'"

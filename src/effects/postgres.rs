@@ -221,10 +221,12 @@ pub async fn stop(postmaster: &Postmaster, mode: TerminateMode) -> PostmasterExi
         }
         tracing::warn!("postmaster did not stop within {patience:?} after {signal}; escalating");
     }
-    // The whole process group (the postmaster was spawned as its leader): backends of a
-    // killed postmaster would otherwise linger until they notice it is gone.
-    if postmaster.exited().is_none() {
-        let _ = nix::sys::signal::killpg(postmaster.pid, Signal::SIGKILL);
+    // Its children too: they are session leaders of their own (Postgres calls setsid), and
+    // would otherwise linger until they notice the postmaster is gone.
+    let children = process::children_of(postmaster.pid.as_raw());
+    postmaster.signal(Signal::SIGKILL);
+    for (child, _) in children {
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
     }
     postmaster.wait().await
 }

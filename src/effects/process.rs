@@ -77,3 +77,40 @@ pub async fn output(cmd: &mut Command) -> std::io::Result<Output> {
     let _registered = Registered(child.id());
     child.wait_with_output().await
 }
+
+/// (pid, state letter) of the processes whose parent is `parent`, from /proc/<pid>/stat.
+pub fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (state, ppid) = parse_stat(&stat)?;
+            (ppid == parent).then_some((pid, state))
+        })
+        .collect()
+}
+
+/// State and parent pid: the fields after the command name, which is in parentheses and may
+/// itself contain spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(char, i32)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stat;
+
+    #[test]
+    fn stat_with_a_hostile_command_name() {
+        let stat = "4242 (a) Z (b) 7) Z 17 4242 4242 0 -1 4194560 0 0";
+        assert_eq!(parse_stat(stat), Some(('Z', 17)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}

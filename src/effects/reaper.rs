@@ -48,8 +48,8 @@ pub fn reap_orphans() -> usize {
     // Held throughout: a child spawned meanwhile is registered before we look at it.
     let ours = process::ours();
     let mut reaped = 0;
-    for pid in zombie_children(me) {
-        if ours.contains(&pid) {
+    for (pid, state) in process::children_of(me) {
+        if state != 'Z' || ours.contains(&pid) {
             continue;
         }
         match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
@@ -62,41 +62,4 @@ pub fn reap_orphans() -> usize {
         }
     }
     reaped
-}
-
-/// Pids of the zombies whose parent is `parent`, from /proc/<pid>/stat.
-fn zombie_children(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (state, ppid) = parse_stat(&stat)?;
-            (state == 'Z' && ppid == parent).then_some(pid)
-        })
-        .collect()
-}
-
-/// State and parent pid: the fields after the command name, which is in parentheses and may
-/// itself contain spaces and parentheses.
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_stat;
-
-    #[test]
-    fn stat_with_a_hostile_command_name() {
-        let stat = "4242 (a) Z (b) 7) Z 17 4242 4242 0 -1 4194560 0 0";
-        assert_eq!(parse_stat(stat), Some(('Z', 17)));
-        assert_eq!(parse_stat("garbage"), None);
-    }
 }

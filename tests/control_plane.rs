@@ -1,0 +1,240 @@
+//! `--control-plane-uri`: the startup config comes from a control plane, played here by a small
+//! axum app that answers from a script (slow, flapping, malformed, final errors).
+
+mod common;
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode as Code};
+use axum::routing::get;
+use common::*;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "secret token";
+
+/// One scripted answer: after `delay`, `status` with `body`.
+#[derive(Clone)]
+struct Answer {
+    delay: Duration,
+    status: u16,
+    body: String,
+}
+
+fn answer(status: u16, body: impl Into<String>) -> Answer {
+    Answer {
+        delay: Duration::ZERO,
+        status,
+        body: body.into(),
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    /// Answers in order; the last one repeats.
+    answers: VecDeque<Answer>,
+    /// (compute id, Authorization header) of every request.
+    requests: Vec<(String, Option<String>)>,
+}
+
+type Shared = Arc<Mutex<Script>>;
+
+async fn spec(
+    State(script): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> (Code, String) {
+    let next = {
+        let mut script = script.lock().unwrap();
+        let auth = headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        script.requests.push((id, auth));
+        if script.answers.len() > 1 {
+            script.answers.pop_front().unwrap()
+        } else {
+            script.answers[0].clone()
+        }
+    };
+    tokio::time::sleep(next.delay).await;
+    (Code::from_u16(next.status).unwrap(), next.body)
+}
+
+/// Start the fake control plane; returns its base URI and the shared script.
+async fn control_plane(answers: Vec<Answer>) -> (String, Shared) {
+    let script: Shared = Arc::new(Mutex::new(Script {
+        answers: answers.into(),
+        requests: Vec::new(),
+    }));
+    let app = Router::new()
+        .route("/compute/api/v2/computes/{id}/spec", get(spec))
+        .with_state(script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (uri, script)
+}
+
+/// compute_ctl with `-p uri`, the token in its environment (through `env`, so that tests
+/// running in parallel do not share one process environment).
+fn start(c: &mut Compute, uri: &str) {
+    let mut args: Vec<OsString> = c.base_args();
+    args.push("-p".into());
+    args.push(uri.into());
+    let token = format!("NEON_CONTROL_PLANE_TOKEN={TOKEN}");
+    c.start_raw_via(&["env", &token], args);
+}
+
+fn hostile_name() -> &'static str {
+    "cp's \"role\" $x$ \\ 🐘"
+}
+
+fn attached() -> String {
+    let name = hostile_name();
+    json!({
+        "status": "attached",
+        "spec": spec_value(name),
+        "compute_ctl_config": {"jwks": {"keys": []}},
+    })
+    .to_string()
+}
+
+fn spec_value(name: &str) -> Value {
+    common::spec(vec![role(name, None)], vec![database(name, name)], vec![])
+}
+
+fn requests(script: &Shared) -> Vec<(String, Option<String>)> {
+    script.lock().unwrap().requests.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flapping_and_malformed_answers_are_retried() {
+    let (uri, script) = control_plane(vec![
+        answer(503, "busy"),
+        answer(502, "bad gateway"),
+        answer(200, "{\"status\": \"attached\", \"spec\": "),
+        answer(
+            200,
+            "{\"status\": \"dunno\", \"compute_ctl_config\": {\"jwks\": {\"keys\": []}}}",
+        ),
+        answer(200, attached()),
+    ])
+    .await;
+    let mut c = Compute::new("cp-flapping");
+    start(&mut c, &uri);
+    c.wait_for_status("running").await;
+
+    let seen = requests(&script);
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    for (id, auth) in &seen {
+        assert_eq!(id, "test-cp-flapping");
+        assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+    }
+    // The spec of the control plane was applied.
+    let mut conn = c.connect(hostile_name()).await;
+    let owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(owner, hostile_name());
+    let log = c.log();
+    for expected in [
+        "503 Service Unavailable: busy",
+        "502 Bad Gateway",
+        "undecodable answer",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in the log\n{log}");
+    }
+
+    let (code, _) = c.terminate(None).await;
+    assert_eq!(code, reqwest::StatusCode::OK);
+    assert_eq!(c.wait_exit().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_answer_times_out_and_is_retried() {
+    let slow = Answer {
+        delay: Duration::from_secs(15),
+        ..answer(200, attached())
+    };
+    let (uri, script) = control_plane(vec![slow, answer(200, attached())]).await;
+    let mut c = Compute::new("cp-slow");
+    start(&mut c, &uri);
+    c.wait_for_status("running").await;
+    assert_eq!(requests(&script).len(), 2);
+    assert!(c.log().contains("timed out"), "{}", c.log_tail(40));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_compute_waits_for_configure() {
+    let empty = json!({"status": "empty", "compute_ctl_config": {"jwks": {"keys": []}}});
+    let (uri, _script) = control_plane(vec![answer(200, empty.to_string())]).await;
+    let mut c = Compute::new("cp-empty");
+    start(&mut c, &uri);
+    c.wait_for_status("empty").await;
+    let (code, body) = c.configure(&spec_value(hostile_name())).await;
+    assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "running");
+}
+
+/// Any other answer is final: compute_ctl exits 1 at once, with the body in the error.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_errors_fail_fast() {
+    let no_spec = json!({"status": "attached", "compute_ctl_config": {"jwks": {"keys": []}}});
+    let bad_spec = json!({
+        "status": "attached",
+        "spec": common::spec(vec![role("", None)], vec![], vec![]),
+        "compute_ctl_config": {"jwks": {"keys": []}},
+    });
+    let cases = [
+        (
+            answer(404, "no compute named that"),
+            "404 Not Found: no compute named that",
+        ),
+        (answer(401, "bad token"), "401 Unauthorized: bad token"),
+        (
+            answer(200, no_spec.to_string()),
+            "attached, but the answer has no spec",
+        ),
+        (
+            answer(200, bad_spec.to_string()),
+            "at spec.cluster.roles[0].name",
+        ),
+    ];
+    for (i, (reply, expected)) in cases.into_iter().enumerate() {
+        let (uri, script) = control_plane(vec![reply]).await;
+        let mut c = Compute::new(&format!("cp-fail-{i}"));
+        start(&mut c, &uri);
+        let st = c.wait_exit().await;
+        assert_eq!(st.code(), Some(1), "{st}\n{}", c.log_tail(20));
+        assert!(
+            c.stderr().contains(expected),
+            "no {expected:?}\n{}",
+            c.log_tail(20)
+        );
+        assert_eq!(requests(&script).len(), 1, "{expected}: retried");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_plane_conflicts_with_config() {
+    let mut c = Compute::new("cp-conflict");
+    let path = c.write_file("config.json", &common::config(None).to_string());
+    let mut args = c.base_args();
+    args.extend([
+        "-p".into(),
+        "http://127.0.0.1:9".into(),
+        "-c".into(),
+        path.into(),
+    ]);
+    c.start_raw(args);
+    let st = c.wait_exit().await;
+    assert_eq!(st.code(), Some(2), "{st}");
+    assert!(c.stderr().contains("cannot be used with"), "{}", c.stderr());
+}
