@@ -105,6 +105,11 @@ impl EngineHandle {
         self.snapshots.borrow().clone()
     }
 
+    /// Every snapshot from now on (a watcher may miss intermediate ones, never the latest).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
     /// Wait for the first snapshot at or after `seq` that satisfies `done`. If the engine has
     /// stopped, the last snapshot is returned whatever it says.
     pub async fn wait_for(&self, seq: u64, done: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {

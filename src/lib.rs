@@ -14,4 +14,5 @@ pub mod quote;
 pub mod reconcile;
 pub mod signals;
 pub mod spec;
+pub mod systemd;
 pub mod telemetry;

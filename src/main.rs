@@ -8,7 +8,7 @@ use compute_ctl::cli::{Cli, Command, RunArgs};
 use compute_ctl::effects::Effects;
 use compute_ctl::effects::node::Node;
 use compute_ctl::engine::{self, Engine, Input};
-use compute_ctl::{control_plane, http, signals, spec, telemetry};
+use compute_ctl::{control_plane, http, signals, spec, systemd, telemetry};
 use compute_states::{ComputeStatus, TerminateMode};
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +89,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .await
         })
     });
+    let notifier = systemd::spawn(&handle);
     let signalled = CancellationToken::new();
     tokio::spawn(signals::forward(handle.clone(), signalled.clone()));
 
@@ -107,6 +108,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let (code, effects) = engine.run().await;
     effects.shutdown().await;
+    if let Some(notifier) = notifier {
+        let _ = tokio::time::timeout(Duration::from_secs(1), notifier).await;
+    }
     let last = handle.snapshot();
     let linger = match (last.status, last.terminate_mode) {
         (ComputeStatus::Terminated, Some(TerminateMode::Fast)) => args.terminate_linger,
