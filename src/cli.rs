@@ -89,4 +89,14 @@ pub struct RunArgs {
     /// Reap orphaned processes as a child subreaper. Always on when compute_ctl is PID 1.
     #[arg(long)]
     pub reap_orphans: bool,
+
+    /// Log lines for humans, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }

@@ -23,7 +23,7 @@ async fn main() {
         print!("{}", compute_states::mermaid::state_diagram());
         return;
     }
-    telemetry::init();
+    telemetry::init(cli.run.log_format);
     let code = match run(cli.run).await {
         Ok(code) => code,
         Err(error) => {
