@@ -70,6 +70,8 @@ pub enum Input {
 struct Request {
     input: Input,
     reply: Option<oneshot::Sender<Result<u64, Rejection>>>,
+    /// The requester's span: the event's span is its child, so traces cross the channel.
+    span: tracing::Span,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,7 @@ impl EngineHandle {
             .send(Request {
                 input,
                 reply: Some(reply),
+                span: tracing::Span::current(),
             })
             .map_err(|_| RequestError::Gone)?;
         Ok(answer.await.map_err(|_| RequestError::Gone)??)
@@ -143,7 +146,11 @@ impl Reporter {
 
     fn send(&self, input: Input) {
         // After the engine stopped nobody listens; the result is moot.
-        let _ = self.tx.send(Request { input, reply: None });
+        let _ = self.tx.send(Request {
+            input,
+            reply: None,
+            span: tracing::Span::current(),
+        });
     }
 }
 
@@ -233,7 +240,9 @@ impl Engine {
                     continue;
                 }
             };
-            let _span = tracing::info_span!("event", kind = event.kind().name()).entered();
+            let _span =
+                tracing::info_span!(parent: &request.span, "event", kind = event.kind().name())
+                    .entered();
             let before = self.machine.status();
             match self.machine.handle(&event) {
                 Err(rejection) => {

@@ -11,6 +11,7 @@ use compute_ctl::engine::{self, Engine, Input};
 use compute_ctl::{control_plane, http, signals, spec, systemd, telemetry};
 use compute_states::{ComputeStatus, TerminateMode};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long the HTTP API keeps answering after an exit that is not a fast termination (a crash),
 /// so that whoever polls the status gets the last word.
@@ -23,7 +24,8 @@ async fn main() {
         print!("{}", compute_states::mermaid::state_diagram());
         return;
     }
-    telemetry::init(cli.run.log_format);
+    // The OTLP exporter's blocking HTTP client must not be built or dropped on a worker.
+    let telemetry = tokio::task::block_in_place(|| telemetry::init(cli.run.log_format));
     let code = match run(cli.run).await {
         Ok(code) => code,
         Err(error) => {
@@ -31,6 +33,7 @@ async fn main() {
             1
         }
     };
+    tokio::task::block_in_place(|| telemetry.shutdown());
     std::process::exit(code);
 }
 
@@ -82,6 +85,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         (internal, http::internal(handle.clone())),
     ]
     .map(|(listener, router)| {
+        let router = router.layer(axum::middleware::from_fn(telemetry::http_span));
         let stop = stop_serving.clone();
         tokio::spawn(async move {
             axum::serve(listener, router)
@@ -96,7 +100,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     match spec {
         Some(spec) => {
             let handle = handle.clone();
-            tokio::spawn(async move { handle.request(Input::LoadSpec(Arc::new(spec))).await });
+            tokio::spawn(
+                async move { handle.request(Input::LoadSpec(Arc::new(spec))).await }
+                    .instrument(telemetry::startup_span()),
+            );
         }
         None => tracing::info!("no spec yet: waiting for POST /configure"),
     }

@@ -19,6 +19,7 @@ use compute_states::{Command, Event, TerminateMode};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
 
 use crate::engine::{Reporter, millis};
 use crate::spec::{ComputeMode, ComputeSpec};
@@ -58,32 +59,38 @@ impl Effects {
             self.mode = Some(spec.mode);
         }
         match (command, spec) {
-            (Command::StartCompute { .. }, Some(spec)) => {
-                self.spawn_cancellable(async move { work.start(spec).await })
-            }
+            (Command::StartCompute { .. }, Some(spec)) => self.spawn_cancellable(
+                async move { work.start(spec).await }.instrument(info_span!("start_postgres")),
+            ),
             (
                 Command::Configure {
                     postgres_running, ..
                 },
                 Some(spec),
-            ) => self.spawn_cancellable(async move {
-                work.reporter.event(Event::ConfigurationStarted);
-                if postgres_running {
-                    work.reconfigure(spec).await
-                } else {
-                    work.start(spec).await
+            ) => self.spawn_cancellable(
+                async move {
+                    work.reporter.event(Event::ConfigurationStarted);
+                    if postgres_running {
+                        work.reconfigure(spec).await
+                    } else {
+                        work.start(spec).await
+                    }
                 }
-            }),
+                .instrument(info_span!("configure", postgres_running)),
+            ),
             (Command::Stop { mode }, _) => {
                 self.cancel.cancel();
                 let running = std::mem::take(&mut self.tasks);
                 let primary = self.mode == Some(ComputeMode::Primary);
-                tokio::spawn(async move {
-                    for task in running {
-                        let _ = task.await;
+                tokio::spawn(
+                    async move {
+                        for task in running {
+                            let _ = task.await;
+                        }
+                        work.stop(mode, primary).await;
                     }
-                    work.stop(mode, primary).await;
-                });
+                    .instrument(info_span!("stop_postgres", mode = mode.as_str())),
+                );
             }
             (command, _) => tracing::error!("effects cannot run {command:?}"),
         }
@@ -190,7 +197,10 @@ impl Work {
 
     async fn apply(&self, spec: &ComputeSpec) {
         let began = Instant::now();
-        match apply::apply(&self.node, spec).await {
+        match apply::apply(&self.node, spec)
+            .instrument(info_span!("apply_config"))
+            .await
+        {
             Ok(statements) => {
                 let took = began.elapsed();
                 tracing::info!(statements, "spec applied in {took:?}");
