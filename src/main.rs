@@ -46,7 +46,14 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // A ComputeConfig from a file or from the control plane; clap lets only one through.
     let config = match (&args.config, &args.control_plane_uri) {
         (Some(path), _) => Some(spec::load_config(path)?),
-        (None, Some(uri)) => Some(control_plane::fetch_config(uri, &compute_id).await?),
+        // As PID 1 an unhandled SIGTERM is ignored: `docker stop` must not wait for retries.
+        (None, Some(uri)) => tokio::select! {
+            config = control_plane::fetch_config(uri, &compute_id) => Some(config?),
+            signal = signals::first_termination() => {
+                tracing::info!("received {}: exiting before the compute started", signal?);
+                return Ok(0);
+            }
+        },
         (None, None) => None,
     };
     let spec = match (config, &args.spec_path) {

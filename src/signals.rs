@@ -30,3 +30,16 @@ pub async fn forward(engine: EngineHandle, received: CancellationToken) -> anyho
         });
     }
 }
+
+/// Completes at the first SIGTERM, SIGINT or SIGQUIT: for the time before the engine runs
+/// (fetching the config), when there is nothing to stop yet.
+pub async fn first_termination() -> anyhow::Result<&'static str> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = quit.recv() => "SIGQUIT",
+    })
+}

@@ -238,3 +238,31 @@ async fn control_plane_conflicts_with_config() {
     assert_eq!(st.code(), Some(2), "{st}");
     assert!(c.stderr().contains("cannot be used with"), "{}", c.stderr());
 }
+
+/// A signal while the control plane keeps compute_ctl waiting ends it at once, with 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_fetching_exits_zero() {
+    let hung = Answer {
+        delay: Duration::from_secs(600),
+        ..answer(200, attached())
+    };
+    let (uri, script) = control_plane(vec![hung]).await;
+    let mut c = Compute::new("cp-sigterm");
+    let mut args: Vec<OsString> = c.base_args();
+    args.extend(["-p".into(), uri.into()]);
+    c.start_raw(args);
+    // Once the request is in flight, compute_ctl is waiting for the answer.
+    while requests(&script).is_empty() {
+        assert!(c.try_exit().is_none(), "{}", c.log_tail(20));
+        tokio::time::sleep(POLL).await;
+    }
+    c.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = c.wait_exit().await;
+    assert_eq!(st.code(), Some(0), "{st}\n{}", c.log_tail(20));
+    assert!(
+        c.stderr()
+            .contains("received SIGTERM: exiting before the compute started"),
+        "{}",
+        c.log_tail(20)
+    );
+}

@@ -213,3 +213,34 @@ async fn second_sigterm_escalates_and_a_stuck_postmaster_is_killed() {
         c.log_tail(40)
     );
 }
+
+/// Running as root, compute_ctl needs the OS user Postgres runs as: without it, exit 1 at once
+/// with a message that names the user and the flag.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_pg_user_exits_one() {
+    if !nix::unistd::Uid::effective().is_root() {
+        // Only root drops privileges; as another user the flag is not used.
+        return;
+    }
+    let mut c = Compute::new("no-pg-user");
+    let path = c.write_file("spec.json", &hostile_spec("Primary").to_string());
+    let mut args = c.base_args();
+    args.extend([
+        "-S".into(),
+        path.into(),
+        "--pg-user".into(),
+        "no_such_user_6".into(),
+    ]);
+    c.start_raw(args);
+    let st = c.wait_exit().await;
+    assert_eq!(exit_code(st), Some(1), "{st}\n{}", c.log_tail(20));
+    let stderr = c.stderr();
+    assert!(
+        stderr.contains("\"no_such_user_6\" does not exist") && stderr.contains("--pg-user"),
+        "{stderr}"
+    );
+    assert!(
+        !c.pgdata.exists(),
+        "nothing is created before the user is checked"
+    );
+}
