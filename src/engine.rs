@@ -327,7 +327,7 @@ impl Engine {
                     last_up = m
                         .last_ok()
                         .and_then(DateTime::from_timestamp_millis)
-                        .map(|t| t.to_rfc3339()),
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
                     "postgres is down: {error}"
                 );
             }
