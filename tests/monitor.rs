@@ -144,6 +144,14 @@ impl Drop for Stopped {
 
 /// A compute with one hostile role owning one hostile database, running with `extra` flags.
 async fn start(name: &str, extra: &[&str]) -> (Compute, String, String, String) {
+    start_with_features(name, extra, &[]).await
+}
+
+async fn start_with_features(
+    name: &str,
+    extra: &[&str],
+    features: &[&str],
+) -> (Compute, String, String, String) {
     let user = "it's \"mon\" $x$ \\ 🐘".to_string();
     let password = "pass 'word' 🐘".to_string();
     let db = "act\tivity \"db\" $x$".to_string();
@@ -153,6 +161,8 @@ async fn start(name: &str, extra: &[&str]) -> (Compute, String, String, String) 
         // An autovacuum worker counts as activity; keep the idle compute really idle.
         vec![setting("autovacuum", "off", "bool")],
     );
+    let mut spec = spec;
+    spec["features"] = serde_json::json!(features);
     let mut c = Compute::new(name);
     let path = c.write_file("spec.json", &spec.to_string());
     let mut args = c.base_args();
@@ -350,5 +360,24 @@ async fn a_terminated_monitor_connection_reconnects_within_one_period() {
         c.log_tail(40)
     );
     admin.close().await.ok();
+    terminate_cleanly(&mut c).await;
+}
+
+#[tokio::test]
+async fn experimental_database_stats_count_any_session() {
+    let (mut c, _, _, db) =
+        start_with_features("experimental", &[], &["activity_monitor_experimental"]).await;
+    c.postmaster_pid();
+    a_few_checks().await;
+    assert_eq!(last_active(&c).await, None);
+    // A superuser session is not activity by the session rules, but it changes
+    // pg_stat_database's session count, which the experimental rule watches.
+    let before = Utc::now().timestamp_millis();
+    let admin = c.connect(&db).await;
+    admin.close().await.unwrap();
+    wait_last_active(&c, "activity from pg_stat_database", |at| {
+        at >= Some(before)
+    })
+    .await;
     terminate_cleanly(&mut c).await;
 }
