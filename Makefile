@@ -42,3 +42,8 @@ diagrams: build
 check-diagrams: build
 	@$(render_diagram) | diff -u $(DIAGRAM) - \
 	    || { echo "$(DIAGRAM) is stale: run 'make diagrams'" >&2; exit 1; }
+
+## Idle CPU / RSS of compute_ctl and SIGSTOP detection latency of the compute monitor.
+.PHONY: bench-monitor
+bench-monitor: postgres
+	bench/monitor

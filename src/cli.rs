@@ -73,4 +73,9 @@ pub struct RunArgs {
     /// OS user Postgres runs as when compute_ctl runs as root (Postgres refuses root).
     #[arg(long, default_value = "postgres")]
     pub pg_user: String,
+
+    /// How often the compute monitor checks Postgres for activity and downtime, in
+    /// milliseconds. Each check times out after 80% of it.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub monitor_period_ms: u64,
 }

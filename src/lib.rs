@@ -8,6 +8,7 @@ pub mod cli;
 pub mod effects;
 pub mod engine;
 pub mod http;
+pub mod monitor;
 pub mod pgconf;
 pub mod quote;
 pub mod reconcile;

@@ -59,7 +59,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     );
 
     let (handle, reporter, inbox) = engine::channel();
-    let engine = Engine::new(inbox, Effects::new(node.clone(), reporter));
+    let effects = Effects::new(node.clone(), reporter)
+        .with_monitor_period(Duration::from_millis(args.monitor_period_ms));
+    let engine = Engine::new(inbox, effects);
 
     let external_addr = SocketAddr::new(args.external_http_addr, args.external_http_port);
     let internal_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.internal_http_port);
