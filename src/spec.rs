@@ -909,6 +909,48 @@ mod tests {
     }
 
     #[test]
+    fn jwks_shapes_are_checked() {
+        let with_keys = |keys: serde_json::Value| {
+            json!({"compute_ctl_config": {"jwks": {"keys": keys}}}).to_string()
+        };
+        let ed = json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "k1",
+                        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        let config = parse_config(with_keys(json!([ed])).as_bytes()).unwrap();
+        let keys = config.compute_ctl_config.jwks.verifying_keys();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].alg, jsonwebtoken::Algorithm::EdDSA);
+        assert_eq!(keys[0].kid.as_deref(), Some("k1"));
+
+        for (bad, reason) in [
+            (
+                json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h"}),
+                "symmetric",
+            ),
+            (
+                json!({"kty": "OKP", "crv": "Ed25519"}),
+                "unsupported key type",
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}),
+                "unsupported key type",
+            ),
+            (
+                json!({"kty": "RSA", "n": "AQAB", "e": "AQAB", "alg": "ES256"}),
+                "does not match",
+            ),
+            (json!("not an object"), "not a JWK"),
+        ] {
+            let text = with_keys(json!([ed, bad]));
+            let err = parse_config(text.as_bytes()).unwrap_err().to_string();
+            assert!(
+                err.starts_with("at compute_ctl_config.jwks.keys[1]"),
+                "{err}"
+            );
+            assert!(err.contains(reason), "{err}");
+        }
+    }
+
+    #[test]
     fn compute_config_fixture_parses() {
         let config = parse_config(COMPUTE_CONFIG).unwrap();
         assert_eq!(config.compute_ctl_config.jwks.keys.len(), 1);
