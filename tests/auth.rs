@@ -420,6 +420,17 @@ async fn token_matrix_and_hostile_inputs() {
     assert_eq!(generated.len(), 36, "not a UUID: {generated}");
     assert!(c.log().contains("my-request-42"), "request id not logged");
 
+    // The body limit (2 MiB): 413 before anything parses it.
+    let resp = raw
+        .post(c.url("/configure"))
+        .bearer_auth(&valid)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
     // 404 and 405 with empty bodies.
     let resp = raw.get(c.url("/no/such/route")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
