@@ -4,7 +4,8 @@
 //! rather than in the state machine: loaded from the startup `compute_ctl_config`, replaced as
 //! a whole by a verified `/configure` (rotation). No keys means every request is refused.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -22,11 +23,23 @@ const LEEWAY_SECONDS: u64 = 60;
 /// The algorithms a token may name; anything else (`none`, HMAC, PS*, ...) is refused.
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
 
+/// How many verified tokens [`KeySet`] remembers (it forgets them all when full).
+const VERIFIED_CACHE: usize = 1024;
+
 /// What the middleware needs: the compute's identity and the current key set.
 #[derive(Clone)]
 pub struct Auth {
     compute_id: Arc<str>,
-    keys: Arc<RwLock<Arc<Vec<VerifyingKey>>>>,
+    keys: Arc<RwLock<Arc<KeySet>>>,
+}
+
+/// The trusted keys, and the claims of tokens they verified. A control plane sends the same
+/// token many times; remembering it saves a signature check (the dominant cost of a request).
+/// Only verified tokens enter, so a stranger cannot fill it; it goes with its keys on rotation.
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<VerifyingKey>,
+    verified: Mutex<HashMap<String, Claims>>,
 }
 
 impl Auth {
@@ -42,7 +55,7 @@ impl Auth {
     /// Installs `jwks` as the trusted set, atomically: a request sees the old or the new set.
     /// An empty set is ignored: it would lock the control plane out for good.
     pub fn replace(&self, jwks: &JwkSet) {
-        if jwks.keys.is_empty() && !self.current().is_empty() {
+        if jwks.keys.is_empty() && !self.current().keys.is_empty() {
             tracing::info!("compute_ctl_config has no keys: the trusted key set is unchanged");
             return;
         }
@@ -56,10 +69,14 @@ impl Auth {
         } else {
             tracing::info!(keys = ?kids, "trusted JWT keys installed");
         }
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        let set = KeySet {
+            keys,
+            verified: Mutex::default(),
+        };
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
     }
 
-    fn current(&self) -> Arc<Vec<VerifyingKey>> {
+    fn current(&self) -> Arc<KeySet> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -106,6 +123,30 @@ impl Auth {
     /// The claims of `token` if a trusted key verifies it: the key named by `kid`, else every
     /// key of the token's algorithm. Any failure is just "not verified" (no detail leaks).
     fn verify(&self, token: &str) -> Option<Claims> {
+        let set = self.current();
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut verified = set.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(claims) = verified.get(token) {
+            // `nbf` had passed when it was verified; `exp` is checked again.
+            if claims
+                .exp
+                .is_none_or(|exp| exp.saturating_add(LEEWAY_SECONDS) >= now)
+            {
+                return Some(claims.clone());
+            }
+            verified.remove(token);
+        }
+        drop(verified);
+        let claims = Self::verify_signature(&set.keys, token)?;
+        let mut verified = set.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), claims.clone());
+        Some(claims)
+    }
+
+    fn verify_signature(keys: &[VerifyingKey], token: &str) -> Option<Claims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         if !ALGORITHMS.contains(&header.alg) {
             return None;
@@ -116,7 +157,6 @@ impl Auth {
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.leeway = LEEWAY_SECONDS;
-        let keys = self.current();
         keys.iter()
             .filter(|k| k.alg == header.alg)
             .filter(|k| header.kid.is_none() || k.kid == header.kid)
@@ -134,14 +174,16 @@ impl Auth {
 
 /// The claims Neon reads. Stricter shapes than JWT allows, as Neon's: a `scope` other than
 /// the admin one, or an `aud` that is a plain string, fails decoding (401).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Claims {
     compute_id: Option<String>,
     scope: Option<Scope>,
     aud: Option<Vec<String>>,
+    /// Checked by the library when decoding; kept to expire remembered tokens.
+    exp: Option<u64>,
 }
 
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 enum Scope {
     #[serde(rename = "compute_ctl:admin")]
     Admin,
