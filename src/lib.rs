@@ -15,3 +15,4 @@ pub mod reconcile;
 pub mod signals;
 pub mod spec;
 pub mod telemetry;
+pub mod tokens;
