@@ -4,22 +4,19 @@
 //! variable is set (and `OTEL_SDK_DISABLED` is not `true`), nothing otherwise.
 //!
 //! Trace context comes in as W3C `traceparent`: from `TRACEPARENT`/`TRACESTATE` for the
-//! startup, from the request headers for each HTTP request ([`http_span`]). The engine carries
+//! startup, from the request headers for each HTTP request ([`set_parent_from_headers`]). The engine carries
 //! the requester's span to the event it handles, and effects run inside the event's span, so
 //! the work a request causes is part of its trace.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
 
-use axum::extract::Request;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::{Instrument, Span};
+use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -121,18 +118,9 @@ pub fn startup_span() -> Span {
     span
 }
 
-/// axum middleware: one `HTTP` span per request, parented by its `traceparent` header.
-pub async fn http_span(request: Request, next: Next) -> Response {
-    let span = tracing::info_span!(
-        "HTTP",
-        method = %request.method(),
-        path = request.uri().path(),
-        status = tracing::field::Empty,
-    );
-    set_parent(&span, &Headers(request.headers()));
-    let response = next.run(request).instrument(span.clone()).await;
-    span.record("status", response.status().as_u16());
-    response
+/// Parent an HTTP request's span by its `traceparent` (and `tracestate`) header.
+pub fn set_parent_from_headers(span: &Span, headers: &HeaderMap) {
+    set_parent(span, &Headers(headers));
 }
 
 struct Headers<'a>(&'a HeaderMap);

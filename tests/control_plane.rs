@@ -93,12 +93,13 @@ fn hostile_name() -> &'static str {
     "cp's \"role\" $x$ \\ 🐘"
 }
 
-fn attached() -> String {
+/// An attached answer whose keys are the compute's (the external API needs its tokens).
+fn attached(c: &Compute) -> String {
     let name = hostile_name();
     json!({
         "status": "attached",
         "spec": spec_value(name),
-        "compute_ctl_config": {"jwks": {"keys": []}},
+        "compute_ctl_config": {"jwks": c.jwks()},
     })
     .to_string()
 }
@@ -113,6 +114,7 @@ fn requests(script: &Shared) -> Vec<(String, Option<String>)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flapping_and_malformed_answers_are_retried() {
+    let mut c = Compute::new("cp-flapping");
     let (uri, script) = control_plane(vec![
         answer(503, "busy"),
         answer(502, "bad gateway"),
@@ -121,10 +123,9 @@ async fn flapping_and_malformed_answers_are_retried() {
             200,
             "{\"status\": \"dunno\", \"compute_ctl_config\": {\"jwks\": {\"keys\": []}}}",
         ),
-        answer(200, attached()),
+        answer(200, attached(&c)),
     ])
     .await;
-    let mut c = Compute::new("cp-flapping");
     start(&mut c, &uri);
     c.wait_for_status("running").await;
 
@@ -159,12 +160,12 @@ async fn flapping_and_malformed_answers_are_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_answer_times_out_and_is_retried() {
+    let mut c = Compute::new("cp-slow");
     let slow = Answer {
         delay: Duration::from_secs(15),
-        ..answer(200, attached())
+        ..answer(200, attached(&c))
     };
-    let (uri, script) = control_plane(vec![slow, answer(200, attached())]).await;
-    let mut c = Compute::new("cp-slow");
+    let (uri, script) = control_plane(vec![slow, answer(200, attached(&c))]).await;
     start(&mut c, &uri);
     c.wait_for_status("running").await;
     assert_eq!(requests(&script).len(), 2);
@@ -173,12 +174,14 @@ async fn a_slow_answer_times_out_and_is_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_compute_waits_for_configure() {
-    let empty = json!({"status": "empty", "compute_ctl_config": {"jwks": {"keys": []}}});
-    let (uri, _script) = control_plane(vec![answer(200, empty.to_string())]).await;
     let mut c = Compute::new("cp-empty");
+    let empty = json!({"status": "empty", "compute_ctl_config": {"jwks": c.jwks()}});
+    let (uri, _script) = control_plane(vec![answer(200, empty.to_string())]).await;
     start(&mut c, &uri);
     c.wait_for_status("empty").await;
-    let (code, body) = c.configure(&spec_value(hostile_name())).await;
+    let mut request = config(Some(&spec_value(hostile_name())));
+    request["compute_ctl_config"]["jwks"] = c.jwks();
+    let (code, body) = c.configure_raw(&request).await;
     assert_eq!(code, reqwest::StatusCode::OK, "{body}");
     assert_eq!(body["status"], "running");
 }
@@ -242,12 +245,12 @@ async fn control_plane_conflicts_with_config() {
 /// A signal while the control plane keeps compute_ctl waiting ends it at once, with 0.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_fetching_exits_zero() {
+    let mut c = Compute::new("cp-sigterm");
     let hung = Answer {
         delay: Duration::from_secs(600),
-        ..answer(200, attached())
+        ..answer(200, attached(&c))
     };
     let (uri, script) = control_plane(vec![hung]).await;
-    let mut c = Compute::new("cp-sigterm");
     let mut args: Vec<OsString> = c.base_args();
     args.extend(["-p".into(), uri.into()]);
     c.start_raw(args);

@@ -67,7 +67,9 @@ async fn spans_are_exported_with_their_parents() {
     let mut c = Compute::new("otel");
     let name = "otel \"role\" 'x' $x$ 🐘";
     let first = spec(vec![role(name, None)], vec![database(name, name)], vec![]);
-    let path = c.write_file("config.json", &config(Some(&first)).to_string());
+    let mut first_config = config(Some(&first));
+    first_config["compute_ctl_config"]["jwks"] = c.jwks();
+    let path = c.write_file("config.json", &first_config.to_string());
     let mut args = c.base_args();
     args.extend(["-c".into(), path.into()]);
     let env = [
@@ -86,13 +88,17 @@ async fn spans_are_exported_with_their_parents() {
         vec![database(name, name), database("second", name)],
         vec![],
     );
-    let response = reqwest::Client::new()
+    let mut second_config = config(Some(&second));
+    second_config["compute_ctl_config"]["jwks"] = c.jwks();
+    // The harness's client sends the compute's token.
+    let response = c
+        .http()
         .post(c.url("/configure"))
         .header(
             "traceparent",
             format!("00-{CONFIGURE_TRACE}-{CONFIGURE_PARENT}-01"),
         )
-        .json(&config(Some(&second)))
+        .json(&second_config)
         .send()
         .await
         .expect("POST /configure");
@@ -113,8 +119,8 @@ async fn spans_are_exported_with_their_parents() {
             "no {name} in the startup trace: {summary}"
         );
     }
-    let http = find(&spans, "HTTP", CONFIGURE_TRACE)
-        .unwrap_or_else(|| panic!("no HTTP span in the /configure trace: {summary}"));
+    let http = find(&spans, "http", CONFIGURE_TRACE)
+        .unwrap_or_else(|| panic!("no http span in the /configure trace: {summary}"));
     assert_eq!(http.parent, CONFIGURE_PARENT, "{summary}");
     for name in ["event", "configure", "apply_config"] {
         assert!(

@@ -58,9 +58,11 @@ async fn eventually(what: &str, c: &Compute, mut done: impl FnMut() -> bool) {
 fn spec_args(c: &Compute) -> Vec<OsString> {
     let name = "orphan's \"parent\" $x$ 🐘";
     let s = spec(vec![role(name, None)], vec![database(name, name)], vec![]);
-    let path = c.write_file("spec.json", &s.to_string());
+    let mut cfg = config(Some(&s));
+    cfg["compute_ctl_config"]["jwks"] = c.jwks();
+    let path = c.write_file("config.json", &cfg.to_string());
     let mut args = c.base_args();
-    args.push("-S".into());
+    args.push("-c".into());
     args.push(path.into());
     args
 }

@@ -19,18 +19,25 @@ fn exit_code(st: ExitStatus) -> Option<i32> {
     st.code()
 }
 
-/// Start with a bare spec and `--terminate-linger <linger>` instead of the harness's short one.
+/// Start with a spec and `--terminate-linger <linger>` instead of the harness's short one.
 fn start_lingering(c: &mut Compute, spec: &Value, linger: &str) {
-    let path = c.write_file("spec.json", &spec.to_string());
+    let path = config_file(c, spec);
     let mut args = c.base_args();
     let at = args
         .iter()
         .position(|a| a == "--terminate-linger")
         .expect("the harness passes --terminate-linger");
     args[at + 1] = OsString::from(linger);
-    args.push("-S".into());
+    args.push("-c".into());
     args.push(path.into());
     c.start_raw(args);
+}
+
+/// A `-c` file with `spec`, trusting the harness's key (the external API needs its tokens).
+fn config_file(c: &Compute, spec: &Value) -> std::path::PathBuf {
+    let mut cfg = config(Some(spec));
+    cfg["compute_ctl_config"]["jwks"] = c.jwks();
+    c.write_file("config.json", &cfg.to_string())
 }
 
 /// A spec with a hostile role and database, so the termination follows real work.
