@@ -142,7 +142,8 @@ impl Work {
             return;
         }
         self.reporter.event(Event::PostgresStarted);
-        self.apply(&spec).await;
+        self.apply(&spec, crate::reconcile::startup_concurrency(&spec))
+            .await;
     }
 
     async fn start_postgres(
@@ -169,7 +170,16 @@ impl Work {
         match (written, postmaster) {
             (Ok(()), Some(postmaster)) => {
                 postmaster.signal(Signal::SIGHUP);
-                self.apply(&spec).await;
+                // Read from the file, not from the reload (which is asynchronous).
+                match apply::settings_not_applied(&self.node).await {
+                    Ok(problems) => {
+                        for problem in problems {
+                            tracing::warn!("postgresql.conf: {problem}");
+                        }
+                    }
+                    Err(error) => tracing::warn!("cannot check postgresql.conf: {error:#}"),
+                }
+                self.apply(&spec, spec.reconfigure_concurrency).await;
             }
             (Err(error), _) => self.reporter.event(Event::ConfigurationFailed {
                 error: format!("{error:#}"),
@@ -180,9 +190,9 @@ impl Work {
         }
     }
 
-    async fn apply(&self, spec: &ComputeSpec) {
+    async fn apply(&self, spec: &ComputeSpec, concurrency: usize) {
         let began = Instant::now();
-        match apply::apply(&self.node, spec).await {
+        match apply::apply(&self.node, spec, concurrency).await {
             Ok(statements) => {
                 let took = began.elapsed();
                 tracing::info!(statements, "spec applied in {took:?}");
