@@ -186,9 +186,9 @@ async fn read_catalog(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
     Ok(catalog)
 }
 
-/// A statement for an error message, without anything that looks like a password.
+/// A statement for an error message, without its password (always the last clause).
 fn describe(statement: &str) -> String {
-    match statement.find(" PASSWORD ") {
+    match statement.rfind(" PASSWORD ") {
         Some(at) => format!("{} PASSWORD …", &statement[..at]),
         None => statement.to_owned(),
     }
@@ -227,4 +227,21 @@ pub async fn settings_not_applied(node: &Node) -> anyhow::Result<Vec<String>> {
         });
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn errors_never_show_passwords() {
+        assert_eq!(
+            describe("ALTER ROLE \"a PASSWORD b\" LOGIN PASSWORD 'md5abc'"),
+            "ALTER ROLE \"a PASSWORD b\" LOGIN PASSWORD …"
+        );
+        assert_eq!(
+            describe("DROP ROLE IF EXISTS \"x\""),
+            "DROP ROLE IF EXISTS \"x\""
+        );
+    }
 }

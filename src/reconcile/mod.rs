@@ -343,16 +343,28 @@ pub fn plan_with_outcome(
             }
         }
     }
-    plan.push(Phase::Main {
-        name: "create and alter databases",
-        statements,
-    });
-
     // A role cannot be dropped while it owns objects or holds privileges in any database.
     let doomed: Vec<&str> = delta_ops(spec, "delete_role")
         .map(|(name, _)| name)
         .filter(|name| now.roles.contains_key(*name))
         .collect();
+    // A database owned by a role being deleted goes to the admin here, not to whichever
+    // per-database REASSIGN (which also moves databases) happens to run first.
+    for (db, state) in now.databases.iter_mut() {
+        if doomed.contains(&state.owner.as_str()) {
+            statements.push(Statement::batched(format!(
+                "ALTER DATABASE {} OWNER TO {}",
+                quote::ident(db)?,
+                quote::ident(admin)?
+            )));
+            state.owner = admin.to_owned();
+        }
+    }
+    plan.push(Phase::Main {
+        name: "create and alter databases",
+        statements,
+    });
+
     let mut databases = Vec::new();
     if !doomed.is_empty() {
         let list = doomed
@@ -364,16 +376,12 @@ pub fn plan_with_outcome(
             if !state.attrs.allow_connections || state.attrs.is_template {
                 continue;
             }
-            let heir = match doomed.contains(&state.owner.as_str()) {
-                true => admin,
-                false => &state.owner,
-            };
             databases.push((
                 db.clone(),
                 vec![
                     Statement::batched(format!(
                         "REASSIGN OWNED BY {list} TO {}",
-                        quote::ident(heir)?
+                        quote::ident(&state.owner)?
                     )),
                     Statement::batched(format!("DROP OWNED BY {list}")),
                 ],

@@ -165,6 +165,8 @@ fn fixture_delta_operations() {
                     "ALTER DATABASE \"DB2\" OWNER TO \"alexk\"".to_owned(),
                     "CREATE DATABASE \"zenith\" OWNER \"MyRole\"".to_owned(),
                     "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
+                    // Owned by the deleted role itself: to the admin first.
+                    "ALTER DATABASE \"zenith2db\" OWNER TO \"cloud_admin\"".to_owned(),
                 ]
             ),
             (
@@ -178,7 +180,6 @@ fn fixture_delta_operations() {
                     "[zen] DROP OWNED BY \"zenith2\"".to_owned(),
                     "[zenith] REASSIGN OWNED BY \"zenith2\" TO \"MyRole\"".to_owned(),
                     "[zenith] DROP OWNED BY \"zenith2\"".to_owned(),
-                    // Owned by the deleted role itself: its objects go to the admin.
                     "[zenith2db] REASSIGN OWNED BY \"zenith2\" TO \"cloud_admin\"".to_owned(),
                     "[zenith2db] DROP OWNED BY \"zenith2\"".to_owned(),
                 ]
