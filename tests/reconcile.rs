@@ -280,6 +280,8 @@ async fn hostile_names_options_renames_and_deletes() {
     }
     let mut second = spec(roles2, dbs2, vec![]);
     second["delta_operations"] = Value::Array(ops);
+    // The per-database phase then works on several databases at once.
+    second["reconfigure_concurrency"] = json!(4);
     let (code, body) = c.configure(&second).await;
     assert_eq!(code, StatusCode::OK, "{body}\n{}", c.log_tail(40));
 
@@ -350,6 +352,23 @@ async fn hostile_names_options_renames_and_deletes() {
     c.assert_postgres_answers().await;
     let (code, body) = c.configure(&second).await;
     assert_eq!(code, StatusCode::OK, "{body}");
+
+    // A database left invalid (as an interrupted DROP DATABASE leaves it) is dropped and
+    // created again.
+    sqlx::query("UPDATE pg_database SET datconnlimit = -2 WHERE datname = $1")
+        .bind(&kept[1])
+        .execute(&mut pg)
+        .await
+        .unwrap();
+    let (code, body) = c.configure(&second).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(last_apply_statements(&c), 2, "{}", c.log_tail(20));
+    let limit: i32 = sqlx::query_scalar("SELECT datconnlimit FROM pg_database WHERE datname = $1")
+        .bind(&kept[1])
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+    assert_eq!(limit, 5);
     pg.close().await.ok();
 }
 

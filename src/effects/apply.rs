@@ -172,14 +172,14 @@ async fn read_catalog(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
     {
         let connection_limit: i32 = row.try_get(3)?;
         let attrs = DatabaseAttrs {
-            // -2 marks a database left invalid by an interrupted DROP DATABASE.
-            allow_connections: row.try_get::<bool, _>(2)? && connection_limit != -2,
+            allow_connections: row.try_get(2)?,
             connection_limit,
             is_template: row.try_get(4)?,
         };
         let state = DatabaseState {
             owner: row.try_get(1)?,
             attrs,
+            invalid: connection_limit == -2,
         };
         catalog.databases.insert(row.try_get(0)?, state);
     }

@@ -1,7 +1,7 @@
 //! The catalog planner: (desired spec, current catalog) → ordered phases of SQL.
 //!
 //! Pure, so it is tested without a database. Phases follow Neon's apply order (reference §6.4)
-//! for what exists on stock PostgreSQL: rename roles, create/alter roles, rename/delete
+//! for what exists on stock PostgreSQL: drop invalid databases, rename roles, create/alter roles, rename/delete
 //! databases, create/alter databases, per-database reassign/drop of objects owned by roles being
 //! deleted, drop roles. The planner walks an in-memory copy of the catalog through the phases,
 //! so every statement is planned against the state the previous ones leave; and it only plans
@@ -34,6 +34,8 @@ pub struct RoleState {
 pub struct DatabaseState {
     pub owner: String,
     pub attrs: DatabaseAttrs,
+    /// Left half-dropped by an interrupted `DROP DATABASE` (`datconnlimit = -2`): unusable.
+    pub invalid: bool,
 }
 
 /// One SQL statement of a phase.
@@ -183,6 +185,20 @@ pub fn plan_with_outcome(
     let mut now = catalog.clone();
     let mut plan = Plan::default();
 
+    // An invalid database can only be dropped; a spec database of that name is then created
+    // again below.
+    let mut statements = Vec::new();
+    for (name, _) in now.databases.extract_if(.., |_, state| state.invalid) {
+        statements.push(Statement::alone(format!(
+            "DROP DATABASE IF EXISTS {}",
+            quote::ident(&name)?
+        )));
+    }
+    plan.push(Phase::Main {
+        name: "drop invalid databases",
+        statements,
+    });
+
     // Rename only when the old name exists: re-applying a spec whose rename already happened
     // is a no-op (Neon's guard is inverted, §13 quirk 1).
     let mut statements = Vec::new();
@@ -322,6 +338,7 @@ pub fn plan_with_outcome(
                     DatabaseState {
                         owner: db.owner.clone(),
                         attrs,
+                        invalid: false,
                     },
                 );
             }

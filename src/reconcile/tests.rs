@@ -20,6 +20,7 @@ fn db(owner: &str) -> DatabaseState {
     DatabaseState {
         owner: owner.to_owned(),
         attrs: DatabaseAttrs::default(),
+        invalid: false,
     }
 }
 
@@ -32,6 +33,7 @@ fn fresh() -> Catalog {
             connection_limit: -1,
             is_template: true,
         },
+        invalid: false,
     };
     Catalog {
         roles: [("cloud_admin".to_owned(), role(None))].into(),
@@ -196,6 +198,33 @@ fn fixture_delta_operations() {
     assert_eq!(
         statements.iter().map(|s| s.alone).collect::<Vec<_>>(),
         [true, false]
+    );
+    assert_idempotent(&spec, &catalog);
+}
+
+#[test]
+fn an_invalid_database_is_dropped_and_created_again() {
+    let spec = fixture();
+    let (_, mut catalog) = plan_with_outcome(&spec, &fresh(), "cloud_admin").unwrap();
+    catalog.databases.get_mut("zen").unwrap().invalid = true;
+    let mut junk = db("cloud_admin");
+    junk.invalid = true;
+    catalog.databases.insert("half dropped".to_owned(), junk);
+    assert_eq!(
+        render(&plan(&spec, &catalog, "cloud_admin").unwrap()),
+        [
+            (
+                "drop invalid databases",
+                vec![
+                    "DROP DATABASE IF EXISTS \"half dropped\"".to_owned(),
+                    "DROP DATABASE IF EXISTS \"zen\"".to_owned(),
+                ]
+            ),
+            (
+                "create and alter databases",
+                vec!["CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned()]
+            ),
+        ]
     );
     assert_idempotent(&spec, &catalog);
 }
