@@ -410,6 +410,24 @@ async fn setting_that_needs_a_restart_is_reported() {
     pg.close().await.ok();
 }
 
+/// With `skip_pg_catalog_updates` the compute reconfigures without touching roles/databases.
+#[tokio::test(flavor = "multi_thread")]
+async fn skip_pg_catalog_updates_leaves_the_catalog_alone() {
+    let mut c = Compute::new("skip-catalog");
+    let mut first = spec(vec![role("skipped role", None)], vec![], vec![]);
+    first["skip_pg_catalog_updates"] = json!(true);
+    c.start_with_spec(&first);
+    c.wait_for_status("running").await;
+    let mut pg = c.connect("postgres").await;
+    assert!(!roles(&mut pg).await.contains(&"skipped role".to_owned()));
+
+    first["skip_pg_catalog_updates"] = json!(false);
+    let (code, body) = c.configure(&first).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(roles(&mut pg).await.contains(&"skipped role".to_owned()));
+    pg.close().await.ok();
+}
+
 /// An identifier for test SQL (the harness connects with trusted loopback as cloud_admin).
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Reporter, millis};
-use crate::spec::ComputeSpec;
+use crate::spec::{ComputeMode, ComputeSpec};
 use node::Node;
 use postgres::Postmaster;
 
@@ -192,7 +192,18 @@ impl Work {
 
     async fn apply(&self, spec: &ComputeSpec, concurrency: usize) {
         let began = Instant::now();
-        match apply::apply(&self.node, spec, concurrency).await {
+        // As on Neon: roles and databases only on a primary, and not when the control plane
+        // says the catalog is already in place.
+        let result = if spec.skip_pg_catalog_updates || spec.mode != ComputeMode::Primary {
+            tracing::info!(
+                "catalog updates skipped (skip_pg_catalog_updates, or mode {})",
+                spec.mode.as_str()
+            );
+            Ok(0)
+        } else {
+            apply::apply(&self.node, spec, concurrency).await
+        };
+        match result {
             Ok(statements) => {
                 let took = began.elapsed();
                 tracing::info!(statements, "spec applied in {took:?}");
