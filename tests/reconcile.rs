@@ -332,6 +332,25 @@ async fn hostile_names_options_renames_and_deletes() {
     assert!(err.contains("cluster.roles[0].options[0].name"), "{err}");
     assert_eq!(c.status().await["status"], "running");
 
+    // Postgres refuses one role of a batch: the error names that statement, without password.
+    let mut reserved = second.clone();
+    let more = reserved["cluster"]["roles"].as_array_mut().unwrap();
+    more.push(role("batched before", None));
+    more.push(role(
+        "pg_reserved",
+        Some(&md5_password_for("pg_reserved", "pw")),
+    ));
+    let (code, body) = c.configure(&reserved).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let err = c.status().await["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("phase \"create and alter roles\"")
+            && err.contains("CREATE ROLE \"pg_reserved\"")
+            && err.contains("SQLSTATE 42939")
+            && !err.contains("md5"),
+        "{err}"
+    );
+
     // Postgres refuses the apply: the error names phase, statement and SQLSTATE; Postgres stays.
     let mut refused = second.clone();
     refused["cluster"]["databases"]

@@ -203,6 +203,9 @@ pub fn plan_with_outcome(
     // is a no-op (Neon's guard is inverted, §13 quirk 1).
     let mut statements = Vec::new();
     for (old, new) in delta_ops(spec, "rename_role") {
+        if old == new {
+            continue;
+        }
         if let Some(mut state) = now.roles.remove(old) {
             statements.push(Statement::batched(format!(
                 "ALTER ROLE {} RENAME TO {}",
@@ -296,6 +299,9 @@ pub fn plan_with_outcome(
             }
             "rename_db" => {
                 let new = op.new_name.as_deref().unwrap_or_default();
+                if new == op.name {
+                    continue;
+                }
                 let Some(state) = now.databases.remove(&op.name) else {
                     continue;
                 };

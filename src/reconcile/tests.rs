@@ -230,6 +230,20 @@ fn an_invalid_database_is_dropped_and_created_again() {
 }
 
 #[test]
+fn renaming_to_the_same_name_does_nothing() {
+    let spec = parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1,
+             "cluster": {"roles": [], "databases": []},
+             "delta_operations": [{"action": "rename_role", "name": "a", "new_name": "a"},
+                                  {"action": "rename_db", "name": "postgres", "new_name": "postgres"}]}"#,
+    )
+    .unwrap();
+    let mut catalog = fresh();
+    catalog.roles.insert("a".to_owned(), role(None));
+    assert!(plan(&spec, &catalog, "cloud_admin").unwrap().is_empty());
+}
+
+#[test]
 fn rename_role_is_skipped_when_the_old_name_is_gone() {
     let spec = fixture();
     let mut catalog = fresh();
