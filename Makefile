@@ -12,7 +12,7 @@ define render_diagram
 	  $(BIN) diagram; printf '```\n'; }
 endef
 
-.PHONY: run test lint diagrams check-diagrams postgres build
+.PHONY: run test lint diagrams check-diagrams postgres build openapi
 
 postgres:
 	@scripts/install-postgres
@@ -21,12 +21,15 @@ build:
 	$(CARGO) build --bin compute_ctl
 
 ## Start a compute on local storage with examples/compute.json. Ctrl-C stops it (fast shutdown).
+## The API needs a JWT: the first run makes an Ed25519 key pair in .run/ (ignored by git); the
+## config it starts with (.run/compute.json) is examples/compute.json trusting its public key.
 run: postgres build
-	@mkdir -p $(RUN_DIR) && chmod 755 $(RUN_DIR)
+	@mkdir -p $(RUN_DIR) .run && chmod 755 $(RUN_DIR) && chmod 700 .run
+	@$(BIN) keygen --key .run/jwt-key.pem --config examples/compute.json > .run/compute.json
 	@echo "compute: psql postgresql://demo:demo@127.0.0.1:$(PG_PORT)/demo"
-	@echo "status:  curl http://127.0.0.1:3080/status"
+	@echo "status:  curl -H \"Authorization: Bearer $$($(BIN) token --key .run/jwt-key.pem -i local-demo)\" http://127.0.0.1:3080/status"
 	$(BIN) -D $(RUN_DIR)/pgdata -C postgresql://cloud_admin@127.0.0.1:$(PG_PORT)/postgres \
-	    -i local-demo -c examples/compute.json
+	    -i local-demo -c .run/compute.json
 
 ## Formatting, lints, diagram freshness, then every test (needs PostgreSQL: installed if missing).
 test: postgres lint check-diagrams
@@ -39,6 +42,15 @@ lint:
 diagrams: build
 	$(render_diagram) > $(DIAGRAM)
 
+## Regenerate the committed OpenAPI document (tests/auth.rs checks it matches the served one).
+openapi: build
+	$(BIN) openapi > docs/openapi.json
+
 check-diagrams: build
 	@$(render_diagram) | diff -u $(DIAGRAM) - \
 	    || { echo "$(DIAGRAM) is stale: run 'make diagrams'" >&2; exit 1; }
+
+## Idle CPU / RSS of compute_ctl and SIGSTOP detection latency of the compute monitor.
+.PHONY: bench-monitor
+bench-monitor: postgres
+	bench/monitor

@@ -25,6 +25,34 @@ pub struct Cli {
 pub enum Command {
     /// Print the compute state machine as a mermaid stateDiagram-v2.
     Diagram,
+    /// Print the OpenAPI 3 document of the external HTTP API.
+    Openapi,
+    /// Make an Ed25519 key pair for signing API tokens: writes the private key (PKCS#8 PEM,
+    /// mode 0600) unless the file exists, and prints the public key as a JWK Set, or, with
+    /// --config, that ComputeConfig with its `compute_ctl_config.jwks` set to it.
+    Keygen {
+        /// Where the private key is (or goes).
+        #[arg(long)]
+        key: PathBuf,
+        /// A ComputeConfig file to print with the public key as its only trusted key.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a JWT for the external API, signed with a key made by `keygen`.
+    Token {
+        /// The private key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The `compute_id` claim (must equal the compute's --compute-id).
+        #[arg(short = 'i', long, required_unless_present = "admin")]
+        compute_id: Option<String>,
+        /// Neon's admin token instead: `scope: compute_ctl:admin`, `aud: ["compute"]`.
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime in seconds (`exp`); 0 for a token without `exp`.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -73,4 +101,9 @@ pub struct RunArgs {
     /// OS user Postgres runs as when compute_ctl runs as root (Postgres refuses root).
     #[arg(long, default_value = "postgres")]
     pub pg_user: String,
+
+    /// How often the compute monitor checks Postgres for activity and downtime, in
+    /// milliseconds. Each check times out after 80% of it.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub monitor_period_ms: u64,
 }

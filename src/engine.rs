@@ -47,6 +47,10 @@ pub struct Snapshot {
     pub tenant: Option<String>,
     pub timeline: Option<String>,
     pub last_active: Option<DateTime<Utc>>,
+    /// Milliseconds since Postgres last answered the monitor; 0 while it answers.
+    pub current_downtime_ms: u64,
+    /// Downtime over the compute's life, in milliseconds.
+    pub total_downtime_ms: u64,
     pub metrics: ComputeMetrics,
 }
 
@@ -148,6 +152,8 @@ pub fn channel() -> (EngineHandle, Reporter, Inbox) {
         tenant: None,
         timeline: None,
         last_active: None,
+        current_downtime_ms: 0,
+        total_downtime_ms: 0,
         metrics: ComputeMetrics::default(),
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
@@ -213,7 +219,12 @@ impl Engine {
             };
             let _span = tracing::info_span!("event", kind = event.kind().name()).entered();
             let before = self.machine.status();
+            let was_reachable = self.machine.monitoring().reachable_now();
             match self.machine.handle(&event) {
+                // Observations in flight when termination begins are expected: no log spam.
+                Err(rejection) if event.kind().is_observation() => {
+                    tracing::debug!("{} rejected: {rejection}", event.kind().name());
+                }
                 Err(rejection) => {
                     tracing::info!("{} rejected: {rejection}", event.kind().name());
                     if let Some(reply) = request.reply {
@@ -243,6 +254,7 @@ impl Engine {
                             self.on_running();
                         }
                     }
+                    self.log_reachability(was_reachable, &event);
                     self.publish();
                     if let Some(reply) = request.reply {
                         let _ = reply.send(Ok(self.snapshot.seq));
@@ -304,10 +316,38 @@ impl Engine {
         }
     }
 
+    /// Say when Postgres stopped answering the monitor and when it came back, with figures.
+    fn log_reachability(&self, was: Option<bool>, event: &Event) {
+        let m = self.machine.monitoring();
+        match (was, m.reachable_now(), event) {
+            (Some(true) | None, Some(false), Event::PostgresUnreachable { error, .. }) => {
+                tracing::warn!(
+                    current_downtime_ms = m.current_downtime_ms(),
+                    total_downtime_ms = m.total_downtime_ms(),
+                    last_up = m
+                        .last_ok()
+                        .and_then(DateTime::from_timestamp_millis)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    "postgres is down: {error}"
+                );
+            }
+            (Some(false), Some(true), _) => tracing::info!(
+                downtime_ms = m.last_outage_ms(),
+                total_downtime_ms = m.total_downtime_ms(),
+                "postgres is up again"
+            ),
+            _ => {}
+        }
+    }
+
     fn publish(&mut self) {
         self.snapshot.seq += 1;
         self.snapshot.status = self.machine.status();
         self.snapshot.error = self.machine.error().map(str::to_owned);
+        let m = self.machine.monitoring();
+        self.snapshot.last_active = m.last_active().and_then(DateTime::from_timestamp_millis);
+        self.snapshot.current_downtime_ms = m.current_downtime_ms();
+        self.snapshot.total_downtime_ms = m.total_downtime_ms();
         self.inbox
             .snapshots
             .send_replace(Arc::new(self.snapshot.clone()));

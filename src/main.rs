@@ -8,7 +8,7 @@ use compute_ctl::cli::{Cli, Command, RunArgs};
 use compute_ctl::effects::Effects;
 use compute_ctl::effects::node::Node;
 use compute_ctl::engine::{self, Engine, Input};
-use compute_ctl::{http, signals, spec, telemetry};
+use compute_ctl::{http, signals, spec, telemetry, tokens};
 use tokio_util::sync::CancellationToken;
 
 /// How long the HTTP API keeps answering after the final status, so that whoever asked for
@@ -18,8 +18,11 @@ const LINGER: Duration = Duration::from_millis(300);
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Some(Command::Diagram) = cli.command {
-        print!("{}", compute_states::mermaid::state_diagram());
+    if let Some(command) = cli.command {
+        if let Err(error) = subcommand(command) {
+            eprintln!("compute_ctl: {error:#}");
+            std::process::exit(1);
+        }
         return;
     }
     telemetry::init();
@@ -33,15 +36,62 @@ async fn main() {
     std::process::exit(code);
 }
 
+fn subcommand(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Diagram => print!("{}", compute_states::mermaid::state_diagram()),
+        Command::Openapi => print!("{}", http::openapi_text()),
+        Command::Keygen { key, config } => {
+            if !key.exists() {
+                use std::io::Write;
+                let pem = tokens::generate_key_pem()?;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&key)
+                    .and_then(|mut f| f.write_all(pem.as_bytes()))
+                    .with_context(|| format!("{}: cannot write the private key", key.display()))?;
+            }
+            let jwks = serde_json::json!({ "keys": [tokens::public_jwk(&key)?] });
+            let out = match config {
+                Some(path) => {
+                    let mut config: serde_json::Value = serde_json::from_slice(
+                        &std::fs::read(&path)
+                            .with_context(|| format!("{}: cannot read", path.display()))?,
+                    )
+                    .with_context(|| format!("{}: not JSON", path.display()))?;
+                    anyhow::ensure!(config.is_object(), "{}: not a JSON object", path.display());
+                    config["compute_ctl_config"]["jwks"] = jwks;
+                    config
+                }
+                None => jwks,
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Command::Token {
+            key,
+            compute_id,
+            admin,
+            ttl,
+        } => println!("{}", tokens::mint(&key, compute_id.as_deref(), admin, ttl)?),
+    }
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // clap enforces these; the Options only exist so that subcommands need none of them.
     let pgdata = args.pgdata.context("--pgdata is required")?;
     let connstr = args.connstr.context("--connstr is required")?;
     let compute_id = args.compute_id.context("--compute-id is required")?;
 
-    let spec = match (&args.config, &args.spec_path) {
-        (Some(path), _) => spec::load_config(path)?.spec,
-        (None, Some(path)) => Some(spec::load_spec(path)?),
+    let (spec, jwks) = match (&args.config, &args.spec_path) {
+        (Some(path), _) => {
+            let config = spec::load_config(path)?;
+            (config.spec, config.compute_ctl_config.jwks)
+        }
+        // A bare spec has no compute_ctl_config, hence no keys: the API refuses every token.
+        (None, Some(path)) => (Some(spec::load_spec(path)?), Default::default()),
         (None, None) => anyhow::bail!("give a spec with --config or --spec-path"),
     };
     let node = Arc::new(Node::new(
@@ -58,8 +108,11 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         env!("CARGO_PKG_VERSION")
     );
 
+    let auth = http::auth::Auth::new(&compute_id, &jwks);
     let (handle, reporter, inbox) = engine::channel();
-    let engine = Engine::new(inbox, Effects::new(node.clone(), reporter));
+    let effects = Effects::new(node.clone(), reporter)
+        .with_monitor_period(Duration::from_millis(args.monitor_period_ms));
+    let engine = Engine::new(inbox, effects);
 
     let external_addr = SocketAddr::new(args.external_http_addr, args.external_http_port);
     let internal_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.internal_http_port);
@@ -67,7 +120,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let internal = http::bind(internal_addr).await?;
     let stop_serving = CancellationToken::new();
     let servers = [
-        (external, http::external(handle.clone())),
+        (external, http::external(handle.clone(), auth)),
         (internal, http::internal(handle.clone())),
     ]
     .map(|(listener, router)| {

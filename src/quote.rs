@@ -120,13 +120,7 @@ pub fn literal(value: &str) -> Result<String, QuoteError> {
         out.push('E');
     }
     out.push('\'');
-    for c in value.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
+    push_escaped(&mut out, value);
     out.push('\'');
     Ok(out)
 }
@@ -145,13 +139,7 @@ pub fn conf_value(value: &str) -> Result<String, QuoteError> {
     }
     let mut out = String::with_capacity(value.len() + 2);
     out.push('\'');
-    for c in value.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
+    push_escaped(&mut out, value);
     out.push('\'');
     Ok(out)
 }
@@ -219,6 +207,18 @@ pub fn dollar_tag(body: &str) -> String {
         tag.push('x');
     }
     tag
+}
+
+/// `'` doubled and `\` doubled: the escaping shared by SQL `E'…'` literals and
+/// postgresql.conf values.
+fn push_escaped(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,10 +48,103 @@ pub struct ComputeCtlConfig {
     pub tls: Option<TlsConfig>,
 }
 
-/// A JSON Web Key Set. Keys are kept as raw JSON until JWT verification needs them.
+/// A JSON Web Key Set. Keys are kept as raw JSON (so they serialize back as given); parsing
+/// checks that each is a public signature key we can verify with ([`JwkSet::verifying_keys`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct JwkSet {
     pub keys: Vec<serde_json::Value>,
+}
+
+/// One key of a [`JwkSet`], ready to verify JWTs.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    pub kid: Option<String>,
+    /// The only algorithm this key verifies: the token's `alg` must be this one.
+    pub alg: jsonwebtoken::Algorithm,
+    pub key: jsonwebtoken::DecodingKey,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} key {:?}", self.alg, self.kid)
+    }
+}
+
+impl JwkSet {
+    /// Checks every key's shape: a JWK of a signature key type we verify (OKP Ed25519 → EdDSA,
+    /// EC P-256 → ES256, RSA → RS256), whose `alg`, if given, is that algorithm. Symmetric
+    /// (`oct`) keys are refused: HMAC would let anyone holding the set mint tokens.
+    /// `prefix` is the JSON path of the set, e.g. `compute_ctl_config.jwks.`.
+    pub fn validate_at(&self, prefix: &str) -> Result<(), SpecError> {
+        for (i, raw) in self.keys.iter().enumerate() {
+            key_shape(raw).map_err(|reason| {
+                let kid = raw.get("kid").and_then(|k| k.as_str()).unwrap_or_default();
+                SpecError::invalid(format!("{prefix}keys[{i}]"), kid, reason)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The keys whose material decodes. Like Neon, a key whose material does not decode is
+    /// skipped (with a warning) rather than failing the set: its shape was validated already.
+    pub fn verifying_keys(&self) -> Vec<VerifyingKey> {
+        let mut out = Vec::new();
+        for (i, raw) in self.keys.iter().enumerate() {
+            let decoded = key_shape(raw).and_then(|(jwk, alg)| {
+                let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)
+                    .map_err(|e| format!("key material does not decode: {e}"))?;
+                Ok(VerifyingKey {
+                    kid: jwk.common.key_id.clone(),
+                    alg,
+                    key,
+                })
+            });
+            match decoded {
+                Ok(key) => out.push(key),
+                Err(reason) => {
+                    tracing::warn!(index = i, kid = ?raw.get("kid"), "JWK skipped: {reason}")
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A JWK's parsed form and the one algorithm it verifies, or why it is not acceptable.
+fn key_shape(
+    raw: &serde_json::Value,
+) -> Result<(jsonwebtoken::jwk::Jwk, jsonwebtoken::Algorithm), String> {
+    use jsonwebtoken::Algorithm;
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+
+    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|e| format!("not a JWK: {e}"))?;
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("symmetric (kty oct) keys are refused: use EdDSA, ES256 or RS256".into());
+        }
+        _ => {
+            return Err("unsupported key type: use OKP Ed25519, EC P-256 or RSA keys".into());
+        }
+    };
+    let declared = raw.get("alg").and_then(|a| a.as_str());
+    let expected = match alg {
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::ES256 => "ES256",
+        _ => "RS256",
+    };
+    if let Some(declared) = declared
+        && declared != expected
+    {
+        return Err(format!(
+            "alg {declared:?} does not match the key type (expected {expected})"
+        ));
+    }
+    Ok((jwk, alg))
 }
 
 /// Paths of the server key and certificate.
@@ -458,6 +551,10 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SpecError> {
 /// Parses and validates a `ComputeConfig` (the `--config` file, the control plane's answer).
 pub fn parse_config(bytes: &[u8]) -> Result<ComputeConfig, SpecError> {
     let config: ComputeConfig = from_json(bytes)?;
+    config
+        .compute_ctl_config
+        .jwks
+        .validate_at("compute_ctl_config.jwks.")?;
     if let Some(spec) = &config.spec {
         spec.validate_at("spec.")?;
     }
@@ -474,6 +571,10 @@ pub fn parse_spec(bytes: &[u8]) -> Result<ComputeSpec, SpecError> {
 /// Parses and validates the body of `POST /configure`.
 pub fn parse_request(bytes: &[u8]) -> Result<ConfigurationRequest, SpecError> {
     let request: ConfigurationRequest = from_json(bytes)?;
+    request
+        .compute_ctl_config
+        .jwks
+        .validate_at("compute_ctl_config.jwks.")?;
     request.spec.validate_at("spec.")?;
     Ok(request)
 }
@@ -825,6 +926,48 @@ mod tests {
             ext.public_extensions.as_deref(),
             Some(&["postgis".to_owned()][..])
         );
+    }
+
+    #[test]
+    fn jwks_shapes_are_checked() {
+        let with_keys = |keys: serde_json::Value| {
+            json!({"compute_ctl_config": {"jwks": {"keys": keys}}}).to_string()
+        };
+        let ed = json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "k1",
+                        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        let config = parse_config(with_keys(json!([ed])).as_bytes()).unwrap();
+        let keys = config.compute_ctl_config.jwks.verifying_keys();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].alg, jsonwebtoken::Algorithm::EdDSA);
+        assert_eq!(keys[0].kid.as_deref(), Some("k1"));
+
+        for (bad, reason) in [
+            (
+                json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h"}),
+                "symmetric",
+            ),
+            (
+                json!({"kty": "OKP", "crv": "Ed25519"}),
+                "unsupported key type",
+            ),
+            (
+                json!({"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}),
+                "unsupported key type",
+            ),
+            (
+                json!({"kty": "RSA", "n": "AQAB", "e": "AQAB", "alg": "ES256"}),
+                "does not match",
+            ),
+            (json!("not an object"), "not a JWK"),
+        ] {
+            let text = with_keys(json!([ed, bad]));
+            let err = parse_config(text.as_bytes()).unwrap_err().to_string();
+            assert!(
+                err.starts_with("at compute_ctl_config.jwks.keys[1]"),
+                "{err}"
+            );
+            assert!(err.contains(reason), "{err}");
+        }
     }
 
     #[test]

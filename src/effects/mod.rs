@@ -1,8 +1,8 @@
 //! Effects: how a command from the machine touches the world.
 //!
 //! Each command runs as a spawned task that reports its result as events through the
-//! [`Reporter`]. Start and configuration tasks share one cancellation token, so a termination
-//! request during startup cancels them (dropping a child process kills it) before Postgres is
+//! [`Reporter`]. Start, configuration and monitor tasks share one cancellation token, so a
+//! termination request cancels them (dropping a child process kills it) before Postgres is
 //! stopped.
 
 pub mod apply;
@@ -11,8 +11,9 @@ pub mod pgdata;
 pub mod postgres;
 pub mod process;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use compute_states::{Command, Event, TerminateMode};
 use nix::sys::signal::Signal;
@@ -20,7 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Reporter, millis};
-use crate::spec::{ComputeMode, ComputeSpec};
+use crate::monitor::{self, Monitor};
+use crate::spec::{ComputeFeature, ComputeMode, ComputeSpec};
 use node::Node;
 use postgres::Postmaster;
 
@@ -30,6 +32,9 @@ pub struct Effects {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
+    monitor_period: Duration,
+    /// `activity_monitor_experimental` of the latest spec, read by the monitor at each check.
+    activity_monitor_experimental: Arc<AtomicBool>,
 }
 
 impl Effects {
@@ -40,7 +45,15 @@ impl Effects {
             cancel: CancellationToken::new(),
             tasks: Vec::new(),
             postmaster: Arc::default(),
+            monitor_period: monitor::DEFAULT_PERIOD,
+            activity_monitor_experimental: Arc::default(),
         }
+    }
+
+    /// How often the compute monitor checks Postgres.
+    pub fn with_monitor_period(mut self, period: Duration) -> Self {
+        self.monitor_period = period;
+        self
     }
 
     /// Start the effect for `command`. `spec` is the spec a start or configure command names.
@@ -50,6 +63,13 @@ impl Effects {
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
         };
+        if let Some(spec) = &spec {
+            let experimental = spec
+                .features
+                .contains(&ComputeFeature::ActivityMonitorExperimental);
+            self.activity_monitor_experimental
+                .store(experimental, Ordering::Relaxed);
+        }
         match (command, spec) {
             (Command::StartCompute { .. }, Some(spec)) => {
                 self.spawn_cancellable(async move { work.start(spec).await })
@@ -67,6 +87,16 @@ impl Effects {
                     work.start(spec).await
                 }
             }),
+            (Command::StartMonitor, _) => {
+                let monitor = Monitor::new(
+                    work.node,
+                    work.reporter,
+                    self.monitor_period,
+                    self.activity_monitor_experimental.clone(),
+                    lock(&self.postmaster).as_ref().map(|p| p.pid),
+                );
+                self.spawn_cancellable(monitor.run())
+            }
             (Command::Stop { mode }, _) => {
                 self.cancel.cancel();
                 let running = std::mem::take(&mut self.tasks);

@@ -2,26 +2,28 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use chrono::{DateTime, SecondsFormat, Utc};
 use compute_states::{ComputeStatus, Event, TerminateMode};
 use serde::{Deserialize, Serialize};
 
-use super::ApiError;
+use super::auth::Auth;
+use super::{ApiError, ErrorBody};
 use crate::engine::{ComputeMetrics, EngineHandle, Input, RequestError, Snapshot};
 use crate::spec;
 
 /// Neon's `ComputeStatusResponse`, field for field.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusResponse {
     start_time: String,
     tenant: Option<String>,
     timeline: Option<String>,
+    #[schema(value_type = String, example = "running")]
     status: &'static str,
     last_active: Option<String>,
     error: Option<String>,
@@ -45,11 +47,15 @@ fn rfc3339(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+#[utoipa::path(get, path = "/status", tag = "compute", security(("bearer" = [])),
+    responses((status = 200, description = "The compute's status (any status)", body = StatusResponse)))]
 pub async fn status(State(engine): State<EngineHandle>) -> Json<StatusResponse> {
     Json(StatusResponse::from(&*engine.snapshot()))
 }
 
 /// `GET /metrics`: Prometheus text format, no auth.
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(engine): State<EngineHandle>) -> Result<impl IntoResponse, ApiError> {
     let text = super::metrics::render(&engine.snapshot())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -57,11 +63,15 @@ pub async fn metrics(State(engine): State<EngineHandle>) -> Result<impl IntoResp
 }
 
 /// `GET /healthz`: the process serves. No details, no auth.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "The process serves")))]
 pub async fn healthz() -> StatusCode {
     StatusCode::OK
 }
 
 /// `GET /readyz`: 200 while `running`, 503 otherwise. No details, no auth.
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, description = "The compute is running"),
+    (status = 503, description = "The compute is not running")))]
 pub async fn readyz(State(engine): State<EngineHandle>) -> StatusCode {
     if engine.snapshot().status == ComputeStatus::Running {
         StatusCode::OK
@@ -70,13 +80,26 @@ pub async fn readyz(State(engine): State<EngineHandle>) -> StatusCode {
     }
 }
 
+#[utoipa::path(get, path = "/metrics.json", tag = "compute", security(("bearer" = [])),
+    responses((status = 200, description = "Startup timings (Neon's `ComputeMetrics` field names)", body = Object)))]
 pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMetrics> {
     Json(engine.snapshot().metrics.clone())
 }
 
-/// `POST /configure`: validate, hand the spec to the machine, answer with the outcome.
+/// `POST /configure`: validate, hand the spec to the machine, answer with the outcome. The
+/// body's key set, once the machine has accepted the spec, replaces the trusted keys.
+#[utoipa::path(post, path = "/configure", tag = "compute", security(("bearer" = [])),
+    request_body(content = Object, content_type = "application/json",
+        description = "`{\"spec\": ComputeSpec, \"compute_ctl_config\": {\"jwks\": JwkSet}}` (Neon's `ConfigurationRequest`)"),
+    responses(
+        (status = 200, description = "The compute is running with this spec", body = StatusResponse),
+        (status = 400, description = "Not JSON, or a value fails validation (named by its JSON path)", body = ErrorBody),
+        (status = 412, description = "Not accepted in the current status", body = ErrorBody),
+        (status = 422, description = "Wrong JSON shape (named by its JSON path)", body = ErrorBody),
+        (status = 500, description = "The configuration failed", body = ErrorBody)))]
 pub async fn configure(
     State(engine): State<EngineHandle>,
+    Extension(auth): Extension<Auth>,
     body: Bytes,
 ) -> Result<Json<StatusResponse>, ApiError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
@@ -96,6 +119,7 @@ pub async fn configure(
         .request(Input::Configure(Arc::new(request.spec)))
         .await
         .map_err(request_error)?;
+    auth.replace(&request.compute_ctl_config.jwks);
     let outcome = engine.wait_for(seq, |s| !s.status.is_transient()).await;
     match outcome.status {
         ComputeStatus::Running => Ok(Json(StatusResponse::from(&*outcome))),
@@ -127,12 +151,18 @@ enum Mode {
     Immediate,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TerminateResponse {
     lsn: Option<String>,
 }
 
 /// `POST /terminate[?mode=fast|immediate]`: 200 once terminated, 201 if it already was.
+#[utoipa::path(post, path = "/terminate", tag = "compute", security(("bearer" = [])),
+    params(("mode" = Option<String>, Query, description = "`fast` (default) or `immediate`")),
+    responses(
+        (status = 200, description = "The compute is terminated", body = TerminateResponse),
+        (status = 201, description = "It already was", body = TerminateResponse),
+        (status = 400, description = "Bad query", body = ErrorBody)))]
 pub async fn terminate(
     State(engine): State<EngineHandle>,
     query: Result<Query<TerminateQuery>, QueryRejection>,

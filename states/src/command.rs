@@ -15,6 +15,9 @@ pub enum Command {
         spec: SpecRef,
         postgres_running: bool,
     },
+    /// Start the compute monitor; it reports `ActivityObserved`, `PostgresReachable` and
+    /// `PostgresUnreachable` until `Stop` cancels it. Issued once, at the first `Running`.
+    StartMonitor,
     /// Cancel every running effect, stop Postgres if it runs, then report `Stopped`.
     Stop { mode: TerminateMode },
     /// Leave the process with this code once the final status has been published.

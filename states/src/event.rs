@@ -76,6 +76,13 @@ pub enum Event {
     PostmasterExited { exit: PostmasterExit },
     /// The stop effect finished: no effect runs and no postmaster is left.
     Stopped,
+    /// The monitor saw activity at `at` (unix milliseconds): now, or when an idle session last
+    /// changed state.
+    ActivityObserved { at: i64 },
+    /// A monitor check succeeded at `at` (unix milliseconds, the monitor's clock).
+    PostgresReachable { at: i64 },
+    /// A monitor check failed at `at` (connect, query, timeout); `error` says how.
+    PostgresUnreachable { at: i64, error: String },
 }
 
 /// The data-free name of an [`Event`], used by the transition table.
@@ -91,10 +98,13 @@ pub enum EventKind {
     TerminateRequested,
     PostmasterExited,
     Stopped,
+    ActivityObserved,
+    PostgresReachable,
+    PostgresUnreachable,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::SpecLoaded,
         EventKind::ConfigureRequested,
         EventKind::ConfigurationStarted,
@@ -105,6 +115,9 @@ impl EventKind {
         EventKind::TerminateRequested,
         EventKind::PostmasterExited,
         EventKind::Stopped,
+        EventKind::ActivityObserved,
+        EventKind::PostgresReachable,
+        EventKind::PostgresUnreachable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,7 +132,21 @@ impl EventKind {
             EventKind::TerminateRequested => "TerminateRequested",
             EventKind::PostmasterExited => "PostmasterExited",
             EventKind::Stopped => "Stopped",
+            EventKind::ActivityObserved => "ActivityObserved",
+            EventKind::PostgresReachable => "PostgresReachable",
+            EventKind::PostgresUnreachable => "PostgresUnreachable",
         }
+    }
+
+    /// The monitor's observations: frequent, handled in place, and dropped quietly where the
+    /// monitor does not run.
+    pub fn is_observation(self) -> bool {
+        matches!(
+            self,
+            EventKind::ActivityObserved
+                | EventKind::PostgresReachable
+                | EventKind::PostgresUnreachable
+        )
     }
 }
 
@@ -136,6 +163,9 @@ impl Event {
             Event::TerminateRequested { .. } => EventKind::TerminateRequested,
             Event::PostmasterExited { .. } => EventKind::PostmasterExited,
             Event::Stopped => EventKind::Stopped,
+            Event::ActivityObserved { .. } => EventKind::ActivityObserved,
+            Event::PostgresReachable { .. } => EventKind::PostgresReachable,
+            Event::PostgresUnreachable { .. } => EventKind::PostgresUnreachable,
         }
     }
 }

@@ -12,10 +12,12 @@ mod command;
 mod event;
 mod machine;
 pub mod mermaid;
+mod monitoring;
 mod status;
 pub mod table;
 
 pub use command::Command;
 pub use event::{Event, EventKind, PostmasterExit, SpecRef, TerminateMode};
 pub use machine::{Compute, Handled, Rejection};
+pub use monitoring::Monitoring;
 pub use status::{ComputeStatus, StateKind};

@@ -11,6 +11,7 @@ use statig::prelude::Outcome;
 
 use crate::command::Command;
 use crate::event::{Event, EventKind, TerminateMode};
+use crate::monitoring::Monitoring;
 use crate::status::{ComputeStatus, StateKind};
 
 /// Shared storage: what outlives a single state.
@@ -20,6 +21,10 @@ pub struct Logic {
     error: Option<String>,
     /// Whether a postmaster is up, as far as the events told.
     postmaster_alive: bool,
+    /// Whether `StartMonitor` was issued; the monitor then runs until termination.
+    monitor_started: bool,
+    /// What the monitor's observations add up to.
+    monitoring: Monitoring,
 }
 
 /// The context handlers write their decisions into; drained after every event.
@@ -82,6 +87,10 @@ impl Logic {
     fn failed(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
         match event {
             Event::ConfigureRequested { spec } => self.configure(*spec, context),
+            // A failed reconfiguration leaves Postgres running, and the monitor with it.
+            Event::ActivityObserved { .. }
+            | Event::PostgresReachable { .. }
+            | Event::PostgresUnreachable { .. } => self.observe(event),
             Event::PostmasterExited { exit } => {
                 self.postmaster_alive = false;
                 self.error = Some(match self.error.take() {
@@ -146,6 +155,10 @@ impl Logic {
                 });
                 Transition(State::failed())
             }
+            // Observations arrive from the first `Running` on, through reconfigurations.
+            Event::ActivityObserved { .. }
+            | Event::PostgresReachable { .. }
+            | Event::PostgresUnreachable { .. } => self.observe(event),
             _ => Super,
         }
     }
@@ -171,8 +184,13 @@ impl Logic {
     }
 
     #[action]
-    fn enter_running(&mut self) {
+    fn enter_running(&mut self, context: &mut Decisions) {
         self.error = None;
+        if !self.monitor_started {
+            // Startup and configuration connections are not activity: watch from here on.
+            self.monitor_started = true;
+            context.commands.push(Command::StartMonitor);
+        }
     }
 }
 
@@ -183,6 +201,16 @@ impl Logic {
             postgres_running: self.postmaster_alive,
         });
         Transition(State::configuration_pending())
+    }
+
+    fn observe(&mut self, event: &Event) -> Outcome<State> {
+        match event {
+            Event::ActivityObserved { at } => self.monitoring.activity(*at),
+            Event::PostgresReachable { at } => self.monitoring.reachable(*at),
+            Event::PostgresUnreachable { at, .. } => self.monitoring.unreachable(*at),
+            _ => return Super,
+        }
+        Handled
     }
 
     /// Shared by `Init` (startup spec) and `Configuration` (spec from `/configure`).
@@ -316,6 +344,11 @@ impl Compute {
     pub fn postmaster_alive(&self) -> bool {
         self.machine.inner().postmaster_alive
     }
+
+    /// Last activity and downtime figures, from the monitor's observations.
+    pub fn monitoring(&self) -> &Monitoring {
+        &self.machine.inner().monitoring
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +360,7 @@ pub(crate) mod sample {
         let mut machine = Logic {
             error: None,
             postmaster_alive: !matches!(kind, StateKind::Empty | StateKind::Terminated),
+            ..Logic::default()
         }
         .uninitialized_state_machine();
         *machine.state_mut() = match kind {

@@ -155,7 +155,38 @@ pub const TRANSITIONS: &[Edge] = &[
         To(S::Terminated),
         "exit 0",
     ),
+    // The monitor's observations: accepted wherever Postgres may run under supervision (the
+    // monitor starts at the first Running and lives through reconfigurations, failed ones
+    // included); rejected, quietly, once termination began.
+    edge(S::ConfigurationPending, E::ActivityObserved, Stay, OBSERVED),
+    edge(
+        S::ConfigurationPending,
+        E::PostgresReachable,
+        Stay,
+        OBSERVED,
+    ),
+    edge(
+        S::ConfigurationPending,
+        E::PostgresUnreachable,
+        Stay,
+        OBSERVED,
+    ),
+    edge(S::Configuration, E::ActivityObserved, Stay, OBSERVED),
+    edge(S::Configuration, E::PostgresReachable, Stay, OBSERVED),
+    edge(S::Configuration, E::PostgresUnreachable, Stay, OBSERVED),
+    edge(S::Init, E::ActivityObserved, Stay, OBSERVED),
+    edge(S::Init, E::PostgresReachable, Stay, OBSERVED),
+    edge(S::Init, E::PostgresUnreachable, Stay, OBSERVED),
+    edge(S::Running, E::ActivityObserved, Stay, OBSERVED),
+    edge(S::Running, E::PostgresReachable, Stay, OBSERVED),
+    edge(S::Running, E::PostgresUnreachable, Stay, OBSERVED),
+    edge(S::Failed, E::ActivityObserved, Stay, OBSERVED),
+    edge(S::Failed, E::PostgresReachable, Stay, OBSERVED),
+    edge(S::Failed, E::PostgresUnreachable, Stay, OBSERVED),
 ];
+
+/// The note of the observation self-loops; the diagram draws them as one edge per state.
+pub const OBSERVED: &str = "last_active, downtime";
 
 /// What the table says a state does with an event: `None` means rejected.
 pub fn expected(from: StateKind, on: EventKind) -> Option<Target> {

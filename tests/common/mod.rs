@@ -6,6 +6,10 @@
 //! external HTTP, internal HTTP) and the child process. Its `Drop` kills whatever is still
 //! running for that compute (compute_ctl, postmaster, backends) and, when the test is failing,
 //! prints compute_ctl's stdout and stderr.
+//!
+//! Every `Compute` also owns an Ed25519 key pair (made by `compute_ctl::tokens`, as
+//! `compute_ctl keygen` does): the configs it starts with trust its public key, and every
+//! external request carries a valid token for its compute id.
 
 #![allow(dead_code)]
 
@@ -171,6 +175,11 @@ pub struct Compute {
     /// Every postmaster pid this harness has seen, checked by `assert_no_postgres_left`.
     postmaster_pids: Vec<i32>,
     http: reqwest::Client,
+    /// The private key (PKCS#8 PEM) whose public JWK the started configs trust.
+    pub key_path: PathBuf,
+    /// A valid token (`compute_id` = [`Compute::compute_id`], no `exp`), sent on every
+    /// external request.
+    pub token: String,
 }
 
 impl Compute {
@@ -184,6 +193,19 @@ impl Compute {
             .expect("chmod 0755 temp dir");
         let root = dir.path().canonicalize().expect("canonicalize temp dir");
         let (pg_port, external_port, internal_port) = free_ports();
+        let key_path = root.join("jwt-key.pem");
+        fs::write(
+            &key_path,
+            compute_ctl::tokens::generate_key_pem().expect("generate a key"),
+        )
+        .expect("write the key");
+        let token = compute_ctl::tokens::mint(&key_path, Some(&format!("test-{name}")), false, 0)
+            .expect("mint a token");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header value"),
+        );
         Compute {
             name: name.to_string(),
             pgdata: root.join("pgdata"),
@@ -198,7 +220,10 @@ impl Compute {
             child_pid: None,
             exit: None,
             postmaster_pids: Vec::new(),
+            key_path,
+            token,
             http: reqwest::Client::builder()
+                .default_headers(headers)
                 .timeout(REQUEST_TIMEOUT)
                 .no_proxy()
                 .build()
@@ -221,6 +246,22 @@ impl Compute {
         )
     }
 
+    /// The `--compute-id` it runs with.
+    pub fn compute_id(&self) -> String {
+        format!("test-{}", self.name)
+    }
+
+    /// The JWK set of this compute's key pair.
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [compute_ctl::tokens::public_jwk(&self.key_path).expect("public JWK")] })
+    }
+
+    /// The HTTP client, which sends [`Compute::token`] unless a request sets its own
+    /// `Authorization`.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The common arguments, without `-S` / `-c`.
     pub fn base_args(&self) -> Vec<OsString> {
         vec![
@@ -229,7 +270,7 @@ impl Compute {
             "-C".into(),
             self.connstr().into(),
             "-i".into(),
-            format!("test-{}", self.name).into(),
+            self.compute_id().into(),
             "--external-http-port".into(),
             self.external_port.to_string().into(),
             "--internal-http-port".into(),
@@ -237,8 +278,14 @@ impl Compute {
         ]
     }
 
-    /// Start compute_ctl with a bare `ComputeSpec` file (`-S`).
+    /// Start compute_ctl with `spec`, in a `-c` config that trusts this compute's key.
     pub fn start_with_spec(&mut self, spec: &Value) {
+        self.start_with_config(&config(Some(spec)));
+    }
+
+    /// Start compute_ctl with a bare `ComputeSpec` file (`-S`): no keys, so its external API
+    /// refuses every token.
+    pub fn start_with_bare_spec(&mut self, spec: &Value) {
         let path = self.write_file("spec.json", &serde_json::to_string_pretty(spec).unwrap());
         let mut args = self.base_args();
         args.push("-S".into());
@@ -246,8 +293,15 @@ impl Compute {
         self.start_raw(args);
     }
 
-    /// Start compute_ctl with a `ComputeConfig` file (`-c`).
+    /// Start compute_ctl with a `ComputeConfig` file (`-c`) whose key set is this compute's.
     pub fn start_with_config(&mut self, config: &Value) {
+        let mut config = config.clone();
+        config["compute_ctl_config"]["jwks"] = self.jwks();
+        self.start_with_config_as_is(&config);
+    }
+
+    /// Start compute_ctl with a `ComputeConfig` file (`-c`) exactly as given.
+    pub fn start_with_config_as_is(&mut self, config: &Value) {
         let path = self.write_file(
             "config.json",
             &serde_json::to_string_pretty(config).unwrap(),
@@ -364,7 +418,7 @@ impl Compute {
         format!("http://127.0.0.1:{}{}", self.internal_port, path)
     }
 
-    async fn response(resp: reqwest::Response) -> (StatusCode, Value) {
+    pub async fn response(resp: reqwest::Response) -> (StatusCode, Value) {
         let code = resp.status();
         let text = resp.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));

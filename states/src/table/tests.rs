@@ -26,6 +26,12 @@ fn sample_event(kind: EventKind) -> Event {
             exit: PostmasterExit::Signal(9),
         },
         EventKind::Stopped => Event::Stopped,
+        EventKind::ActivityObserved => Event::ActivityObserved { at: 1_000 },
+        EventKind::PostgresReachable => Event::PostgresReachable { at: 2_000 },
+        EventKind::PostgresUnreachable => Event::PostgresUnreachable {
+            at: 3_000,
+            error: "connection refused".into(),
+        },
     }
 }
 
@@ -246,7 +252,17 @@ fn running_clears_the_error_of_a_failed_attempt() {
 fn diagram_has_every_edge() {
     let diagram = crate::mermaid::state_diagram();
     assert!(diagram.starts_with("stateDiagram-v2\n"));
-    assert_eq!(diagram.lines().count(), TRANSITIONS.len() + 3);
+    let observations = TRANSITIONS.iter().filter(|e| e.on.is_observation()).count();
+    let observing: BTreeSet<_> = TRANSITIONS
+        .iter()
+        .filter(|e| e.on.is_observation())
+        .map(|e| e.from)
+        .collect();
+    assert_eq!(
+        diagram.lines().count(),
+        TRANSITIONS.len() - observations + observing.len() + 3
+    );
+    assert!(diagram.contains("    Running --> Running: monitor (last_active, downtime)"));
     assert!(diagram.contains("    Empty --> ConfigurationPending: ConfigureRequested"));
     assert!(diagram.contains("    TerminationPending --> Terminated: Stopped"));
 }
@@ -268,6 +284,9 @@ fn any_event() -> impl Strategy<Value = Event> {
         mode.prop_map(|mode| Event::TerminateRequested { mode }),
         exit.prop_map(|exit| Event::PostmasterExited { exit }),
         Just(Event::Stopped),
+        any::<i64>().prop_map(|at| Event::ActivityObserved { at }),
+        any::<i64>().prop_map(|at| Event::PostgresReachable { at }),
+        (any::<i64>(), ".*").prop_map(|(at, error)| Event::PostgresUnreachable { at, error }),
     ]
 }
 
@@ -309,6 +328,10 @@ proptest! {
                     }
                 }
             }
+            let monitoring = compute.monitoring();
+            if monitoring.reachable_now() != Some(false) {
+                prop_assert_eq!(monitoring.current_downtime_ms(), 0);
+            }
             match compute.state() {
                 StateKind::Running => prop_assert!(compute.error().is_none()),
                 StateKind::Failed => prop_assert!(compute.error().is_some()),
@@ -316,4 +339,82 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn the_monitor_starts_once_at_the_first_running_and_survives_reconfiguration() {
+    let mut compute = Compute::new();
+    compute
+        .handle(&Event::SpecLoaded { spec: SpecRef(1) })
+        .unwrap();
+    compute.handle(&Event::PostgresStarted).unwrap();
+    let running = compute.handle(&Event::ConfigurationApplied).unwrap();
+    assert_eq!(running.commands, vec![Command::StartMonitor]);
+    compute
+        .handle(&Event::ConfigureRequested { spec: SpecRef(2) })
+        .unwrap();
+    compute.handle(&Event::ConfigurationStarted).unwrap();
+    compute
+        .handle(&Event::ConfigurationFailed {
+            error: "bad".into(),
+        })
+        .unwrap();
+    // Postgres still runs after a failed reconfiguration: observations still count.
+    compute
+        .handle(&Event::PostgresReachable { at: 9_500 })
+        .unwrap();
+    compute
+        .handle(&Event::PostgresUnreachable {
+            at: 10_000,
+            error: "timeout".into(),
+        })
+        .unwrap();
+    compute
+        .handle(&Event::PostgresUnreachable {
+            at: 10_500,
+            error: "timeout".into(),
+        })
+        .unwrap();
+    assert_eq!(compute.monitoring().current_downtime_ms(), 1_000);
+    compute
+        .handle(&Event::ConfigureRequested { spec: SpecRef(3) })
+        .unwrap();
+    compute.handle(&Event::ConfigurationStarted).unwrap();
+    let again = compute.handle(&Event::ConfigurationApplied).unwrap();
+    assert!(again.commands.is_empty(), "{:?}", again.commands);
+    compute
+        .handle(&Event::PostgresReachable { at: 11_000 })
+        .unwrap();
+    compute
+        .handle(&Event::ActivityObserved { at: 10_900 })
+        .unwrap();
+    let m = compute.monitoring();
+    assert_eq!(
+        (
+            m.current_downtime_ms(),
+            m.total_downtime_ms(),
+            m.last_active()
+        ),
+        (0, 1_000, Some(10_900))
+    );
+}
+
+#[test]
+fn observations_after_termination_are_rejected_and_change_nothing() {
+    let mut compute = sample::in_state(StateKind::Running);
+    compute
+        .handle(&Event::PostgresReachable { at: 1_000 })
+        .unwrap();
+    compute
+        .handle(&Event::TerminateRequested {
+            mode: TerminateMode::Fast,
+        })
+        .unwrap();
+    let rejected = compute.handle(&Event::PostgresUnreachable {
+        at: 5_000,
+        error: "shutting down".into(),
+    });
+    assert!(rejected.is_err());
+    assert_eq!(compute.monitoring().total_downtime_ms(), 0);
+    assert_eq!(compute.monitoring().current_downtime_ms(), 0);
 }

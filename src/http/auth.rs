@@ -1,0 +1,202 @@
+//! JWT authentication of the external API (Neon's rules, reference §4), as one middleware.
+//!
+//! The trusted keys are compute_ctl's own setting, not a compute status, so they live here
+//! rather than in the state machine: loaded from the startup `compute_ctl_config`, replaced as
+//! a whole by a verified `/configure` (rotation). No keys means every request is refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+
+use super::ApiError;
+use crate::spec::{JwkSet, VerifyingKey};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds (Neon uses 60 for `exp`).
+const LEEWAY_SECONDS: u64 = 60;
+
+/// The algorithms a token may name; anything else (`none`, HMAC, PS*, ...) is refused.
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+
+/// How many verified tokens [`KeySet`] remembers (it forgets them all when full).
+const VERIFIED_CACHE: usize = 1024;
+
+/// What the middleware needs: the compute's identity and the current key set.
+#[derive(Clone)]
+pub struct Auth {
+    compute_id: Arc<str>,
+    keys: Arc<RwLock<Arc<KeySet>>>,
+}
+
+/// The trusted keys, and the claims of tokens they verified. A control plane sends the same
+/// token many times; remembering it saves a signature check (the dominant cost of a request).
+/// Only verified tokens enter, so a stranger cannot fill it; it goes with its keys on rotation.
+#[derive(Default)]
+struct KeySet {
+    keys: Vec<VerifyingKey>,
+    verified: Mutex<HashMap<String, Claims>>,
+}
+
+impl Auth {
+    pub fn new(compute_id: &str, jwks: &JwkSet) -> Self {
+        let auth = Auth {
+            compute_id: compute_id.into(),
+            keys: Arc::default(),
+        };
+        auth.replace(jwks);
+        auth
+    }
+
+    /// Installs `jwks` as the trusted set, atomically: a request sees the old or the new set.
+    /// An empty set is ignored: it would lock the control plane out for good.
+    pub fn replace(&self, jwks: &JwkSet) {
+        if jwks.keys.is_empty() && !self.current().keys.is_empty() {
+            tracing::info!("compute_ctl_config has no keys: the trusted key set is unchanged");
+            return;
+        }
+        let keys = jwks.verifying_keys();
+        let kids: Vec<&str> = keys
+            .iter()
+            .map(|k| k.kid.as_deref().unwrap_or("(no kid)"))
+            .collect();
+        if keys.is_empty() {
+            tracing::warn!("no JWT keys: every authenticated route answers 401");
+        } else {
+            tracing::info!(keys = ?kids, "trusted JWT keys installed");
+        }
+        let set = KeySet {
+            keys,
+            verified: Mutex::default(),
+        };
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+    }
+
+    fn current(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Neon's decision (§4), with its status codes and texts.
+    pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), ApiError> {
+        let token = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid authorization token"))?;
+        let claims = self.verify(token).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "failed to verify authorization token",
+            )
+        })?;
+        if claims.scope == Some(Scope::Admin) {
+            return match &claims.aud {
+                None => Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing audience in authorization token claims",
+                )),
+                Some(aud) if !aud.iter().any(|a| a == "compute") => Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid audience in authorization token claims",
+                )),
+                Some(_) => Ok(()),
+            };
+        }
+        match claims.compute_id.as_deref() {
+            None => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "missing compute_id in authorization token claims",
+            )),
+            Some(id) if id != &*self.compute_id => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid compute ID in authorization token claims",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The claims of `token` if a trusted key verifies it: the key named by `kid`, else every
+    /// key of the token's algorithm. Any failure is just "not verified" (no detail leaks).
+    fn verify(&self, token: &str) -> Option<Claims> {
+        let set = self.current();
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut verified = set.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(claims) = verified.get(token) {
+            // `nbf` had passed when it was verified; `exp` is checked again.
+            if claims
+                .exp
+                .is_none_or(|exp| exp.saturating_add(LEEWAY_SECONDS) >= now)
+            {
+                return Some(claims.clone());
+            }
+            verified.remove(token);
+        }
+        drop(verified);
+        let claims = Self::verify_signature(&set.keys, token)?;
+        let mut verified = set.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), claims.clone());
+        Some(claims)
+    }
+
+    fn verify_signature(keys: &[VerifyingKey], token: &str) -> Option<Claims> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return None;
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_required_spec_claims::<&str>(&[]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.leeway = LEEWAY_SECONDS;
+        keys.iter()
+            .filter(|k| k.alg == header.alg)
+            .filter(|k| header.kid.is_none() || k.kid == header.kid)
+            .find_map(
+                |k| match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
+                    Ok(data) => Some(data.claims),
+                    Err(e) => {
+                        tracing::debug!(kid = ?k.kid, "token not verified: {e}");
+                        None
+                    }
+                },
+            )
+    }
+}
+
+/// The claims Neon reads. Stricter shapes than JWT allows, as Neon's: a `scope` other than
+/// the admin one, or an `aud` that is a plain string, fails decoding (401).
+#[derive(Debug, Clone, Deserialize)]
+struct Claims {
+    compute_id: Option<String>,
+    scope: Option<Scope>,
+    aud: Option<Vec<String>>,
+    /// Checked by the library when decoding; kept to expire remembered tokens.
+    exp: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+enum Scope {
+    #[serde(rename = "compute_ctl:admin")]
+    Admin,
+}
+
+/// The middleware: the request goes on only with a token that passes [`Auth::check`].
+pub async fn require_token(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match auth.check(header) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
