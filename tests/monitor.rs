@@ -164,9 +164,13 @@ async fn start_with_features(
     let mut spec = spec;
     spec["features"] = serde_json::json!(features);
     let mut c = Compute::new(name);
-    let path = c.write_file("spec.json", &spec.to_string());
+    let config = serde_json::json!({
+        "spec": spec,
+        "compute_ctl_config": {"jwks": c.jwks()},
+    });
+    let path = c.write_file("config.json", &config.to_string());
     let mut args = c.base_args();
-    args.push("-S".into());
+    args.push("-c".into());
     args.push(path.into());
     args.extend(extra.iter().map(|a| (*a).into()));
     c.start_raw(args);
