@@ -24,6 +24,9 @@ pub const MANAGED_BEGIN: &str = "# Managed by compute_ctl: begin";
 /// Last line of the block of `cluster.settings`.
 pub const MANAGED_END: &str = "# Managed by compute_ctl: end";
 
+/// The locale initdb uses; also the locale of messages and formats.
+const LOCALE: &str = "'C.UTF-8'";
+
 /// `pg_hba.conf` as on Neon's computes.
 pub const PG_HBA: &str = "\
 # pg_hba.conf written by compute_ctl.
@@ -109,6 +112,12 @@ pub fn postgresql_conf(spec: &ComputeSpec, port: u16) -> Result<String, SpecErro
         }
     }
 
+    // Neon §6.9 item 7: messages and formatting independent of the OS locale. Before the
+    // managed block, so a spec setting wins.
+    for name in ["lc_messages", "lc_monetary", "lc_time", "lc_numeric"] {
+        out.push_str(&format!("{name} = {LOCALE}\n"));
+    }
+
     if let Some(settings) = &spec.cluster.settings {
         out.push_str(MANAGED_BEGIN);
         out.push('\n');
@@ -149,6 +158,13 @@ mod tests {
     use crate::spec::{Lsn, parse_spec};
     use serde_json::json;
 
+    const LOCALE_LINES: [&str; 4] = [
+        "lc_messages = 'C.UTF-8'",
+        "lc_monetary = 'C.UTF-8'",
+        "lc_time = 'C.UTF-8'",
+        "lc_numeric = 'C.UTF-8'",
+    ];
+
     const CLUSTER_SPEC: &[u8] = include_bytes!("../tests/fixtures/neon/cluster_spec.json");
 
     fn spec(value: serde_json::Value) -> ComputeSpec {
@@ -185,6 +201,10 @@ mod tests {
         let expected = "\
 # head
 max_connections = 50
+lc_messages = 'C.UTF-8'
+lc_monetary = 'C.UTF-8'
+lc_time = 'C.UTF-8'
+lc_numeric = 'C.UTF-8'
 # Managed by compute_ctl: begin
 fsync = off
 shared_buffers = '1MB'
@@ -207,7 +227,8 @@ include_if_exists = 'compute_ctl_override.conf'
         }));
         assert_eq!(
             postgresql_conf(&spec, 6000).unwrap(),
-            "a = 1\n# from --connstr; after the spec's settings, so it wins over a port given \
+            "a = 1\nlc_messages = 'C.UTF-8'\nlc_monetary = 'C.UTF-8'\nlc_time = 'C.UTF-8'\n\
+             lc_numeric = 'C.UTF-8'\n# from --connstr; after the spec's settings, so it wins over a port given \
              there\nport = 6000\ninclude_if_exists = 'compute_ctl_override.conf'\n"
         );
     }
@@ -223,8 +244,9 @@ include_if_exists = 'compute_ctl_override.conf'
         assert!(lines.contains(&"fsync = off"));
         assert!(lines.contains(&"listen_addresses = '0.0.0.0'"));
         assert!(lines.contains(&"neon.pageserver_connstring = 'host=127.0.0.1 port=6400'"));
-        assert_eq!(lines[0], MANAGED_BEGIN);
-        assert_eq!(lines[26], MANAGED_END);
+        assert_eq!(lines[..4], LOCALE_LINES);
+        assert_eq!(lines[4], MANAGED_BEGIN);
+        assert_eq!(lines[30], MANAGED_END);
         let spec_port = lines.iter().position(|l| *l == "port = 55432").unwrap();
         let our_port = lines.iter().position(|l| *l == "port = 55433").unwrap();
         assert!(spec_port < our_port);
@@ -305,7 +327,9 @@ include_if_exists = 'compute_ctl_override.conf'
         let conf = postgresql_conf(&spec, 5432).unwrap();
         assert_eq!(
             conf,
-            "# Managed by compute_ctl: begin\n# Managed by compute_ctl: end\n\
+            "lc_messages = 'C.UTF-8'\nlc_monetary = 'C.UTF-8'\nlc_time = 'C.UTF-8'\n\
+             lc_numeric = 'C.UTF-8'\n\
+             # Managed by compute_ctl: begin\n# Managed by compute_ctl: end\n\
              hot_standby = on\nrecovery_target_lsn = '1/16B9188'\n\
              # from --connstr; after the spec's settings, so it wins over a port given there\n\
              port = 5432\ninclude_if_exists = 'compute_ctl_override.conf'\n"

@@ -668,8 +668,24 @@ fn check_no_nul(field: String, value: &str, what: &str) -> Result<(), SpecError>
     Ok(())
 }
 
-/// Options of a role or database (SQL clauses, not settings).
-fn check_sql_options(field: &str, options: &Option<Vec<GenericOption>>) -> Result<(), SpecError> {
+/// Options of a role or database (SQL clauses, not settings): the planner's own parser checks
+/// the names against the real `CREATE ROLE`/`CREATE DATABASE` clauses and the values.
+fn check_sql_options(
+    field: &str,
+    options: &Option<Vec<GenericOption>>,
+    parse: impl Fn(&[GenericOption]) -> Result<(), crate::reconcile::options::OptionError>,
+) -> Result<(), SpecError> {
+    check_option_text(field, options)?;
+    parse(options.as_deref().unwrap_or_default()).map_err(|e| {
+        SpecError::invalid(
+            format!("{field}[{}].{}", e.index, e.part),
+            &e.value,
+            e.reason,
+        )
+    })
+}
+
+fn check_option_text(field: &str, options: &Option<Vec<GenericOption>>) -> Result<(), SpecError> {
     for (j, opt) in options.iter().flatten().enumerate() {
         if opt.name.is_empty() {
             return Err(SpecError::invalid(
@@ -733,7 +749,9 @@ impl ComputeSpec {
             if let Some(password) = &role.encrypted_password {
                 check_no_nul(format!("{field}.encrypted_password"), password, "password")?;
             }
-            check_sql_options(&format!("{field}.options"), &role.options)?;
+            check_sql_options(&format!("{field}.options"), &role.options, |o| {
+                crate::reconcile::options::RoleOptions::parse(o).map(drop)
+            })?;
         }
 
         let mut databases = HashSet::new();
@@ -748,7 +766,9 @@ impl ComputeSpec {
                 ));
             }
             check_name(format!("{field}.owner"), &db.owner, "database owner")?;
-            check_sql_options(&format!("{field}.options"), &db.options)?;
+            check_sql_options(&format!("{field}.options"), &db.options, |o| {
+                crate::reconcile::options::DatabaseOptions::parse(o).map(drop)
+            })?;
         }
 
         if let Some(conf) = &self.cluster.postgresql_conf {

@@ -185,7 +185,8 @@ impl Work {
             return;
         }
         self.reporter.event(Event::PostgresStarted);
-        self.apply(&spec).await;
+        self.apply(&spec, crate::reconcile::startup_concurrency(&spec))
+            .await;
     }
 
     async fn start_postgres(
@@ -212,7 +213,16 @@ impl Work {
         match (written, postmaster) {
             (Ok(()), Some(postmaster)) => {
                 postmaster.signal(Signal::SIGHUP);
-                self.apply(&spec).await;
+                // Read from the file, not from the reload (which is asynchronous).
+                match apply::settings_not_applied(&self.node).await {
+                    Ok(problems) => {
+                        for problem in problems {
+                            tracing::warn!("postgresql.conf: {problem}");
+                        }
+                    }
+                    Err(error) => tracing::warn!("cannot check postgresql.conf: {error:#}"),
+                }
+                self.apply(&spec, spec.reconfigure_concurrency).await;
             }
             (Err(error), _) => self.reporter.event(Event::ConfigurationFailed {
                 error: format!("{error:#}"),
@@ -223,12 +233,22 @@ impl Work {
         }
     }
 
-    async fn apply(&self, spec: &ComputeSpec) {
+    async fn apply(&self, spec: &ComputeSpec, concurrency: usize) {
         let began = Instant::now();
-        match apply::apply(&self.node, spec)
-            .instrument(info_span!("apply_config"))
-            .await
-        {
+        // As on Neon: roles and databases only on a primary, and not when the control plane
+        // says the catalog is already in place.
+        let result = if spec.skip_pg_catalog_updates || spec.mode != ComputeMode::Primary {
+            tracing::info!(
+                "catalog updates skipped (skip_pg_catalog_updates, or mode {})",
+                spec.mode.as_str()
+            );
+            Ok(0)
+        } else {
+            apply::apply(&self.node, spec, concurrency)
+                .instrument(info_span!("apply_config"))
+                .await
+        };
+        match result {
             Ok(statements) => {
                 let took = began.elapsed();
                 tracing::info!(statements, "spec applied in {took:?}");

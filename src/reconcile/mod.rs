@@ -1,0 +1,436 @@
+//! The catalog planner: (desired spec, current catalog) → ordered phases of SQL.
+//!
+//! Pure, so it is tested without a database. Phases follow Neon's apply order (reference §6.4)
+//! for what exists on stock PostgreSQL: drop invalid databases, rename roles, create/alter roles, rename/delete
+//! databases, create/alter databases, per-database reassign/drop of objects owned by roles being
+//! deleted, drop roles. The planner walks an in-memory copy of the catalog through the phases,
+//! so every statement is planned against the state the previous ones leave; and it only plans
+//! what changes something, so re-planning after the plan ran yields nothing, even with the same
+//! delta operations still in the spec. Every name and value goes through [`crate::quote`].
+
+pub mod options;
+
+use std::collections::BTreeMap;
+
+use crate::quote::{self, QuoteError};
+use crate::spec::{ComputeSpec, Role};
+use options::{DatabaseAttrs, DatabaseOptions, OptionError, RoleAttrs, RoleOptions};
+
+/// What Postgres has now, as far as the plan cares.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    pub roles: BTreeMap<String, RoleState>,
+    pub databases: BTreeMap<String, DatabaseState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoleState {
+    /// `pg_authid.rolpassword`: `md5…`, `SCRAM-SHA-256$…` or none.
+    pub password: Option<String>,
+    pub attrs: RoleAttrs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatabaseState {
+    pub owner: String,
+    pub attrs: DatabaseAttrs,
+    /// Left half-dropped by an interrupted `DROP DATABASE` (`datconnlimit = -2`): unusable.
+    pub invalid: bool,
+}
+
+/// One SQL statement of a phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    /// `CREATE`/`DROP DATABASE` refuse to run in a transaction block, so they cannot share a
+    /// round trip (a multi-statement query is one implicit transaction).
+    pub alone: bool,
+}
+
+impl Statement {
+    fn batched(sql: String) -> Self {
+        Self { sql, alone: false }
+    }
+
+    fn alone(sql: String) -> Self {
+        Self { sql, alone: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Runs on the maintenance connection.
+    Main {
+        name: &'static str,
+        statements: Vec<Statement>,
+    },
+    /// Runs in each database on its own connection; databases in parallel.
+    PerDatabase {
+        name: &'static str,
+        databases: Vec<(String, Vec<Statement>)>,
+    },
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Main { name, .. } | Phase::PerDatabase { name, .. } => name,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Phase::Main { statements, .. } => statements.len(),
+            Phase::PerDatabase { databases, .. } => databases.iter().map(|(_, s)| s.len()).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Phases in the order they must run; phases without statements are left out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub phases: Vec<Phase>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.phases.is_empty()
+    }
+
+    /// Number of statements.
+    pub fn len(&self) -> usize {
+        self.phases.iter().map(Phase::len).sum()
+    }
+
+    fn push(&mut self, phase: Phase) {
+        if !phase.is_empty() {
+            self.phases.push(phase);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Quote(#[from] QuoteError),
+    #[error("{field}[{}].{}: {:?} {error}", error.index, error.part, error.value)]
+    Option { field: String, error: OptionError },
+}
+
+/// The password as Postgres stores it: the spec carries md5 as bare hex (Neon's format), or a
+/// full SCRAM verifier.
+pub fn stored_password(role: &Role) -> Option<String> {
+    let secret = role.encrypted_password.as_deref()?;
+    if secret.starts_with("SCRAM-SHA-256$") || secret.starts_with("md5") && secret.len() == 35 {
+        Some(secret.to_owned())
+    } else {
+        Some(format!("md5{secret}"))
+    }
+}
+
+/// How many databases the per-database phase works on at once when the compute starts
+/// (Neon §6.2): from `max_connections` in the settings, else in `postgresql_conf`.
+pub fn startup_concurrency(spec: &ComputeSpec) -> usize {
+    let from_conf = || {
+        spec.cluster
+            .postgresql_conf
+            .as_deref()?
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once('=')?;
+                (name.trim() == "max_connections").then(|| value.trim().to_owned())
+            })
+    };
+    let n = spec
+        .setting("max_connections")
+        .map(str::to_owned)
+        .or_else(from_conf)
+        .and_then(|v| v.trim_matches('\'').parse::<usize>().ok());
+    match n {
+        Some(n) if n < 10 => n.max(1),
+        Some(n) if n < 30 => 10,
+        Some(n) if n < 300 => n / 3,
+        Some(_) => 100,
+        None => 10,
+    }
+}
+
+fn delta_ops<'a>(
+    spec: &'a ComputeSpec,
+    action: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    spec.delta_operations
+        .iter()
+        .flatten()
+        .filter(move |op| op.action == action)
+        .map(|op| (op.name.as_str(), op.new_name.as_deref().unwrap_or_default()))
+}
+
+/// The plan that brings `catalog` to `spec`. `admin` (compute_ctl's own superuser) receives
+/// what deleted roles owned in databases they own themselves.
+pub fn plan(spec: &ComputeSpec, catalog: &Catalog, admin: &str) -> Result<Plan, PlanError> {
+    Ok(plan_with_outcome(spec, catalog, admin)?.0)
+}
+
+/// [`plan`], and the catalog it leaves behind once it ran.
+pub fn plan_with_outcome(
+    spec: &ComputeSpec,
+    catalog: &Catalog,
+    admin: &str,
+) -> Result<(Plan, Catalog), PlanError> {
+    let mut now = catalog.clone();
+    let mut plan = Plan::default();
+
+    // An invalid database can only be dropped; a spec database of that name is then created
+    // again below.
+    let mut statements = Vec::new();
+    for (name, _) in now.databases.extract_if(.., |_, state| state.invalid) {
+        statements.push(Statement::alone(format!(
+            "DROP DATABASE IF EXISTS {}",
+            quote::ident(&name)?
+        )));
+    }
+    plan.push(Phase::Main {
+        name: "drop invalid databases",
+        statements,
+    });
+
+    // Rename only when the old name exists: re-applying a spec whose rename already happened
+    // is a no-op (Neon's guard is inverted, §13 quirk 1).
+    let mut statements = Vec::new();
+    for (old, new) in delta_ops(spec, "rename_role") {
+        if old == new {
+            continue;
+        }
+        if let Some(mut state) = now.roles.remove(old) {
+            statements.push(Statement::batched(format!(
+                "ALTER ROLE {} RENAME TO {}",
+                quote::ident(old)?,
+                quote::ident(new)?
+            )));
+            // An md5 hash is salted with the role name: Postgres clears it on rename.
+            if state
+                .password
+                .as_deref()
+                .is_some_and(|p| p.starts_with("md5"))
+            {
+                state.password = None;
+            }
+            now.roles.insert(new.to_owned(), state);
+        }
+    }
+    plan.push(Phase::Main {
+        name: "rename roles",
+        statements,
+    });
+
+    let mut statements = Vec::new();
+    for (i, role) in spec.cluster.roles.iter().enumerate() {
+        let wanted =
+            RoleOptions::parse(role.options.as_deref().unwrap_or_default()).map_err(|error| {
+                PlanError::Option {
+                    field: format!("cluster.roles[{i}].options"),
+                    error,
+                }
+            })?;
+        let password = stored_password(role);
+        let clauses = || -> Result<String, QuoteError> {
+            let secret = match &password {
+                Some(secret) => quote::literal(secret)?,
+                None => "NULL".to_owned(),
+            };
+            Ok(format!("{} LOGIN PASSWORD {secret}", wanted.render()))
+        };
+        let name = quote::ident(&role.name)?;
+        match now.roles.get_mut(&role.name) {
+            None => {
+                statements.push(Statement::batched(format!(
+                    "CREATE ROLE {name}{}",
+                    clauses()?
+                )));
+                let mut attrs = RoleAttrs::default();
+                wanted.apply_to(&mut attrs);
+                now.roles
+                    .insert(role.name.clone(), RoleState { password, attrs });
+            }
+            Some(current)
+                if current.password != password
+                    || !current.attrs.login
+                    || !wanted.satisfied_by(&current.attrs) =>
+            {
+                statements.push(Statement::batched(format!(
+                    "ALTER ROLE {name}{}",
+                    clauses()?
+                )));
+                current.password = password;
+                current.attrs.login = true;
+                wanted.apply_to(&mut current.attrs);
+            }
+            Some(_) => {}
+        }
+    }
+    plan.push(Phase::Main {
+        name: "create and alter roles",
+        statements,
+    });
+
+    // Delta operations on databases, in list order (a later one may depend on an earlier one).
+    let mut statements = Vec::new();
+    for op in spec.delta_operations.iter().flatten() {
+        match op.action.as_str() {
+            "delete_db" => {
+                let Some(state) = now.databases.remove(&op.name) else {
+                    continue;
+                };
+                let name = quote::ident(&op.name)?;
+                if state.attrs.is_template {
+                    statements.push(Statement::batched(format!(
+                        "ALTER DATABASE {name} IS_TEMPLATE false"
+                    )));
+                }
+                // FORCE terminates the sessions connected to it.
+                statements.push(Statement::alone(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )));
+            }
+            "rename_db" => {
+                let new = op.new_name.as_deref().unwrap_or_default();
+                if new == op.name {
+                    continue;
+                }
+                let Some(state) = now.databases.remove(&op.name) else {
+                    continue;
+                };
+                statements.push(Statement::batched(format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    quote::ident(&op.name)?,
+                    quote::ident(new)?
+                )));
+                now.databases.insert(new.to_owned(), state);
+            }
+            _ => {}
+        }
+    }
+    plan.push(Phase::Main {
+        name: "rename and delete databases",
+        statements,
+    });
+
+    let mut statements = Vec::new();
+    for (i, db) in spec.cluster.databases.iter().enumerate() {
+        let wanted =
+            DatabaseOptions::parse(db.options.as_deref().unwrap_or_default()).map_err(|error| {
+                PlanError::Option {
+                    field: format!("cluster.databases[{i}].options"),
+                    error,
+                }
+            })?;
+        let name = quote::ident(&db.name)?;
+        let owner = quote::ident(&db.owner)?;
+        match now.databases.get_mut(&db.name) {
+            None => {
+                let opts: String = wanted.create.iter().map(|c| format!("{c} ")).collect();
+                statements.push(Statement::alone(format!(
+                    "CREATE DATABASE {name} {opts}OWNER {owner}"
+                )));
+                let mut attrs = DatabaseAttrs::default();
+                wanted.apply_to(&mut attrs);
+                now.databases.insert(
+                    db.name.clone(),
+                    DatabaseState {
+                        owner: db.owner.clone(),
+                        attrs,
+                        invalid: false,
+                    },
+                );
+            }
+            Some(current) => {
+                if current.owner != db.owner {
+                    statements.push(Statement::batched(format!(
+                        "ALTER DATABASE {name} OWNER TO {owner}"
+                    )));
+                    current.owner = db.owner.clone();
+                }
+                let changes = wanted.alter_clauses(&current.attrs);
+                if !changes.is_empty() {
+                    statements.push(Statement::batched(format!(
+                        "ALTER DATABASE {name} WITH {}",
+                        changes.join(" ")
+                    )));
+                    wanted.apply_to(&mut current.attrs);
+                }
+            }
+        }
+    }
+    // A role cannot be dropped while it owns objects or holds privileges in any database.
+    let doomed: Vec<&str> = delta_ops(spec, "delete_role")
+        .map(|(name, _)| name)
+        .filter(|name| now.roles.contains_key(*name))
+        .collect();
+    // A database owned by a role being deleted goes to the admin here, not to whichever
+    // per-database REASSIGN (which also moves databases) happens to run first.
+    for (db, state) in now.databases.iter_mut() {
+        if doomed.contains(&state.owner.as_str()) {
+            statements.push(Statement::batched(format!(
+                "ALTER DATABASE {} OWNER TO {}",
+                quote::ident(db)?,
+                quote::ident(admin)?
+            )));
+            state.owner = admin.to_owned();
+        }
+    }
+    plan.push(Phase::Main {
+        name: "create and alter databases",
+        statements,
+    });
+
+    let mut databases = Vec::new();
+    if !doomed.is_empty() {
+        let list = doomed
+            .iter()
+            .map(|r| quote::ident(r))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(", ");
+        for (db, state) in &now.databases {
+            if !state.attrs.allow_connections || state.attrs.is_template {
+                continue;
+            }
+            databases.push((
+                db.clone(),
+                vec![
+                    Statement::batched(format!(
+                        "REASSIGN OWNED BY {list} TO {}",
+                        quote::ident(&state.owner)?
+                    )),
+                    Statement::batched(format!("DROP OWNED BY {list}")),
+                ],
+            ));
+        }
+    }
+    plan.push(Phase::PerDatabase {
+        name: "reassign and drop objects of deleted roles",
+        databases,
+    });
+
+    let mut statements = Vec::new();
+    for name in doomed {
+        statements.push(Statement::batched(format!(
+            "DROP ROLE IF EXISTS {}",
+            quote::ident(name)?
+        )));
+        now.roles.remove(name);
+    }
+    plan.push(Phase::Main {
+        name: "drop roles",
+        statements,
+    });
+
+    Ok((plan, now))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,420 @@
+//! Golden tests of the planner.
+
+use super::*;
+use crate::spec::parse_spec;
+
+const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/neon/cluster_spec.json");
+
+fn fixture() -> ComputeSpec {
+    parse_spec(FIXTURE).unwrap()
+}
+
+fn role(password: Option<&str>) -> RoleState {
+    RoleState {
+        password: password.map(str::to_owned),
+        attrs: RoleAttrs::default(),
+    }
+}
+
+fn db(owner: &str) -> DatabaseState {
+    DatabaseState {
+        owner: owner.to_owned(),
+        attrs: DatabaseAttrs::default(),
+        invalid: false,
+    }
+}
+
+/// A fresh cluster: the admin, `postgres` and the template databases.
+fn fresh() -> Catalog {
+    let template = |owner: &str, allow: bool| DatabaseState {
+        owner: owner.to_owned(),
+        attrs: DatabaseAttrs {
+            allow_connections: allow,
+            connection_limit: -1,
+            is_template: true,
+        },
+        invalid: false,
+    };
+    Catalog {
+        roles: [("cloud_admin".to_owned(), role(None))].into(),
+        databases: [
+            ("postgres".to_owned(), db("cloud_admin")),
+            ("template0".to_owned(), template("cloud_admin", false)),
+            ("template1".to_owned(), template("cloud_admin", true)),
+        ]
+        .into(),
+    }
+}
+
+/// Phase name → statements (per-database statements prefixed with `[db] `).
+fn render(plan: &Plan) -> Vec<(&'static str, Vec<String>)> {
+    plan.phases
+        .iter()
+        .map(|phase| {
+            let statements = match phase {
+                Phase::Main { statements, .. } => {
+                    statements.iter().map(|s| s.sql.clone()).collect()
+                }
+                Phase::PerDatabase { databases, .. } => databases
+                    .iter()
+                    .flat_map(|(db, st)| st.iter().map(move |s| format!("[{db}] {}", s.sql)))
+                    .collect(),
+            };
+            (phase.name(), statements)
+        })
+        .collect()
+}
+
+fn assert_idempotent(spec: &ComputeSpec, catalog: &Catalog) {
+    let (_, after) = plan_with_outcome(spec, catalog, "cloud_admin").unwrap();
+    let again = plan(spec, &after, "cloud_admin").unwrap();
+    assert!(again.is_empty(), "second plan is not empty: {again:#?}");
+}
+
+#[test]
+fn fixture_on_a_fresh_cluster() {
+    let spec = fixture();
+    let plan = plan(&spec, &fresh(), "cloud_admin").unwrap();
+    let md5 = |h: &str| format!("LOGIN PASSWORD 'md5{h}b1d16b78004bbd51fa06af9eda75972'");
+    assert_eq!(
+        render(&plan),
+        [
+            (
+                "create and alter roles",
+                vec![
+                    format!("CREATE ROLE \"postgres\" {}", md5("6")),
+                    "CREATE ROLE \"alexk\" LOGIN PASSWORD NULL".to_owned(),
+                    format!("CREATE ROLE \"zenith \"\"new\"\"\" {}", md5("5")),
+                    format!("CREATE ROLE \"zen\" {}", md5("9")),
+                    format!("CREATE ROLE \"\"\"name\"\";\\n select 1;\" {}", md5("5")),
+                    format!("CREATE ROLE \"MyRole\" {}", md5("5")),
+                ]
+            ),
+            (
+                "create and alter databases",
+                vec![
+                    "CREATE DATABASE \"DB2\" LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 \
+                     OWNER \"alexk\""
+                        .to_owned(),
+                    "CREATE DATABASE \"zenith\" OWNER \"MyRole\"".to_owned(),
+                    "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
+                ]
+            ),
+        ]
+    );
+    // Neon's expected rendering of the first role's clauses (leading space).
+    let Phase::Main { statements, .. } = &plan.phases[0] else {
+        unreachable!()
+    };
+    assert!(
+        statements[0]
+            .sql
+            .ends_with(" LOGIN PASSWORD 'md56b1d16b78004bbd51fa06af9eda75972'")
+    );
+    assert!(statements.iter().all(|s| !s.alone));
+    assert_idempotent(&spec, &fresh());
+}
+
+#[test]
+fn fixture_delta_operations() {
+    let spec = fixture();
+    let mut catalog = fresh();
+    for (name, password) in [
+        ("postgres", Some("md56b1d16b78004bbd51fa06af9eda75972")),
+        ("zenith new", Some("md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")),
+        ("zenith2", None),
+        ("alexk", None),
+    ] {
+        catalog.roles.insert(name.to_owned(), role(password));
+    }
+    catalog.databases.insert("DB".to_owned(), db("zenith2"));
+    catalog
+        .databases
+        .insert("zenith_test".to_owned(), db("alexk"));
+    catalog
+        .databases
+        .insert("zenith2db".to_owned(), db("zenith2"));
+    let plan = plan(&spec, &catalog, "cloud_admin").unwrap();
+    let md5 = |h: &str| format!("LOGIN PASSWORD 'md5{h}b1d16b78004bbd51fa06af9eda75972'");
+    assert_eq!(
+        render(&plan),
+        [
+            (
+                "rename roles",
+                vec!["ALTER ROLE \"zenith new\" RENAME TO \"zenith \"\"new\"\"\"".to_owned()]
+            ),
+            (
+                "create and alter roles",
+                vec![
+                    // The rename cleared the md5 password (salted with the name): set again.
+                    format!("ALTER ROLE \"zenith \"\"new\"\"\" {}", md5("5")),
+                    format!("CREATE ROLE \"zen\" {}", md5("9")),
+                    format!("CREATE ROLE \"\"\"name\"\";\\n select 1;\" {}", md5("5")),
+                    format!("CREATE ROLE \"MyRole\" {}", md5("5")),
+                ]
+            ),
+            (
+                "rename and delete databases",
+                vec![
+                    "DROP DATABASE IF EXISTS \"zenith_test\" WITH (FORCE)".to_owned(),
+                    "ALTER DATABASE \"DB\" RENAME TO \"DB2\"".to_owned(),
+                ]
+            ),
+            (
+                "create and alter databases",
+                vec![
+                    // DB2 exists (renamed): its creation options are not re-applied.
+                    "ALTER DATABASE \"DB2\" OWNER TO \"alexk\"".to_owned(),
+                    "CREATE DATABASE \"zenith\" OWNER \"MyRole\"".to_owned(),
+                    "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
+                    // Owned by the deleted role itself: to the admin first.
+                    "ALTER DATABASE \"zenith2db\" OWNER TO \"cloud_admin\"".to_owned(),
+                ]
+            ),
+            (
+                "reassign and drop objects of deleted roles",
+                vec![
+                    "[DB2] REASSIGN OWNED BY \"zenith2\" TO \"alexk\"".to_owned(),
+                    "[DB2] DROP OWNED BY \"zenith2\"".to_owned(),
+                    "[postgres] REASSIGN OWNED BY \"zenith2\" TO \"cloud_admin\"".to_owned(),
+                    "[postgres] DROP OWNED BY \"zenith2\"".to_owned(),
+                    "[zen] REASSIGN OWNED BY \"zenith2\" TO \"zen\"".to_owned(),
+                    "[zen] DROP OWNED BY \"zenith2\"".to_owned(),
+                    "[zenith] REASSIGN OWNED BY \"zenith2\" TO \"MyRole\"".to_owned(),
+                    "[zenith] DROP OWNED BY \"zenith2\"".to_owned(),
+                    "[zenith2db] REASSIGN OWNED BY \"zenith2\" TO \"cloud_admin\"".to_owned(),
+                    "[zenith2db] DROP OWNED BY \"zenith2\"".to_owned(),
+                ]
+            ),
+            (
+                "drop roles",
+                vec!["DROP ROLE IF EXISTS \"zenith2\"".to_owned()]
+            ),
+        ]
+    );
+    let Phase::Main { statements, .. } = &plan.phases[2] else {
+        unreachable!()
+    };
+    assert_eq!(
+        statements.iter().map(|s| s.alone).collect::<Vec<_>>(),
+        [true, false]
+    );
+    assert_idempotent(&spec, &catalog);
+}
+
+#[test]
+fn an_invalid_database_is_dropped_and_created_again() {
+    let spec = fixture();
+    let (_, mut catalog) = plan_with_outcome(&spec, &fresh(), "cloud_admin").unwrap();
+    catalog.databases.get_mut("zen").unwrap().invalid = true;
+    let mut junk = db("cloud_admin");
+    junk.invalid = true;
+    catalog.databases.insert("half dropped".to_owned(), junk);
+    assert_eq!(
+        render(&plan(&spec, &catalog, "cloud_admin").unwrap()),
+        [
+            (
+                "drop invalid databases",
+                vec![
+                    "DROP DATABASE IF EXISTS \"half dropped\"".to_owned(),
+                    "DROP DATABASE IF EXISTS \"zen\"".to_owned(),
+                ]
+            ),
+            (
+                "create and alter databases",
+                vec!["CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned()]
+            ),
+        ]
+    );
+    assert_idempotent(&spec, &catalog);
+}
+
+#[test]
+fn renaming_to_the_same_name_does_nothing() {
+    let spec = parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1,
+             "cluster": {"roles": [], "databases": []},
+             "delta_operations": [{"action": "rename_role", "name": "a", "new_name": "a"},
+                                  {"action": "rename_db", "name": "postgres", "new_name": "postgres"}]}"#,
+    )
+    .unwrap();
+    let mut catalog = fresh();
+    catalog.roles.insert("a".to_owned(), role(None));
+    assert!(plan(&spec, &catalog, "cloud_admin").unwrap().is_empty());
+}
+
+#[test]
+fn rename_role_is_skipped_when_the_old_name_is_gone() {
+    let spec = fixture();
+    let mut catalog = fresh();
+    catalog
+        .roles
+        .insert("zenith \"new\"".to_owned(), role(Some("x")));
+    let plan = plan(&spec, &catalog, "cloud_admin").unwrap();
+    assert!(plan.phases.iter().all(|p| p.name() != "rename roles"));
+}
+
+#[test]
+fn a_deleted_template_database_stops_being_a_template_first() {
+    let spec = parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1,
+             "cluster": {"roles": [], "databases": []},
+             "delta_operations": [{"action": "delete_db", "name": "tpl"}]}"#,
+    )
+    .unwrap();
+    let mut catalog = fresh();
+    let mut tpl = db("cloud_admin");
+    tpl.attrs.is_template = true;
+    catalog.databases.insert("tpl".to_owned(), tpl);
+    assert_eq!(
+        render(&plan(&spec, &catalog, "cloud_admin").unwrap()),
+        [(
+            "rename and delete databases",
+            vec![
+                "ALTER DATABASE \"tpl\" IS_TEMPLATE false".to_owned(),
+                "DROP DATABASE IF EXISTS \"tpl\" WITH (FORCE)".to_owned(),
+            ]
+        )]
+    );
+}
+
+fn hostile_spec() -> ComputeSpec {
+    let names = [
+        "\"name\";\n select 1;",
+        "it's'; DROP ROLE x; --",
+        "back\\slash",
+        "$x$dollar$x$",
+        "tab\there",
+        "emoji🐘",
+        " sp ace ",
+        "%20",
+    ];
+    let roles: Vec<_> = names
+        .iter()
+        .map(|n| {
+            serde_json::json!({"name": n, "encrypted_password": SCRAM, "options": [
+                {"name": "CONNECTION LIMIT", "value": "3", "vartype": "integer"},
+                {"name": "createdb", "value": null, "vartype": "bool"}
+            ]})
+        })
+        .collect();
+    let dbs: Vec<_> = names
+        .iter()
+        .map(|n| serde_json::json!({"name": format!("db {n}"), "owner": n}))
+        .collect();
+    parse_spec(
+        serde_json::json!({"format_version": 1.0, "suspend_timeout_seconds": -1,
+            "cluster": {"roles": roles, "databases": dbs}})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+const SCRAM: &str = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2VydmVy";
+
+#[test]
+fn hostile_names_are_quoted() {
+    let spec = hostile_spec();
+    let rendered = render(&plan(&spec, &fresh(), "cloud_admin").unwrap());
+    let opts = format!(" CREATEDB CONNECTION LIMIT 3 LOGIN PASSWORD '{SCRAM}'");
+    assert_eq!(
+        rendered[0].1,
+        [
+            format!("CREATE ROLE \"\"\"name\"\";\n select 1;\"{opts}"),
+            format!("CREATE ROLE \"it's'; DROP ROLE x; --\"{opts}"),
+            format!("CREATE ROLE \"back\\slash\"{opts}"),
+            format!("CREATE ROLE \"$x$dollar$x$\"{opts}"),
+            format!("CREATE ROLE \"tab\there\"{opts}"),
+            format!("CREATE ROLE \"emoji🐘\"{opts}"),
+            format!("CREATE ROLE \" sp ace \"{opts}"),
+            format!("CREATE ROLE \"%20\"{opts}"),
+        ]
+    );
+    assert_eq!(
+        rendered[1].1[0],
+        "CREATE DATABASE \"db \"\"name\"\";\n select 1;\" OWNER \"\"\"name\"\";\n select 1;\""
+    );
+    assert_idempotent(&spec, &fresh());
+}
+
+#[test]
+fn changed_options_password_and_owner_are_altered() {
+    let spec = hostile_spec();
+    let (_, mut catalog) = plan_with_outcome(&spec, &fresh(), "cloud_admin").unwrap();
+    let emoji = catalog.roles.get_mut("emoji🐘").unwrap();
+    emoji.attrs.connection_limit = 10;
+    let tab = catalog.roles.get_mut("tab\there").unwrap();
+    tab.password = Some("md5ffffffffffffffffffffffffffffffff".to_owned());
+    catalog.databases.get_mut("db %20").unwrap().owner = "cloud_admin".to_owned();
+    let opts = format!(" CREATEDB CONNECTION LIMIT 3 LOGIN PASSWORD '{SCRAM}'");
+    assert_eq!(
+        render(&plan(&spec, &catalog, "cloud_admin").unwrap()),
+        [
+            (
+                "create and alter roles",
+                vec![
+                    format!("ALTER ROLE \"tab\there\"{opts}"),
+                    format!("ALTER ROLE \"emoji🐘\"{opts}"),
+                ]
+            ),
+            (
+                "create and alter databases",
+                vec!["ALTER DATABASE \"db %20\" OWNER TO \"%20\"".to_owned()]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn bad_options_name_the_field() {
+    let json = serde_json::json!({"format_version": 1.0, "suspend_timeout_seconds": -1,
+        "cluster": {"roles": [], "databases": [{"name": "d", "owner": "o", "options": [
+            {"name": "TEMPLATE", "value": "x; DROP DATABASE y", "vartype": "enum"}]}]}});
+    // Validation refuses it before anything runs...
+    let err = parse_spec(json.to_string().as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cluster.databases[0].options[0].value"),
+        "{err}"
+    );
+    assert!(err.contains("x; DROP DATABASE y"), "{err}");
+    // ...and the planner refuses it on its own too.
+    let spec: ComputeSpec = serde_json::from_value(json).unwrap();
+    let err = plan(&spec, &fresh(), "cloud_admin")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cluster.databases[0].options[0].value: \"x; DROP DATABASE y\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn startup_concurrency_follows_neon() {
+    let with = |settings: serde_json::Value, conf: Option<&str>| {
+        let spec = parse_spec(
+            serde_json::json!({"format_version": 1.0, "suspend_timeout_seconds": -1,
+                "cluster": {"roles": [], "databases": [], "settings": settings,
+                            "postgresql_conf": conf}})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        startup_concurrency(&spec)
+    };
+    let max = |n: &str| serde_json::json!([{"name": "max_connections", "value": n, "vartype": "integer"}]);
+    assert_eq!(with(max("5"), None), 5);
+    assert_eq!(with(max("25"), None), 10);
+    assert_eq!(with(max("100"), None), 33);
+    assert_eq!(with(max("500"), None), 100);
+    assert_eq!(with(serde_json::json!([]), None), 10);
+    assert_eq!(
+        with(
+            serde_json::json!([]),
+            Some("fsync = off\nmax_connections = 60\n")
+        ),
+        20
+    );
+}
