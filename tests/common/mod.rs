@@ -42,23 +42,25 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// Statuses after which the compute does not move on by itself.
 const TERMINAL_STATUSES: &[&str] = &["failed", "terminated"];
 
-/// A free loopback TCP port: bind port 0, read it, release it.
+/// A free loopback TCP port: bind port 0, read it, release it. The kernel may hand a released
+/// port out again, so ports already given to a test of this process are never returned twice
+/// (two postmasters on one port collide on the socket lock file even before TCP does).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let port = listener.local_addr().expect("local_addr").port();
-    assert_ne!(port, 5432, "never use the default Postgres port");
-    port
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if port != 5432 && !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// Three distinct free ports.
 fn free_ports() -> (u16, u16, u16) {
-    // Hold all three listeners at once so the kernel cannot hand out the same port twice.
-    let ls: Vec<std::net::TcpListener> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
-    assert!(!ports.contains(&5432));
-    (ports[0], ports[1], ports[2])
+    (free_port(), free_port(), free_port())
 }
 
 // ---------------------------------------------------------------------------------------------
