@@ -125,6 +125,20 @@ impl Node {
         self.connect.get_database().unwrap_or("postgres")
     }
 
+    /// Where Postgres puts its Unix socket: the `--connstr` host when that is a directory,
+    /// else PGDATA itself. PGDATA is wiped at every start, so a killed postmaster never leaves
+    /// a stale lock file in a directory that other computes share (a stale lock whose pid has
+    /// been reused by another process makes the next postmaster on that port refuse to start).
+    /// `None` when PGDATA is too long for a socket path (107 bytes with `/.s.PGSQL.65535`).
+    pub fn socket_directory(&self) -> Option<PathBuf> {
+        let host = self.connect.get_host();
+        if host.starts_with('/') {
+            return Some(PathBuf::from(host));
+        }
+        (self.pgdata.as_os_str().len() + "/.s.PGSQL.65535".len() <= 107)
+            .then(|| self.pgdata.clone())
+    }
+
     /// A URL for humans (logs, `make run`).
     pub fn psql_url(&self) -> String {
         format!(

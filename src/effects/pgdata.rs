@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 
 use super::node::Node;
 use super::process;
-use crate::pgconf;
 use crate::spec::ComputeSpec;
+use crate::{pgconf, quote};
 
 /// The file that says "compute_ctl created this directory and may wipe it".
 pub const MARKER: &str = ".compute_ctl";
@@ -104,10 +104,18 @@ pub async fn initdb(node: &Node) -> anyhow::Result<()> {
 /// Write `postgresql.conf` for this spec (at start and on every reconfiguration).
 pub fn write_postgresql_conf(node: &Node, spec: &ComputeSpec) -> anyhow::Result<()> {
     let body = pgconf::postgresql_conf(spec, node.port)?;
+    let socket = match node.socket_directory() {
+        Some(dir) => format!(
+            "# the compute's own socket directory (the spec may name another)\n\
+             unix_socket_directories = {}\n",
+            quote::conf_value(&dir.to_string_lossy())?
+        ),
+        None => String::new(),
+    };
     let text = format!(
         "# Written by compute_ctl at every start and reconfiguration: edits are lost.\n\
          # initdb's probed defaults come first; everything below overrides them.\n\
-         include_if_exists = '{INITDB_CONF}'\n\n{body}"
+         include_if_exists = '{INITDB_CONF}'\n{socket}\n{body}"
     );
     write_owned(node, "postgresql.conf", &text)
 }
