@@ -54,6 +54,8 @@ pub struct Snapshot {
     pub metrics: ComputeMetrics,
     /// The final WAL position (`X/Y`) of a primary stopped by a termination, once known.
     pub lsn: Option<String>,
+    /// Settings of the current postgresql.conf that the running Postgres did not take.
+    pub warnings: Vec<String>,
     /// The mode of the termination under way or done (the latest, after an escalation).
     pub terminate_mode: Option<TerminateMode>,
 }
@@ -69,6 +71,9 @@ pub enum Input {
     Metrics(Box<dyn FnOnce(&mut ComputeMetrics) + Send>),
     /// The final WAL position, read by the stop effect after the postmaster stopped.
     Lsn(String),
+    /// What the latest reload of postgresql.conf did not apply (e.g. a setting that needs a
+    /// restart); replaces the previous list.
+    Warnings(Vec<String>),
 }
 
 struct Request {
@@ -148,6 +153,10 @@ impl Reporter {
         self.send(Input::Lsn(lsn));
     }
 
+    pub fn warnings(&self, warnings: Vec<String>) {
+        self.send(Input::Warnings(warnings));
+    }
+
     fn send(&self, input: Input) {
         // After the engine stopped nobody listens; the result is moot.
         let _ = self.tx.send(Request {
@@ -178,6 +187,7 @@ pub fn channel() -> (EngineHandle, Reporter, Inbox) {
         total_downtime_ms: 0,
         metrics: ComputeMetrics::default(),
         lsn: None,
+        warnings: Vec::new(),
         terminate_mode: None,
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
@@ -242,6 +252,11 @@ impl Engine {
                 }
                 Input::Lsn(lsn) => {
                     self.snapshot.lsn = Some(lsn);
+                    self.publish();
+                    continue;
+                }
+                Input::Warnings(warnings) => {
+                    self.snapshot.warnings = warnings;
                     self.publish();
                     continue;
                 }

@@ -418,7 +418,15 @@ async fn setting_that_needs_a_restart_is_reported() {
         .unwrap_or_else(|| panic!("no restart warning\n{}", c.log_tail(30)));
     assert!(line.contains("max_connections = \"77\""), "{line}");
     assert!(!log.contains("work_mem = \"8MB\" needs"), "{log}");
-    assert_eq!(c.status().await["status"], "running");
+    let status = c.status().await;
+    assert_eq!(status["status"], "running");
+    // /status says it too, and /configure answered with it.
+    let warnings = status["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.len() == 1 && warnings[0].as_str().unwrap().contains("max_connections"),
+        "{status}"
+    );
+    assert_eq!(body["warnings"], status["warnings"], "{body}");
     let mut pg = c.connect("postgres").await;
     // The running value is kept.
     let max: String = sqlx::query_scalar("SHOW max_connections")
@@ -427,6 +435,11 @@ async fn setting_that_needs_a_restart_is_reported() {
         .unwrap();
     assert_ne!(max, "77");
     pg.close().await.ok();
+
+    // Back to what runs: nothing left to report.
+    let (code, body) = c.configure(&first).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.get("warnings").is_none(), "{body}");
 }
 
 /// With `skip_pg_catalog_updates` the compute reconfigures without touching roles/databases.

@@ -216,9 +216,10 @@ impl Work {
                 // Read from the file, not from the reload (which is asynchronous).
                 match apply::settings_not_applied(&self.node).await {
                     Ok(problems) => {
-                        for problem in problems {
+                        for problem in &problems {
                             tracing::warn!("postgresql.conf: {problem}");
                         }
+                        self.reporter.warnings(problems);
                     }
                     Err(error) => tracing::warn!("cannot check postgresql.conf: {error:#}"),
                 }

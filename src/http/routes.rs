@@ -27,6 +27,11 @@ pub struct StatusResponse {
     status: &'static str,
     last_active: Option<String>,
     error: Option<String>,
+    /// Settings of postgresql.conf that the running Postgres did not apply at the latest
+    /// reconfiguration (e.g. one that needs a restart). Absent when there are none; not in
+    /// Neon's response.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 impl From<&Snapshot> for StatusResponse {
@@ -38,6 +43,7 @@ impl From<&Snapshot> for StatusResponse {
             status: s.status.as_json(),
             last_active: s.last_active.as_ref().map(rfc3339),
             error: s.error.clone(),
+            warnings: s.warnings.clone(),
         }
     }
 }
