@@ -111,6 +111,14 @@ async fn monitor_pid(admin: &mut PgConnection, not: Option<i32>) -> Option<i32> 
     .expect("query pg_stat_activity")
 }
 
+async fn monitor_pids(admin: &mut PgConnection) -> Vec<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+        .bind(MONITOR_APP)
+        .fetch_all(admin)
+        .await
+        .expect("query pg_stat_activity")
+}
+
 async fn wait_monitor_pid(c: &Compute, admin: &mut PgConnection, not: Option<i32>) -> i32 {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -290,11 +298,24 @@ async fn a_hung_session_times_out_and_the_monitor_reconnects() {
     let (mut c, _, _, db) = start("hung", &[]).await;
     c.postmaster_pid();
     let mut admin = c.connect(&db).await;
-    let old = wait_monitor_pid(&c, &mut admin, None).await;
-    // Only the monitor's backend hangs: its check times out, a fresh connection works.
-    let stopped = Stopped::stop(old);
-    let new = wait_monitor_pid(&c, &mut admin, Some(old)).await;
-    assert_ne!(new, old);
+    wait_monitor_pid(&c, &mut admin, None).await;
+    // Only the monitor's backends hang (every one of them: a connection the monitor is just
+    // replacing may still be listed): its check times out, a fresh connection works.
+    let olds = monitor_pids(&mut admin).await;
+    let stopped: Vec<Stopped> = olds.iter().copied().map(Stopped::stop).collect();
+    let deadline = Instant::now() + WAIT;
+    while monitor_pids(&mut admin)
+        .await
+        .iter()
+        .all(|p| olds.contains(p))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no new monitor connection\n{}",
+            c.log_tail(40)
+        );
+        tokio::time::sleep(POLL).await;
+    }
     let (_, total) = wait_downtime(&c, "the timed-out check", |_, total| total > 0.0).await;
     wait_downtime(&c, "up on the new connection", |cur, _| cur == 0.0).await;
     assert!(c.log().contains("no answer within 400 ms"), "{}", c.log());

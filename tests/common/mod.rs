@@ -376,7 +376,11 @@ impl Compute {
     pub fn log_tail(&self, lines: usize) -> String {
         let mut out = String::new();
         for (label, text) in [("stdout", self.stdout()), ("stderr", self.stderr())] {
-            let all: Vec<&str> = text.lines().collect();
+            // Request log lines (one per poll of the harness) would crowd out the rest.
+            let all: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("finished processing request"))
+                .collect();
             let from = all.len().saturating_sub(lines);
             out.push_str(&format!(
                 "----- compute_ctl {label} ({} lines, last {}) -----\n",
