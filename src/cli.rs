@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+use crate::effects::storage::LocalStorage;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "compute_ctl",
@@ -122,6 +124,16 @@ pub struct RunArgs {
     /// Reap orphaned processes as a child subreaper. Always on when compute_ctl is PID 1.
     #[arg(long)]
     pub reap_orphans: bool,
+
+    /// Where PGDATA comes from when the spec names no data source (Neon storage, or an
+    /// upstream primary for a replica): a fresh `initdb` at every start, a copy of a cached
+    /// `initdb` result, or a data directory kept across restarts.
+    #[arg(long, value_enum, default_value_t = LocalStorage::Initdb)]
+    pub storage: LocalStorage,
+
+    /// Where `--storage template` caches its `initdb` results.
+    #[arg(long, default_value = "/var/cache/compute_ctl/templates")]
+    pub template_cache: PathBuf,
 
     /// Log lines for humans, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

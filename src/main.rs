@@ -7,6 +7,7 @@ use clap::Parser;
 use compute_ctl::cli::{Cli, Command, RunArgs};
 use compute_ctl::effects::Effects;
 use compute_ctl::effects::node::Node;
+use compute_ctl::effects::storage::StorageOptions;
 use compute_ctl::engine::{self, Engine, Input};
 use compute_ctl::{control_plane, http, signals, spec, systemd, telemetry, tokens};
 use compute_states::{ComputeStatus, TerminateMode};
@@ -129,7 +130,11 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let auth = http::auth::Auth::new(&compute_id, &jwks);
     let (handle, reporter, inbox) = engine::channel();
     let effects = Effects::new(node.clone(), reporter)
-        .with_monitor_period(Duration::from_millis(args.monitor_period_ms));
+        .with_monitor_period(Duration::from_millis(args.monitor_period_ms))
+        .with_storage(StorageOptions {
+            local: args.storage,
+            template_cache: args.template_cache.clone(),
+        });
     let engine = Engine::new(inbox, effects);
 
     let external_addr = SocketAddr::new(args.external_http_addr, args.external_http_port);

@@ -11,11 +11,13 @@ pub mod pgdata;
 pub mod postgres;
 pub mod process;
 pub mod reaper;
+pub mod storage;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use compute_states::{Command, Event, TerminateMode};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
@@ -39,6 +41,7 @@ pub struct Effects {
     activity_monitor_experimental: Arc<AtomicBool>,
     /// The mode of the latest spec: only a primary reports its final LSN.
     mode: Option<ComputeMode>,
+    storage: Arc<storage::StorageOptions>,
 }
 
 impl Effects {
@@ -52,7 +55,14 @@ impl Effects {
             monitor_period: monitor::DEFAULT_PERIOD,
             activity_monitor_experimental: Arc::default(),
             mode: None,
+            storage: Arc::default(),
         }
+    }
+
+    /// Where PGDATA comes from when the spec names no data source.
+    pub fn with_storage(mut self, storage: storage::StorageOptions) -> Self {
+        self.storage = Arc::new(storage);
+        self
     }
 
     /// How often the compute monitor checks Postgres.
@@ -67,6 +77,7 @@ impl Effects {
             node: self.node.clone(),
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
+            storage: self.storage.clone(),
         };
         if let Some(spec) = &spec {
             self.mode = Some(spec.mode);
@@ -160,6 +171,7 @@ struct Work {
     node: Arc<Node>,
     reporter: Reporter,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
+    storage: Arc<storage::StorageOptions>,
 }
 
 impl Work {
@@ -193,9 +205,16 @@ impl Work {
         &self,
         spec: &ComputeSpec,
     ) -> anyhow::Result<(Postmaster, std::time::Duration)> {
-        let node = self.node.clone();
-        tokio::task::spawn_blocking(move || pgdata::claim(&node)).await??;
-        pgdata::initdb(&self.node).await?;
+        let backend = storage::choose(&self.storage, spec)?;
+        let cx = storage::Prepare {
+            node: &self.node,
+            spec,
+            reporter: &self.reporter,
+        };
+        backend
+            .prepare(&cx)
+            .await
+            .with_context(|| format!("preparing PGDATA ({} storage)", backend.name()))?;
         pgdata::write_postgresql_conf(&self.node, spec)?;
         pgdata::write_static_files(&self.node)?;
         let began = Instant::now();

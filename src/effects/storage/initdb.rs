@@ -1,0 +1,21 @@
+//! The embedded default: a fresh `initdb` at every start.
+
+use super::{Backend, BoxFuture, Prepare};
+use crate::effects::pgdata;
+
+#[derive(Debug)]
+pub struct Initdb;
+
+impl Backend for Initdb {
+    fn name(&self) -> &'static str {
+        "initdb"
+    }
+
+    fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let node = cx.node.clone();
+            tokio::task::spawn_blocking(move || pgdata::claim(&node)).await??;
+            pgdata::initdb(cx.node).await
+        })
+    }
+}

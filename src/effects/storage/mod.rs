@@ -1,0 +1,68 @@
+//! Storage backends: where the contents of PGDATA come from.
+//!
+//! What a compute *is* follows from this choice: a throwaway sandbox (`initdb`, `template`), a
+//! server whose data outlives it (`persistent`), a hot standby of an upstream server
+//! (`upstream`), or a Neon compute over safekeepers and a pageserver (`neon`). Every backend
+//! leaves PGDATA holding a cluster that `postgres` can start; the caller then writes the config
+//! files the spec decides (`postgresql.conf`, `pg_hba.conf`) and starts Postgres.
+//!
+//! The spec picks the backends that need a data source named in it (Neon storage, an upstream
+//! primary); otherwise `--storage` picks a local one.
+
+pub mod initdb;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use super::node::Node;
+use crate::engine::Reporter;
+use crate::spec::ComputeSpec;
+
+/// The `--storage` choices for a compute whose spec names no data source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LocalStorage {
+    /// A fresh `initdb` at every start; the data dies with the compute.
+    #[default]
+    Initdb,
+    /// Like `initdb`, but copied from a cached `initdb` result (built once per key).
+    Template,
+    /// PGDATA is kept across restarts; `initdb` only when it is empty.
+    Persistent,
+}
+
+/// The storage settings from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct StorageOptions {
+    pub local: LocalStorage,
+    /// Where `template` keeps its cached clusters.
+    pub template_cache: PathBuf,
+}
+
+/// What a backend may use while it fills PGDATA.
+pub struct Prepare<'a> {
+    pub node: &'a Node,
+    pub spec: &'a ComputeSpec,
+    /// For startup timings (`basebackup_ms`, ...), reported as they are measured.
+    pub reporter: &'a Reporter,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One way of filling PGDATA.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// For logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Leave PGDATA holding a cluster `postgres` can start, owned by the Postgres user.
+    /// Never deletes a directory compute_ctl did not create (see [`super::pgdata::claim`]).
+    fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// The backend for this spec and command line.
+pub fn choose(options: &StorageOptions, _spec: &ComputeSpec) -> anyhow::Result<Box<dyn Backend>> {
+    match options.local {
+        LocalStorage::Initdb => Ok(Box::new(initdb::Initdb)),
+        other => anyhow::bail!("--storage {other:?} is not implemented yet"),
+    }
+}
