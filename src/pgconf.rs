@@ -41,6 +41,12 @@ local all all trust
 host all all 127.0.0.1/32 trust
 host all all ::1/128 trust
 host all all all md5
+# Streaming replication (a standby's pg_basebackup and walreceiver): \"all\" above does not
+# match these connections, which ask for the \"replication\" pseudo-database.
+local replication all trust
+host replication all 127.0.0.1/32 trust
+host replication all ::1/128 trust
+host replication all all md5
 ";
 
 /// Directives of the configuration file that look like settings but load other files.
@@ -138,6 +144,9 @@ pub fn postgresql_conf(spec: &ComputeSpec, port: u16) -> Result<String, SpecErro
                 "recovery_target_lsn = {}\n",
                 quote::conf_value(&lsn.to_string()).expect("an LSN is plain text")
             ));
+            // Stay read-only at the LSN (the default, said explicitly: `promote` would make
+            // the node writable, `shutdown` would stop it).
+            out.push_str("recovery_target_action = 'pause'\n");
         }
     }
 
@@ -331,6 +340,7 @@ include_if_exists = 'compute_ctl_override.conf'
              lc_numeric = 'C.UTF-8'\n\
              # Managed by compute_ctl: begin\n# Managed by compute_ctl: end\n\
              hot_standby = on\nrecovery_target_lsn = '1/16B9188'\n\
+             recovery_target_action = 'pause'\n\
              # from --connstr; after the spec's settings, so it wins over a port given there\n\
              port = 5432\ninclude_if_exists = 'compute_ctl_override.conf'\n"
         );
@@ -362,6 +372,10 @@ include_if_exists = 'compute_ctl_override.conf'
                 vec!["host", "all", "all", "127.0.0.1/32", "trust"],
                 vec!["host", "all", "all", "::1/128", "trust"],
                 vec!["host", "all", "all", "all", "md5"],
+                vec!["local", "replication", "all", "trust"],
+                vec!["host", "replication", "all", "127.0.0.1/32", "trust"],
+                vec!["host", "replication", "all", "::1/128", "trust"],
+                vec!["host", "replication", "all", "all", "md5"],
             ]
         );
         assert!(PG_HBA.ends_with('\n'));

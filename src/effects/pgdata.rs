@@ -23,7 +23,7 @@ use crate::{pgconf, quote};
 pub const MARKER: &str = ".compute_ctl";
 const STAGING: &str = ".compute_ctl-initdb";
 /// initdb's own postgresql.conf, kept for the values it probed (shared memory, time zone).
-const INITDB_CONF: &str = "initdb.conf";
+pub const INITDB_CONF: &str = "initdb.conf";
 
 /// Make PGDATA an empty directory that carries the marker, owned by the Postgres user.
 pub fn claim(node: &Node) -> anyhow::Result<()> {

@@ -193,7 +193,8 @@ async fn next(notifications: &mut Notifications) -> Option<()> {
     }
 }
 
-/// `postmaster.pid`: line 1 is the pid, line 8 the status (`starting`, `ready`, ...).
+/// `postmaster.pid`: line 1 is the pid, line 8 the status (`starting`, `ready`, ...). A hot
+/// standby that accepts connections says `standby` instead of `ready`.
 fn is_ready(pid_file: &Path, pid: Pid) -> anyhow::Result<bool> {
     let text = match std::fs::read_to_string(pid_file) {
         Ok(text) => text,
@@ -202,7 +203,8 @@ fn is_ready(pid_file: &Path, pid: Pid) -> anyhow::Result<bool> {
     };
     let mut lines = text.lines();
     let ours = lines.next().map(str::trim) == Some(pid.as_raw().to_string().as_str());
-    Ok(ours && text.lines().nth(7).map(str::trim) == Some("ready"))
+    let status = text.lines().nth(7).map(str::trim);
+    Ok(ours && matches!(status, Some("ready" | "standby")))
 }
 
 /// Stop the postmaster: SIGINT (fast) or SIGQUIT (immediate); escalate when it takes too long.

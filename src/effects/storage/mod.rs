@@ -10,6 +10,8 @@
 //! primary); otherwise `--storage` picks a local one.
 
 pub mod initdb;
+pub mod neon;
+pub mod upstream;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -60,7 +62,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
 }
 
 /// The backend for this spec and command line.
-pub fn choose(options: &StorageOptions, _spec: &ComputeSpec) -> anyhow::Result<Box<dyn Backend>> {
+pub fn choose(options: &StorageOptions, spec: &ComputeSpec) -> anyhow::Result<Box<dyn Backend>> {
+    // A data source named in the spec wins over `--storage`.
+    if let Some(neon) = neon::Neon::from_spec(spec)? {
+        return Ok(Box::new(neon));
+    }
+    if let Some(upstream) = upstream::Upstream::from_spec(spec) {
+        return Ok(Box::new(upstream));
+    }
     match options.local {
         LocalStorage::Initdb => Ok(Box::new(initdb::Initdb)),
         other => anyhow::bail!("--storage {other:?} is not implemented yet"),
