@@ -94,6 +94,7 @@ async fn base_backup(node: &Node, conninfo: &str) -> anyhow::Result<()> {
     .await
     .context("running pg_basebackup")?;
     if !output.status.success() {
+        let _ = fs::remove_dir_all(node.pgdata.join(STAGING));
         // The conninfo may hold a password: it is not repeated here; pg_basebackup's own
         // message names the host and port.
         bail!(

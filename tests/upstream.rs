@@ -1,0 +1,233 @@
+//! Upstream storage: a `Replica` or `Static` compute whose spec names `primary_conninfo` is a
+//! `pg_basebackup` of that server, started as a hot standby. The primary is a second real
+//! compute_ctl compute started by the test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+/// How long a row written on the primary may take to show up on a standby.
+const REPLICATION_DEADLINE: Duration = Duration::from_secs(30);
+
+async fn start_primary(name: &str) -> Compute {
+    let mut primary = Compute::new(name);
+    primary.start_with_spec(&spec(vec![], vec![], vec![]));
+    primary.wait_for_status("running").await;
+    let mut conn = primary.connect("postgres").await;
+    sqlx::raw_sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 3)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    primary
+}
+
+/// A spec following `primary` in `mode` (`"Replica"` or `{"Static": lsn}`).
+fn standby_spec(primary_port: u16, mode: Value) -> Value {
+    let mut s = spec(
+        vec![],
+        vec![],
+        vec![setting(
+            "primary_conninfo",
+            &format!("host=127.0.0.1 port={primary_port} user=cloud_admin application_name=standby"),
+            "string",
+        )],
+    );
+    s["mode"] = mode;
+    s
+}
+
+async fn ids(conn: &mut PgConnection) -> Vec<i32> {
+    sqlx::query_scalar("SELECT id FROM t ORDER BY id")
+        .fetch_all(conn)
+        .await
+        .unwrap()
+}
+
+async fn scalar<T>(conn: &mut PgConnection, sql: &'static str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
+}
+
+async fn execute(conn: &mut PgConnection, sql: &'static str) {
+    sqlx::raw_sql(sql).execute(conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_follows_its_primary_read_only() {
+    let primary = start_primary("up-primary").await;
+    let mut replica = Compute::new("up-replica");
+    replica.start_with_spec(&standby_spec(primary.pg_port, json!("Replica")));
+    replica.wait_for_status("running").await;
+    assert!(
+        replica.log().contains("pg_basebackup done"),
+        "the upstream backend ran\n{}",
+        replica.log_tail(40)
+    );
+
+    let mut conn = replica.connect("postgres").await;
+    assert_eq!(ids(&mut conn).await, [1, 2, 3]);
+    assert!(scalar::<bool>(&mut conn, "SELECT pg_is_in_recovery()").await);
+    let write = sqlx::raw_sql("INSERT INTO t VALUES (99)")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        write.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("25006"),
+        "read-only transaction: {write}"
+    );
+
+    let mut on_primary = primary.connect("postgres").await;
+    execute(&mut on_primary, "INSERT INTO t VALUES (4)").await;
+    let deadline = Instant::now() + REPLICATION_DEADLINE;
+    loop {
+        let seen = ids(&mut conn).await;
+        if seen == [1, 2, 3, 4] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "row 4 did not reach the replica within {REPLICATION_DEADLINE:?}: {seen:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    conn.close().await.ok();
+    on_primary.close().await.ok();
+
+    // A replica has no final LSN of its own.
+    let (status, body) = replica.terminate(None).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body["lsn"], Value::Null);
+}
+
+/// A static compute replays the primary's WAL up to its LSN and pauses there, read-only: rows
+/// committed before the LSN are visible, rows committed after it are not. The LSN is ahead of
+/// the primary when the compute starts: a base backup cannot be rewound (next test).
+#[tokio::test(flavor = "multi_thread")]
+async fn static_compute_stops_at_its_lsn() {
+    let primary = start_primary("static-primary").await;
+    let mut on_primary = primary.connect("postgres").await;
+    // Two WAL segments ahead: beyond what the base backup itself writes.
+    let target: String = scalar(
+        &mut on_primary,
+        "SELECT (pg_current_wal_lsn() + 2 * 16 * 1024 * 1024)::text",
+    )
+    .await;
+
+    let mut frozen = Compute::new("static-at-lsn");
+    frozen.start_with_spec(&standby_spec(primary.pg_port, json!({ "Static": target })));
+    frozen.wait_for_status("running").await;
+
+    // Committed before the target LSN.
+    execute(&mut on_primary, "INSERT INTO t VALUES (4)").await;
+    // Move the primary's WAL past the target, then commit a row after it.
+    loop {
+        let passed: bool = sqlx::query_scalar("SELECT pg_current_wal_lsn() > $1::text::pg_lsn")
+            .bind(&target)
+            .fetch_one(&mut on_primary)
+            .await
+            .unwrap();
+        if passed {
+            break;
+        }
+        execute(
+            &mut on_primary,
+            "CREATE TABLE IF NOT EXISTS filler (x int); INSERT INTO filler VALUES (1)",
+        )
+        .await;
+        execute(&mut on_primary, "SELECT pg_switch_wal()").await;
+    }
+    execute(&mut on_primary, "INSERT INTO t VALUES (5)").await;
+    on_primary.close().await.ok();
+
+    let mut conn = frozen.connect("postgres").await;
+    let deadline = Instant::now() + REPLICATION_DEADLINE;
+    loop {
+        let state: String = scalar(&mut conn, "SELECT pg_get_wal_replay_pause_state()").await;
+        if state == "paused" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replay did not pause at {target} within {REPLICATION_DEADLINE:?} (state {state})\n{}",
+            frozen.log_tail(40)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(ids(&mut conn).await, [1, 2, 3, 4]);
+    assert!(scalar::<bool>(&mut conn, "SELECT pg_is_in_recovery()").await);
+    let replayed: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
+        .bind(&target)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(replayed, "replay stopped before {target}");
+    conn.close().await.ok();
+}
+
+/// The LSN of an earlier state of the primary cannot be served by a fresh base backup: the
+/// start fails with an error that says why, instead of Postgres's own FATAL.
+#[tokio::test(flavor = "multi_thread")]
+async fn static_compute_before_the_backup_is_refused() {
+    let primary = start_primary("static-past-primary").await;
+    let mut on_primary = primary.connect("postgres").await;
+    let past: String = scalar(&mut on_primary, "SELECT pg_current_wal_lsn()::text").await;
+    execute(&mut on_primary, "INSERT INTO t VALUES (4)").await;
+    on_primary.close().await.ok();
+
+    let mut frozen = Compute::new("static-past");
+    frozen.start_with_spec(&standby_spec(primary.pg_port, json!({ "Static": past })));
+    let body = wait_failed(&mut frozen).await;
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("preparing PGDATA (upstream storage)")
+            && error.contains(&format!("static LSN {past} is before the end of the base backup"))
+            && error.contains("cannot be rewound"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_primary_fails_the_start_clearly() {
+    let nobody = free_port();
+    let mut replica = Compute::new("up-unreachable");
+    replica.start_with_spec(&standby_spec(nobody, json!("Replica")));
+    let body = wait_failed(&mut replica).await;
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("preparing PGDATA (upstream storage)")
+            && error.contains("pg_basebackup from the server named by primary_conninfo failed")
+            && error.contains(&format!("port {nobody} failed")),
+        "{error}"
+    );
+    // Claimed, and nothing but the marker left.
+    let left: Vec<_> = std::fs::read_dir(&replica.pgdata)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, [".compute_ctl"]);
+}
+
+async fn wait_failed(c: &mut Compute) -> Value {
+    let deadline = Instant::now() + STATUS_TIMEOUT;
+    loop {
+        if let Ok((_, body)) = c.try_status().await
+            && body["status"] == "failed"
+        {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed status\n{}",
+            c.log_tail(40)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
