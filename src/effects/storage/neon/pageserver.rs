@@ -230,9 +230,17 @@ pub async fn fetch(
     drop(stream);
     let unpacked = unpacker.await.context("the unpacking thread failed")?;
     if let Some(error) = server_error {
-        return Err(anyhow!(error)
-            .context(format!("pageserver error during `{command}` after {bytes} bytes"))
-            .into());
+        let said = match error.as_database_error() {
+            Some(db) => match db.code() {
+                Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+                None => db.message().to_owned(),
+            },
+            None => error.to_string(),
+        };
+        return Err(anyhow!(
+            "pageserver error during `{command}` after {bytes} bytes: {said}"
+        )
+        .into());
     }
     match unpacked {
         Ok(()) => Ok(Fetched {
