@@ -86,10 +86,7 @@ fn neon_spec(pageserver: &FakePageserver) -> Value {
     s["tenant_id"] = json!(TENANT);
     s["timeline_id"] = json!(TIMELINE);
     // libpq's key=value form, as in Neon's own fixture.
-    s["pageserver_connstring"] = json!(format!(
-        "host=127.0.0.1 port={}",
-        pageserver.addr.port()
-    ));
+    s["pageserver_connstring"] = json!(format!("host=127.0.0.1 port={}", pageserver.addr.port()));
     s["safekeeper_connstrings"] = json!(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
     s["storage_auth_token"] = json!(TOKEN);
     s
@@ -115,7 +112,11 @@ async fn wait_failed(c: &mut Compute) -> String {
         {
             return body["error"].as_str().unwrap_or_default().to_owned();
         }
-        assert!(Instant::now() < deadline, "no failed status\n{}", c.log_tail(60));
+        assert!(
+            Instant::now() < deadline,
+            "no failed status\n{}",
+            c.log_tail(60)
+        );
         tokio::time::sleep(POLL).await;
     }
 }
@@ -162,7 +163,10 @@ async fn primary_starts_from_the_pageserver_after_a_retry() {
     assert!(!in_recovery, "a primary");
     conn.close().await.ok();
 
-    assert_eq!(pageserver.queries(), [expected_command(), expected_command()]);
+    assert_eq!(
+        pageserver.queries(),
+        [expected_command(), expected_command()]
+    );
     for seen in pageserver.seen() {
         assert_eq!(seen.password.as_deref(), Some(TOKEN));
         let param = |name: &str| {
@@ -187,24 +191,25 @@ async fn primary_starts_from_the_pageserver_after_a_retry() {
     let env = fs::read_to_string(&record).unwrap();
     assert_eq!(
         env,
-        format!(
-            "PGDATA={}\nNEON_AUTH_TOKEN={TOKEN}\n",
-            c.pgdata.display()
-        )
+        format!("PGDATA={}\nNEON_AUTH_TOKEN={TOKEN}\n", c.pgdata.display())
     );
 
-    let (_, metrics) = Compute::response(
-        c.http()
-            .get(c.url("/metrics.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(metrics["basebackup_bytes"], json!(tarball.len()), "{metrics}");
+    let (_, metrics) =
+        Compute::response(c.http().get(c.url("/metrics.json")).send().await.unwrap()).await;
+    assert_eq!(
+        metrics["basebackup_bytes"],
+        json!(tarball.len()),
+        "{metrics}"
+    );
     assert!(metrics["basebackup_ms"].as_u64().is_some(), "{metrics}");
-    assert!(metrics["pageserver_connect_micros"].as_u64().unwrap() > 0, "{metrics}");
-    assert!(metrics["sync_safekeepers_ms"].as_u64().is_some(), "{metrics}");
+    assert!(
+        metrics["pageserver_connect_micros"].as_u64().unwrap() > 0,
+        "{metrics}"
+    );
+    assert!(
+        metrics["sync_safekeepers_ms"].as_u64().is_some(),
+        "{metrics}"
+    );
     c.terminate(None).await;
 }
 

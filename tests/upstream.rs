@@ -33,7 +33,9 @@ fn standby_spec(primary_port: u16, mode: Value) -> Value {
         vec![],
         vec![setting(
             "primary_conninfo",
-            &format!("host=127.0.0.1 port={primary_port} user=cloud_admin application_name=standby"),
+            &format!(
+                "host=127.0.0.1 port={primary_port} user=cloud_admin application_name=standby"
+            ),
             "string",
         )],
     );
@@ -188,7 +190,9 @@ async fn static_compute_before_the_backup_is_refused() {
     let error = body["error"].as_str().unwrap();
     assert!(
         error.contains("preparing PGDATA (upstream storage)")
-            && error.contains(&format!("static LSN {past} is before the end of the base backup"))
+            && error.contains(&format!(
+                "static LSN {past} is before the end of the base backup"
+            ))
             && error.contains("cannot be rewound"),
         "{error}"
     );

@@ -100,7 +100,9 @@ async fn serve(
             socket.write_all(b"N").await?;
             continue;
         }
-        let mut fields = body[4..].split(|b| *b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
+        let mut fields = body[4..]
+            .split(|b| *b == 0)
+            .map(|f| String::from_utf8_lossy(f).into_owned());
         while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
             if key.is_empty() {
                 break;
@@ -113,7 +115,8 @@ async fn serve(
         write_message(&mut socket, b'R', &3u32.to_be_bytes()).await?; // cleartext password
         let (kind, body) = read_message(&mut socket).await?;
         assert_eq!(kind, b'p', "expected a PasswordMessage");
-        let password = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
+        let password =
+            String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
         seen.password = Some(password.clone());
         if &password != token {
             error_response(&mut socket, "28000", "invalid storage auth token").await?;
@@ -128,10 +131,16 @@ async fn serve(
         let (kind, body) = read_message(&mut socket).await?;
         match kind {
             b'Q' => {
-                let query = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
+                let query =
+                    String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
                 seen.queries.push(query.clone());
                 if !query.starts_with("basebackup ") {
-                    error_response(&mut socket, "42601", &format!("unsupported query {query:?}")).await?;
+                    error_response(
+                        &mut socket,
+                        "42601",
+                        &format!("unsupported query {query:?}"),
+                    )
+                    .await?;
                     ready_for_query(&mut socket).await?;
                     continue;
                 }
@@ -144,12 +153,21 @@ async fn serve(
                 // CopyOutResponse: binary-agnostic (format 0), no columns, as the pageserver.
                 write_message(&mut socket, b'H', &[0, 0, 0]).await?;
                 let chunks: Vec<&[u8]> = behaviour.tarball.chunks(CHUNK).collect();
-                let sent = if fail { (chunks.len() / 2).max(1) } else { chunks.len() };
+                let sent = if fail {
+                    (chunks.len() / 2).max(1)
+                } else {
+                    chunks.len()
+                };
                 for chunk in &chunks[..sent] {
                     write_message(&mut socket, b'd', chunk).await?;
                 }
                 if fail {
-                    error_response(&mut socket, "XX000", &format!("injected failure on attempt {attempt}")).await?;
+                    error_response(
+                        &mut socket,
+                        "XX000",
+                        &format!("injected failure on attempt {attempt}"),
+                    )
+                    .await?;
                 } else {
                     write_message(&mut socket, b'c', b"").await?; // CopyDone
                     write_message(&mut socket, b'C', b"COPY 0\0").await?;

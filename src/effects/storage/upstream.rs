@@ -163,9 +163,11 @@ fn backup_end(pgdata: &Path) -> anyhow::Result<Option<Lsn>> {
         .and_then(|ranges| ranges.last())
         .and_then(|range| range["End-LSN"].as_str());
     match end {
-        Some(end) => Ok(Some(end.parse().with_context(|| {
-            format!("End-LSN of {}", path.display())
-        })?)),
+        Some(end) => {
+            Ok(Some(end.parse().with_context(|| {
+                format!("End-LSN of {}", path.display())
+            })?))
+        }
         None => Ok(None),
     }
 }
@@ -200,8 +202,9 @@ mod tests {
         assert!(check_reachable_lsn(dir.path(), Lsn(0x2000100)).is_ok());
         let err = check_reachable_lsn(dir.path(), Lsn(0x20000ff)).unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("static LSN 0/20000FF is before the end of the base backup (0/2000100)"),
+            err.to_string().starts_with(
+                "static LSN 0/20000FF is before the end of the base backup (0/2000100)"
+            ),
             "{err}"
         );
     }

@@ -66,7 +66,11 @@ impl Neon {
             let value = value.ok_or_else(|| {
                 anyhow!("{what} should be provided ({field}, or the neon.{field} setting)")
             })?;
-            if value.len() != 32 || !value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            if value.len() != 32
+                || !value
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
                 bail!("invalid {what} {value:?}: expected 32 lowercase hex digits");
             }
             Ok(value)

@@ -126,8 +126,8 @@ fn key_value_pairs(connstr: &str) -> anyhow::Result<Vec<(String, String)>> {
         if chars.peek().is_none() {
             return Ok(pairs);
         }
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace()))
-            .collect();
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
             bail!("pageserver connection string {connstr:?}: expected key=value after {key:?}");
@@ -203,7 +203,8 @@ pub async fn fetch(
         .with_context(|| format!("pageserver refused `{command}`"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
     let target = pgdata.to_owned();
-    let unpacker = tokio::task::spawn_blocking(move || untar::unpack(untar::ChannelReader::new(rx), &target));
+    let unpacker =
+        tokio::task::spawn_blocking(move || untar::unpack(untar::ChannelReader::new(rx), &target));
 
     let mut bytes = 0u64;
     let mut server_error = None;
@@ -219,7 +220,9 @@ pub async fn fetch(
             }
             Err(error) => {
                 let _ = tx
-                    .send(Err(std::io::Error::other("the pageserver stream broke off")))
+                    .send(Err(std::io::Error::other(
+                        "the pageserver stream broke off",
+                    )))
                     .await;
                 server_error = Some(error);
                 break;
@@ -237,10 +240,9 @@ pub async fn fetch(
             },
             None => error.to_string(),
         };
-        return Err(anyhow!(
-            "pageserver error during `{command}` after {bytes} bytes: {said}"
-        )
-        .into());
+        return Err(
+            anyhow!("pageserver error during `{command}` after {bytes} bytes: {said}").into(),
+        );
     }
     match unpacked {
         Ok(()) => Ok(Fetched {
@@ -283,9 +285,11 @@ mod tests {
             Some("host=a port=1")
         );
         assert_eq!(
-            shard0_connstring(&spec(json!({"pageserver_connstring": "postgresql://x@h:9"})))
-                .unwrap()
-                .as_deref(),
+            shard0_connstring(&spec(
+                json!({"pageserver_connstring": "postgresql://x@h:9"})
+            ))
+            .unwrap()
+            .as_deref(),
             Some("postgresql://x@h:9")
         );
         let info = json!({"pageserver_connection_info": {"shard_count": 2, "stripe_size": 8,
@@ -326,7 +330,8 @@ mod tests {
         );
         assert!(key_value_pairs("host").is_err());
         assert!(key_value_pairs("password='open").is_err());
-        let options = connect_options("host=h port=6400", Some("tok"), ComputeMode::Primary).unwrap();
+        let options =
+            connect_options("host=h port=6400", Some("tok"), ComputeMode::Primary).unwrap();
         assert_eq!(options.get_host(), "h");
         assert_eq!(options.get_port(), 6400);
     }

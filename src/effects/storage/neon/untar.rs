@@ -180,7 +180,10 @@ mod tests {
         let pgdata = dir.path().join("pgdata");
         assert_eq!(fs::read(pgdata.join("global/pg_control")).unwrap(), b"ctl");
         assert_eq!(fs::read(pgdata.join("PG_VERSION")).unwrap(), b"15\n");
-        assert_eq!(fs::read_link(pgdata.join("pg_wal")).unwrap(), Path::new("global"));
+        assert_eq!(
+            fs::read_link(pgdata.join("pg_wal")).unwrap(),
+            Path::new("global")
+        );
     }
 
     #[test]
@@ -204,7 +207,10 @@ mod tests {
             ]);
             match unpack_into(dir.path(), &archive) {
                 Err(UnpackError::Refused(error)) => {
-                    assert!(error.to_string().contains("PGDATA") || error.to_string().contains("type"), "{path}: {error}")
+                    assert!(
+                        error.to_string().contains("PGDATA") || error.to_string().contains("type"),
+                        "{path}: {error}"
+                    )
                 }
                 other => panic!("{path}: expected a refusal, got {other:?}"),
             }
