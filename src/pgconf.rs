@@ -10,8 +10,9 @@
 //! 4. `port`, from `--connstr`, after the spec's settings so that it wins over them;
 //! 5. `include_if_exists` of [`OVERRIDE_FILE`], last, for temporary overrides.
 //!
-//! Neon's storage lines (pageserver, safekeepers, tenant/timeline) are not written: this
-//! compute runs on local storage. All quoting goes through [`crate::quote`].
+//! When the spec's top-level fields name Neon storage (pageserver, safekeepers, tenant and
+//! timeline), Neon's storage lines for them come right after `cluster.postgresql_conf` (before
+//! the settings, which win over them). All quoting goes through [`crate::quote`].
 
 use crate::quote;
 use crate::spec::{ComputeMode, ComputeSpec, GenericOption, SpecError};
@@ -118,6 +119,8 @@ pub fn postgresql_conf(spec: &ComputeSpec, port: u16) -> Result<String, SpecErro
         }
     }
 
+    out.push_str(&neon_storage_lines(spec)?);
+
     // Neon §6.9 item 7: messages and formatting independent of the OS locale. Before the
     // managed block, so a spec setting wins.
     for name in ["lc_messages", "lc_monetary", "lc_time", "lc_numeric"] {
@@ -159,6 +162,83 @@ pub fn postgresql_conf(spec: &ComputeSpec, port: u16) -> Result<String, SpecErro
         quote::conf_value(OVERRIDE_FILE).expect("a constant file name")
     ));
     Ok(out)
+}
+
+/// Neon §6.9 items 2–5: where the `neon` extension finds its storage, from the spec's top-level
+/// fields; empty when none is given (a compute on local storage, or a spec that carries them
+/// as `neon.*` settings).
+fn neon_storage_lines(spec: &ComputeSpec) -> Result<String, SpecError> {
+    let mut lines = Vec::new();
+    let mut stripe = None;
+    if let Some(info) = &spec.pageserver_connection_info {
+        stripe = info["stripe_size"].as_u64();
+        let mut shards: Vec<_> = info["shards"].as_object().into_iter().flatten().collect();
+        shards.sort_by(|a, b| a.0.cmp(b.0));
+        let urls: Option<Vec<&str>> = shards
+            .iter()
+            .map(|(_, shard)| {
+                shard["pageservers"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|p| p["libpq_url"].as_str())
+            })
+            .collect();
+        match urls {
+            Some(urls) if !urls.is_empty() => lines.push(neon_line(
+                "neon.pageserver_connstring",
+                &urls.join(","),
+                "pageserver_connection_info",
+            )?),
+            _ => lines.push("# no neon.pageserver_connstring".to_owned()),
+        }
+    } else if let Some(connstring) = &spec.pageserver_connstring {
+        stripe = spec.shard_stripe_size.map(u64::from);
+        lines.push(neon_line(
+            "neon.pageserver_connstring",
+            connstring,
+            "pageserver_connstring",
+        )?);
+    }
+    if let Some(stripe) = stripe {
+        lines.insert(0, format!("neon.stripe_size={stripe}"));
+    }
+    if !spec.safekeeper_connstrings.is_empty() {
+        let generation = spec
+            .safekeepers_generation
+            .map(|g| format!("g#{g}:"))
+            .unwrap_or_default();
+        let value = format!("{generation}{}", spec.safekeeper_connstrings.join(","));
+        lines.push(neon_line(
+            "neon.safekeepers",
+            &value,
+            "safekeeper_connstrings",
+        )?);
+    }
+    for (name, value) in [
+        ("neon.tenant_id", &spec.tenant_id),
+        ("neon.timeline_id", &spec.timeline_id),
+        ("neon.project_id", &spec.project_id),
+        ("neon.branch_id", &spec.branch_id),
+        ("neon.endpoint_id", &spec.endpoint_id),
+    ] {
+        if let Some(value) = value {
+            lines.push(neon_line(name, value, &name["neon.".len()..])?);
+        }
+    }
+    if lines.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!("# Neon storage settings\n{}\n", lines.join("\n")))
+}
+
+/// `name='value'`, or an error naming the spec `field` the value came from.
+fn neon_line(name: &str, value: &str, field: &str) -> Result<String, SpecError> {
+    let quoted = quote::conf_value(value).map_err(|e| SpecError::Invalid {
+        field: field.to_owned(),
+        value: value.to_owned(),
+        reason: format!("{name} {}", e.problem()),
+    })?;
+    Ok(format!("{name}={quoted}"))
 }
 
 #[cfg(test)]
@@ -356,6 +436,49 @@ include_if_exists = 'compute_ctl_override.conf'
                 .unwrap()
                 .contains("hot_standby")
         );
+    }
+
+    #[test]
+    fn neon_storage_lines_from_top_level_fields() {
+        let mut spec = unvalidated(json!([]));
+        assert_eq!(neon_storage_lines(&spec).unwrap(), "");
+        spec.pageserver_connstring = Some("host=p port=1".into());
+        spec.shard_stripe_size = Some(32768);
+        spec.safekeeper_connstrings = vec!["s1:5454".into(), "s2:5454".into()];
+        spec.safekeepers_generation = Some(3);
+        spec.tenant_id = Some("t".repeat(32));
+        spec.endpoint_id = Some("ep-it's".into());
+        assert_eq!(
+            neon_storage_lines(&spec).unwrap(),
+            format!(
+                "# Neon storage settings\nneon.stripe_size=32768\n\
+                 neon.pageserver_connstring='host=p port=1'\n\
+                 neon.safekeepers='g#3:s1:5454,s2:5454'\nneon.tenant_id='{}'\n\
+                 neon.endpoint_id='ep-it''s'\n",
+                "t".repeat(32)
+            )
+        );
+        spec.pageserver_connection_info = Some(json!({"shard_count": 2, "stripe_size": 8,
+            "shards": {"0102": {"pageservers": [{"libpq_url": "postgresql://b"}]},
+                       "0002": {"pageservers": [{"grpc_url": "g"}, {"libpq_url": "postgresql://a"}]}}}));
+        let lines = neon_storage_lines(&spec).unwrap();
+        assert!(
+            lines.starts_with(
+                "# Neon storage settings\nneon.stripe_size=8\n\
+                 neon.pageserver_connstring='postgresql://a,postgresql://b'\n"
+            ),
+            "{lines}"
+        );
+        spec.pageserver_connection_info =
+            Some(json!({"shards": {"0000": {"pageservers": [{"grpc_url": "g"}]}}}));
+        assert!(
+            neon_storage_lines(&spec)
+                .unwrap()
+                .contains("# no neon.pageserver_connstring\n")
+        );
+        spec.endpoint_id = Some("bad\nline".into());
+        let err = neon_storage_lines(&spec).unwrap_err();
+        assert!(err.to_string().starts_with("at endpoint_id"), "{err}");
     }
 
     #[test]
