@@ -194,6 +194,20 @@ async fn primary_starts_from_the_pageserver_after_a_retry() {
         format!("PGDATA={}\nNEON_AUTH_TOKEN={TOKEN}\n", c.pgdata.display())
     );
 
+    // Neon's storage lines, for the neon extension (Postgres 15 accepts them as placeholders).
+    let conf = fs::read_to_string(c.pgdata.join("postgresql.conf")).unwrap();
+    for line in [
+        format!("neon.tenant_id='{TENANT}'"),
+        format!("neon.timeline_id='{TIMELINE}'"),
+        "neon.safekeepers='127.0.0.1:1,127.0.0.1:2,127.0.0.1:3'".to_owned(),
+        format!(
+            "neon.pageserver_connstring='host=127.0.0.1 port={}'",
+            pageserver.addr.port()
+        ),
+    ] {
+        assert!(conf.lines().any(|l| l == line), "{line} in\n{conf}");
+    }
+
     let (_, metrics) =
         Compute::response(c.http().get(c.url("/metrics.json")).send().await.unwrap()).await;
     assert_eq!(
