@@ -181,7 +181,7 @@ pub struct RunArgs {
     /// upscale when memory stalls: `some|full <stall µs> <window µs>`, or `off`. Without
     /// CAP_SYS_RESOURCE the kernel takes only windows that are multiples of 2 s.
     #[arg(long, default_value = "some 100000 2000000", value_parser = psi_trigger)]
-    pub vm_monitor_psi_trigger: Option<PsiTrigger>,
+    pub vm_monitor_psi_trigger: PsiFlag,
 
     /// Log lines for humans, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -209,10 +209,14 @@ fn poll_interval(value: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn psi_trigger(value: &str) -> Result<Option<PsiTrigger>, String> {
+/// `--vm-monitor-psi-trigger`: a trigger, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PsiFlag(pub Option<PsiTrigger>);
+
+fn psi_trigger(value: &str) -> Result<PsiFlag, String> {
     match value {
-        "off" => Ok(None),
-        value => value.parse().map(Some),
+        "off" => Ok(PsiFlag(None)),
+        value => value.parse().map(|t| PsiFlag(Some(t))),
     }
 }
 
@@ -226,7 +230,7 @@ impl RunArgs {
             poll_interval: self.vm_monitor_poll_interval,
             history: self.vm_monitor_history.into(),
             upscale_interval: self.vm_monitor_upscale_interval,
-            psi_trigger: self.vm_monitor_psi_trigger,
+            psi_trigger: self.vm_monitor_psi_trigger.0,
             cache: CacheSizing::default(),
         }
     }
