@@ -235,3 +235,50 @@ impl RunArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vm_monitor_flags() {
+        let base = [
+            "compute_ctl",
+            "-D",
+            "d",
+            "-C",
+            "postgresql://u@h/db",
+            "-i",
+            "x",
+            "-S",
+            "s",
+        ];
+        let args = Cli::try_parse_from(base).unwrap().run;
+        assert_eq!(args.vm_monitor_addr, "0.0.0.0:10301".parse().unwrap());
+        assert_eq!(args.cgroup, None);
+        let t = args.vm_monitor_tunables();
+        assert_eq!(t.overhead_fraction, 0.15);
+        assert_eq!(t.sys_buffer, 100 * MIB);
+        assert_eq!(t.poll_interval, Duration::from_millis(100));
+        assert_eq!(t.psi_trigger.unwrap().kernel_text(), "some 100000 2000000");
+        let off = Cli::try_parse_from(base.iter().chain(&["--vm-monitor-psi-trigger", "off"]))
+            .unwrap()
+            .run;
+        assert_eq!(off.vm_monitor_tunables().psi_trigger, None);
+        for bad in [
+            ["--vm-monitor-overhead-fraction", "1.5"],
+            ["--vm-monitor-psi-trigger", "some 1"],
+            ["--vm-monitor-poll-interval", "1ms"],
+            ["--vm-monitor-addr", "localhost"],
+        ] {
+            let error = Cli::try_parse_from(base.iter().chain(&bad)).unwrap_err();
+            assert!(error.to_string().contains(bad[0]), "{error}");
+        }
+    }
+}

@@ -12,8 +12,8 @@ use compute_ctl::engine::{self, Engine, Input};
 use compute_ctl::vm_monitor::cgroup::{CGROUP_ROOT, MemorySource};
 use compute_ctl::vm_monitor::{self, VmMonitor};
 use compute_ctl::{control_plane, http, signals, spec, systemd, telemetry, tokens};
-use std::path::Path;
 use compute_states::{ComputeStatus, TerminateMode};
+use std::path::Path;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 

@@ -31,7 +31,10 @@ async fn start_autoscaling(name: &str, extra: &[&str]) -> (Compute, u16) {
     let path = c.write_file("config.json", &config.to_string());
     let mut args = c.base_args();
     args.extend(["-c".into(), path.into()]);
-    args.extend(["--vm-monitor-addr".into(), format!("127.0.0.1:{port}").into()]);
+    args.extend([
+        "--vm-monitor-addr".into(),
+        format!("127.0.0.1:{port}").into(),
+    ]);
     args.extend(extra.iter().map(OsString::from));
     c.start_raw(args);
     c.wait_for_status("running").await;
@@ -61,7 +64,10 @@ impl Agent {
     /// Connect and agree on version 1.
     async fn connect_v1(port: u16) -> Agent {
         let mut agent = Agent::connect(port).await;
-        assert_eq!(agent.handshake(json!({"min": 1, "max": 1})).await, json!({"version": 1}));
+        assert_eq!(
+            agent.handshake(json!({"min": 1, "max": 1})).await,
+            json!({"version": 1})
+        );
         agent
     }
 
@@ -173,44 +179,68 @@ async fn the_agent_protocol() {
     let mut a = Agent::connect_v1(port).await;
 
     a.send("HealthCheck", json!({}), 2).await;
-    assert_eq!(a.next_reply().await, json!({"type": "HealthCheck", "id": 2}));
+    assert_eq!(
+        a.next_reply().await,
+        json!({"type": "HealthCheck", "id": 2})
+    );
 
     // Malformed frames get InvalidMessage (with the frame's id when it has one), and the
     // connection stays usable.
     a.send_text("not json at all").await;
     let invalid = a.next_reply().await;
     assert_eq!(invalid["type"], "InvalidMessage", "{invalid}");
-    assert_eq!(invalid["id"].as_u64().unwrap() % 2, 1, "our ids are odd: {invalid}");
+    assert_eq!(
+        invalid["id"].as_u64().unwrap() % 2,
+        1,
+        "our ids are odd: {invalid}"
+    );
     a.send("Nonsense", json!({}), 4).await;
     let invalid = a.next_reply().await;
     assert_eq!(invalid["type"], "InvalidMessage", "{invalid}");
     assert_eq!(invalid["id"], 4);
     assert!(
-        invalid["error"].as_str().unwrap().contains("unknown variant `Nonsense`"),
+        invalid["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `Nonsense`"),
         "{invalid}"
     );
     a.send_text(r#"{"type":"HealthCheck","id":6}"#).await;
     let invalid = a.next_reply().await;
-    assert_eq!(invalid["type"], "InvalidMessage", "content is required: {invalid}");
+    assert_eq!(
+        invalid["type"], "InvalidMessage",
+        "content is required: {invalid}"
+    );
     assert_eq!(invalid["id"], 6);
 
     // Denied: 256 MiB leaves a threshold of 132.6 MiB, below the whole system's anon memory
     // plus the 100 MiB buffer on any machine that runs PostgreSQL and this test.
-    a.send("DownscaleRequest", json!({"target": {"cpu": 0.25, "mem": 256 * MIB}}), 8)
-        .await;
+    a.send(
+        "DownscaleRequest",
+        json!({"target": {"cpu": 0.25, "mem": 256 * MIB}}),
+        8,
+    )
+    .await;
     let denied = a.next_reply().await;
     assert_eq!(denied["type"], "DownscaleResult", "{denied}");
     assert_eq!(denied["id"], 8);
     assert_eq!(denied["Ok"], false, "{denied}");
     assert!(
-        denied["Status"].as_str().unwrap().starts_with("downscale denied"),
+        denied["Status"]
+            .as_str()
+            .unwrap()
+            .starts_with("downscale denied"),
         "{denied}"
     );
 
     // Approved (1 TiB), and while it is being decided (it waits for 5 fresh samples) health
     // checks are answered: their replies come before the result.
-    a.send("DownscaleRequest", json!({"target": {"cpu": 1, "mem": 1u64 << 40}}), 10)
-        .await;
+    a.send(
+        "DownscaleRequest",
+        json!({"target": {"cpu": 1, "mem": 1u64 << 40}}),
+        10,
+    )
+    .await;
     for id in [12, 14, 16] {
         a.send("HealthCheck", json!({}), id).await;
     }
@@ -223,7 +253,11 @@ async fn the_agent_protocol() {
         }
         assert_eq!(reply["type"], "HealthCheck", "{reply}");
     };
-    assert_eq!(order, [12, 14, 16, 10], "health checks answered during the decision");
+    assert_eq!(
+        order,
+        [12, 14, 16, 10],
+        "health checks answered during the decision"
+    );
     assert_eq!(approved["Ok"], true, "{approved}");
     let status = approved["Status"].as_str().unwrap();
     assert!(status.starts_with("downscale approved"), "{status}");
@@ -235,8 +269,12 @@ async fn the_agent_protocol() {
     assert!(c.log().contains("not a Neon Postgres"));
 
     // An UpscaleNotification is confirmed with its id.
-    a.send("UpscaleNotification", json!({"granted": {"cpu": 2.0, "mem": 1u64 << 40}}), 18)
-        .await;
+    a.send(
+        "UpscaleNotification",
+        json!({"granted": {"cpu": 2.0, "mem": 1u64 << 40}}),
+        18,
+    )
+    .await;
     assert_eq!(
         a.next_reply().await,
         json!({"type": "UpscaleConfirmation", "id": 18})
@@ -247,7 +285,10 @@ async fn the_agent_protocol() {
     let mut b = Agent::connect(port).await;
     let answer = b.handshake(json!({"min": 2, "max": 3})).await;
     assert!(
-        answer["error"].as_str().unwrap().contains("does not overlap"),
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not overlap"),
         "{answer}"
     );
     assert_eq!(b.closed().await.0, CloseCode::Protocol);
@@ -266,15 +307,24 @@ async fn the_agent_protocol() {
         (CloseCode::Normal, "replaced by a new connection".into())
     );
     second.send("HealthCheck", json!({}), 2).await;
-    assert_eq!(second.next_reply().await, json!({"type": "HealthCheck", "id": 2}));
+    assert_eq!(
+        second.next_reply().await,
+        json!({"type": "HealthCheck", "id": 2})
+    );
 
     // The metrics say what happened.
     let name = "compute_vm_monitor_downscale_requests_total";
     wait_for_metric(&c, &format!("{name}{{result=\"approved\"}}"), |v| v == 1.0).await;
     wait_for_metric(&c, &format!("{name}{{result=\"denied\"}}"), |v| v == 1.0).await;
-    wait_for_metric(&c, "compute_vm_monitor_agent_connections_total", |v| v == 3.0).await;
+    wait_for_metric(&c, "compute_vm_monitor_agent_connections_total", |v| {
+        v == 3.0
+    })
+    .await;
     wait_for_metric(&c, "compute_vm_monitor_agent_connections", |v| v == 1.0).await;
-    wait_for_metric(&c, "compute_vm_monitor_upscale_notifications_total", |v| v == 1.0).await;
+    wait_for_metric(&c, "compute_vm_monitor_upscale_notifications_total", |v| {
+        v == 1.0
+    })
+    .await;
     wait_for_metric(&c, "compute_vm_monitor_memory_used_bytes", |v| v > 0.0).await;
     wait_for_metric(&c, "compute_vm_monitor_memory_size_bytes", |v| {
         v == ((1u64 << 40) - 100 * MIB) as f64
@@ -297,14 +347,20 @@ async fn without_autoscaling_there_is_no_vm_monitor() {
     config["compute_ctl_config"]["jwks"] = c.jwks();
     let path = c.write_file("config.json", &config.to_string());
     args.extend(["-c".into(), path.into()]);
-    args.extend(["--vm-monitor-addr".into(), format!("127.0.0.1:{port}").into()]);
+    args.extend([
+        "--vm-monitor-addr".into(),
+        format!("127.0.0.1:{port}").into(),
+    ]);
     c.start_raw(args);
     c.wait_for_status("running").await;
     assert!(
         TcpStream::connect(("127.0.0.1", port)).await.is_err(),
         "something listens on the vm-monitor port"
     );
-    assert_eq!(metric(&c, "compute_vm_monitor_agent_connections").await, None);
+    assert_eq!(
+        metric(&c, "compute_vm_monitor_agent_connections").await,
+        None
+    );
     assert!(!c.log().contains("vm-monitor"));
     c.terminate(None).await;
     c.wait_exit().await;
@@ -338,13 +394,18 @@ async fn a_bad_cgroup_stops_compute_ctl_at_startup() {
 struct TestCgroup {
     name: String,
     dir: PathBuf,
+    /// The group of the same name in the v2 tree of a hybrid host (for PSI), if made.
+    unified: Option<PathBuf>,
 }
 
 impl TestCgroup {
-    fn create() -> Result<TestCgroup, String> {
+    fn create(limit: u64) -> Result<TestCgroup, String> {
         let root = PathBuf::from("/sys/fs/cgroup/memory");
         if !root.join("memory.stat").is_file() {
-            return Err(format!("{} is not a cgroup v1 memory hierarchy", root.display()));
+            return Err(format!(
+                "{} is not a cgroup v1 memory hierarchy",
+                root.display()
+            ));
         }
         let name = format!(
             "compute-ctl-test-{}-{}",
@@ -356,17 +417,46 @@ impl TestCgroup {
         );
         let dir = root.join(&name);
         fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let group = TestCgroup { name, dir };
-        fs::write(group.dir.join("memory.limit_in_bytes"), (1u64 << 30).to_string())
+        let group = TestCgroup {
+            name,
+            dir,
+            unified: None,
+        };
+        fs::write(group.dir.join("memory.limit_in_bytes"), limit.to_string())
             .map_err(|e| format!("setting the limit of {}: {e}", group.dir.display()))?;
         Ok(group)
     }
 
+    /// Also make the group in the v2 tree (`/sys/fs/cgroup/unified`), where PSI is.
+    fn with_unified_twin(mut self) -> Result<TestCgroup, String> {
+        let dir = PathBuf::from("/sys/fs/cgroup/unified").join(&self.name);
+        fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        if !dir.join("memory.pressure").is_file() {
+            let _ = fs::remove_dir(&dir);
+            return Err(format!("{} has no memory.pressure (no PSI)", dir.display()));
+        }
+        self.unified = Some(dir);
+        Ok(self)
+    }
+
+    /// `echo $$ > cgroup.procs` for every hierarchy the group is in.
+    fn enter_script(&self) -> String {
+        std::iter::once(&self.dir)
+            .chain(&self.unified)
+            .map(|dir| format!("echo $$ > {}/cgroup.procs && ", dir.display()))
+            .collect()
+    }
+
     fn procs(&self) -> Vec<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
+        std::iter::once(&self.dir)
+            .chain(&self.unified)
+            .flat_map(|dir| {
+                fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 }
@@ -381,7 +471,13 @@ impl Drop for TestCgroup {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            if procs.is_empty() && fs::remove_dir(&self.dir).is_ok() {
+            if procs.is_empty()
+                && self
+                    .unified
+                    .as_ref()
+                    .is_none_or(|d| !d.exists() || fs::remove_dir(d).is_ok())
+                && fs::remove_dir(&self.dir).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -392,7 +488,7 @@ impl Drop for TestCgroup {
 
 #[tokio::test]
 async fn memory_use_in_the_cgroup_brings_an_upscale_request() {
-    let group = match TestCgroup::create() {
+    let group = match TestCgroup::create(1 << 30) {
         Ok(group) => group,
         Err(why) => {
             println!("SKIPPED: cannot create a v1 memory cgroup here ({why})");
@@ -406,8 +502,12 @@ async fn memory_use_in_the_cgroup_brings_an_upscale_request() {
     .await;
     let mut a = Agent::connect_v1(port).await;
     // The agent says the VM has 512 MiB: the threshold is 85% of 412 MiB, 350.2 MiB.
-    a.send("UpscaleNotification", json!({"granted": {"cpu": 1, "mem": 512 * MIB}}), 2)
-        .await;
+    a.send(
+        "UpscaleNotification",
+        json!({"granted": {"cpu": 1, "mem": 512 * MIB}}),
+        2,
+    )
+    .await;
     assert_eq!(
         a.next_reply().await,
         json!({"type": "UpscaleConfirmation", "id": 2})
@@ -417,16 +517,20 @@ async fn memory_use_in_the_cgroup_brings_an_upscale_request() {
     })
     .await;
     // The group is empty: a downscale to 512 MiB is fine, and nothing asked for more memory.
-    a.send("DownscaleRequest", json!({"target": {"cpu": 1, "mem": 512 * MIB}}), 4)
-        .await;
+    a.send(
+        "DownscaleRequest",
+        json!({"target": {"cpu": 1, "mem": 512 * MIB}}),
+        4,
+    )
+    .await;
     let result = a.next_reply().await;
     assert_eq!(result["Ok"], true, "{result}");
     assert_eq!(a.upscale_requests, Vec::<u64>::new());
 
     // A real process in the group touches 400 MiB of anonymous memory.
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec python3 -c 'import time; x = bytes([1]) * (400 << 20); time.sleep(600)'",
-        group.dir.display()
+        "{}exec python3 -c 'import time; x = bytes([1]) * (400 << 20); time.sleep(600)'",
+        group.enter_script()
     );
     let mut allocator = tokio::process::Command::new("sh")
         .args(["-c", &script])
@@ -446,18 +550,94 @@ async fn memory_use_in_the_cgroup_brings_an_upscale_request() {
     })
     .await;
     assert!(used < (1u64 << 30) as f64, "{used}");
-    wait_for_metric(&c, "compute_vm_monitor_upscale_requests_total", |v| v >= 1.0).await;
+    wait_for_metric(&c, "compute_vm_monitor_upscale_requests_total", |v| {
+        v >= 1.0
+    })
+    .await;
     // With the memory in use, shrinking to 512 MiB is denied.
-    a.send("DownscaleRequest", json!({"target": {"cpu": 1, "mem": 512 * MIB}}), 6)
-        .await;
+    a.send(
+        "DownscaleRequest",
+        json!({"target": {"cpu": 1, "mem": 512 * MIB}}),
+        6,
+    )
+    .await;
     let result = a.next_reply().await;
     assert_eq!(result["Ok"], false, "{result}");
     // compute_ctl only reads the group: the limit the test set is untouched.
     assert_eq!(
-        fs::read_to_string(group.dir.join("memory.limit_in_bytes")).unwrap().trim(),
+        fs::read_to_string(group.dir.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
         (1u64 << 30).to_string()
     );
     let _ = allocator.kill().await;
+    c.terminate(None).await;
+    c.wait_exit().await;
+}
+
+#[tokio::test]
+async fn memory_stalls_bring_an_upscale_request_through_psi() {
+    // A 32 MiB group that writes a 128 MiB file and reads it over and over: little anonymous
+    // memory, but its tasks stall in reclaim, which PSI in the v2 twin of the group counts.
+    let group = match TestCgroup::create(32 * MIB).and_then(TestCgroup::with_unified_twin) {
+        Ok(group) => group,
+        Err(why) => {
+            println!("SKIPPED: cannot create a v1 memory cgroup with a v2 twin here ({why})");
+            return;
+        }
+    };
+    let (mut c, port) = start_autoscaling(
+        "vmmon-psi",
+        // 10 ms of stall in a 2 s window (2 s: the kernel's minimum without CAP_SYS_RESOURCE).
+        &[
+            "--cgroup",
+            &group.name,
+            "--vm-monitor-psi-trigger",
+            "some 10000 2000000",
+        ],
+    )
+    .await;
+    assert!(
+        c.log()
+            .contains("vm-monitor: watching memory pressure in /sys/fs/cgroup/unified/"),
+        "{}",
+        c.log_tail(40)
+    );
+    let mut a = Agent::connect_v1(port).await;
+    // The group writes the file itself: page cache is charged to whoever brought it in.
+    let file = c.root.join("big-file");
+    let script = format!(
+        "{}head -c {} /dev/zero > {f} && while true; do cat {f} > /dev/null; done",
+        group.enter_script(),
+        128 * MIB,
+        f = file.display()
+    );
+    let mut reader = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the reader");
+    let request = loop {
+        let message = a.next_json().await;
+        if message["type"] == "UpscaleRequest" {
+            break message;
+        }
+    };
+    assert_eq!(request["id"].as_u64().unwrap() % 2, 1, "{request}");
+    wait_for_metric(&c, "compute_vm_monitor_memory_pressure_events_total", |v| {
+        v >= 1.0
+    })
+    .await;
+    // The anonymous memory stayed far below the threshold: PSI made the request.
+    let used = metric(&c, "compute_vm_monitor_memory_used_bytes")
+        .await
+        .unwrap();
+    let threshold = metric(&c, "compute_vm_monitor_memory_threshold_bytes")
+        .await
+        .unwrap();
+    assert!(used < threshold, "used {used} threshold {threshold}");
+    assert!(c.log().contains("psi=true"), "{}", c.log_tail(40));
+    let _ = reader.kill().await;
     c.terminate(None).await;
     c.wait_exit().await;
 }

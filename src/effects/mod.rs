@@ -100,10 +100,8 @@ impl Effects {
                 .contains(&ComputeFeature::ActivityMonitorExperimental);
             self.activity_monitor_experimental
                 .store(experimental, Ordering::Relaxed);
-            self.lfc_resizing_disabled.store(
-                spec.disable_lfc_resizing == Some(true),
-                Ordering::Relaxed,
-            );
+            self.lfc_resizing_disabled
+                .store(spec.disable_lfc_resizing == Some(true), Ordering::Relaxed);
         }
         match (command, spec) {
             (Command::StartCompute { .. }, Some(spec)) => self.spawn_cancellable(

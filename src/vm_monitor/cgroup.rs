@@ -46,7 +46,10 @@ impl MemorySource {
                 .components()
                 .any(|c| !matches!(c, Component::Normal(_)))
         {
-            bail!("--cgroup {name:?} is not a cgroup name (a path below {})", root.display());
+            bail!(
+                "--cgroup {name:?} is not a cgroup name (a path below {})",
+                root.display()
+            );
         }
         if root.join("cgroup.controllers").exists() {
             let dir = root.join(relative);
@@ -151,8 +154,7 @@ pub fn anon_from_meminfo(text: &str) -> anyhow::Result<u64> {
 
 /// `MemTotal` of `/proc/meminfo`, in bytes: the memory size Neon starts from.
 pub fn mem_total() -> anyhow::Result<u64> {
-    meminfo_field(&read(Path::new("/proc/meminfo"))?, "MemTotal")
-        .context("parsing /proc/meminfo")
+    meminfo_field(&read(Path::new("/proc/meminfo"))?, "MemTotal").context("parsing /proc/meminfo")
 }
 
 fn meminfo_field(text: &str, key: &str) -> anyhow::Result<u64> {
@@ -298,9 +300,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(error, "active_anon is not a number");
-        let meminfo = "MemTotal:       24000000 kB\nActive(anon):     100 kB\nInactive(anon):    28 kB\n";
+        let meminfo =
+            "MemTotal:       24000000 kB\nActive(anon):     100 kB\nInactive(anon):    28 kB\n";
         assert_eq!(anon_from_meminfo(meminfo).unwrap(), 128 * 1024);
-        assert_eq!(meminfo_field(meminfo, "MemTotal").unwrap(), 24_000_000 * 1024);
+        assert_eq!(
+            meminfo_field(meminfo, "MemTotal").unwrap(),
+            24_000_000 * 1024
+        );
     }
 
     #[test]
@@ -322,7 +328,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         for bad in ["", "/", "../etc", "a/../../b", "./a"] {
             let error = MemorySource::resolve(Some(bad), root.path()).unwrap_err();
-            assert!(error.to_string().contains("is not a cgroup name"), "{bad}: {error}");
+            assert!(
+                error.to_string().contains("is not a cgroup name"),
+                "{bad}: {error}"
+            );
         }
         let error = MemorySource::resolve(Some("neon-postgres"), root.path())
             .unwrap_err()
@@ -356,7 +365,10 @@ mod tests {
         fs::create_dir_all(r.join("unified/pg")).unwrap();
         fs::write(r.join("unified/pg/memory.pressure"), "").unwrap();
         let hybrid = MemorySource::resolve(Some("/pg"), r).unwrap();
-        assert_eq!(hybrid.pressure_file(), Some(r.join("unified/pg/memory.pressure")));
+        assert_eq!(
+            hybrid.pressure_file(),
+            Some(r.join("unified/pg/memory.pressure"))
+        );
 
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
@@ -376,7 +388,15 @@ mod tests {
         assert_eq!(t.kernel_text(), "some 100000 2000000");
         assert!(!t.full);
         assert!("full 1 1000000".parse::<PsiTrigger>().unwrap().full);
-        for bad in ["", "some", "most 1 2000000", "some x 2000000", "some 0 2000000", "some 3000000 2000000", "some 1 100"] {
+        for bad in [
+            "",
+            "some",
+            "most 1 2000000",
+            "some x 2000000",
+            "some 0 2000000",
+            "some 3000000 2000000",
+            "some 1 100",
+        ] {
             assert!(bad.parse::<PsiTrigger>().is_err(), "{bad}");
         }
     }

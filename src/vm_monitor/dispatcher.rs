@@ -20,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::filecache::{FileCache, MIB};
 use super::protocol::{
-    Inbound, InboundMessage, Outbound, OutboundMessage, Resources, VersionAnswer, id_of,
-    negotiate,
+    Inbound, InboundMessage, Outbound, OutboundMessage, Resources, VersionAnswer, id_of, negotiate,
 };
 use super::{Config, MemoryStats, Outcome, Report, Size, Tunables};
 use crate::engine::Reporter;
@@ -131,7 +130,10 @@ impl Shared {
         self.reporter.vm_monitor(Report::Upscaled);
         match self.resize_file_cache(usable).await {
             Ok(status) => {
-                tracing::info!(granted_mib = granted.mem / MIB, "vm-monitor: upscaled; {status}");
+                tracing::info!(
+                    granted_mib = granted.mem / MIB,
+                    "vm-monitor: upscaled; {status}"
+                );
                 OutboundMessage::UpscaleConfirmation
             }
             Err(error) => {
@@ -165,7 +167,8 @@ impl Shared {
         match self.resize_file_cache(usable).await {
             Ok(cache) => {
                 self.resize(usable);
-                self.reporter.vm_monitor(Report::Downscale(Outcome::Approved));
+                self.reporter
+                    .vm_monitor(Report::Downscale(Outcome::Approved));
                 OutboundMessage::DownscaleResult {
                     ok,
                     status: format!("{status}; {cache}"),
@@ -198,7 +201,11 @@ impl Shared {
 }
 
 /// Serve `GET /monitor` until `cancel`.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let app = Router::new()
         .route("/monitor", get(upgrade))
         .with_state(shared);
@@ -264,20 +271,33 @@ impl Connection {
                 "vm-monitor: protocol version agreed"
             ),
             Err(error) => {
-                tracing::warn!(connection = self.generation, "vm-monitor: handshake failed: {error}");
+                tracing::warn!(
+                    connection = self.generation,
+                    "vm-monitor: handshake failed: {error}"
+                );
                 return;
             }
         }
-        self.shared.reporter.vm_monitor(Report::AgentConnected(true));
+        self.shared
+            .reporter
+            .vm_monitor(Report::AgentConnected(true));
         let end = self.serve().await;
-        self.shared.reporter.vm_monitor(Report::AgentConnected(false));
+        self.shared
+            .reporter
+            .vm_monitor(Report::AgentConnected(false));
         let (code, reason) = match &end {
             End::Closed => (None, "closed by the agent".to_string()),
-            End::Replaced => (Some(close_code::NORMAL), "replaced by a new connection".into()),
+            End::Replaced => (
+                Some(close_code::NORMAL),
+                "replaced by a new connection".into(),
+            ),
             End::Cancelled => (Some(close_code::AWAY), "compute_ctl is stopping".into()),
             End::Failed(error) => (Some(close_code::ERROR), error.clone()),
         };
-        tracing::info!(connection = self.generation, "vm-monitor: connection ended: {reason}");
+        tracing::info!(
+            connection = self.generation,
+            "vm-monitor: connection ended: {reason}"
+        );
         if let Some(code) = code {
             let _ = self.close(code, &reason).await;
         }
@@ -370,7 +390,11 @@ impl Connection {
             .map_err(|e| format!("sending: {e}"))
     }
 
-    async fn handle(&mut self, text: &str, replies: &mpsc::UnboundedSender<Outbound>) -> Result<(), String> {
+    async fn handle(
+        &mut self,
+        text: &str,
+        replies: &mpsc::UnboundedSender<Outbound>,
+    ) -> Result<(), String> {
         let Inbound { message, id } = match serde_json::from_str::<Inbound>(text) {
             Ok(inbound) => inbound,
             Err(error) => {
@@ -394,7 +418,10 @@ impl Connection {
                 .await?
             }
             InboundMessage::InvalidMessage { error } => {
-                tracing::warn!(id, "vm-monitor: the agent could not parse our message: {error}")
+                tracing::warn!(
+                    id,
+                    "vm-monitor: the agent could not parse our message: {error}"
+                )
             }
             InboundMessage::InternalError { error } => {
                 tracing::warn!(id, "vm-monitor: the agent failed on our message: {error}")

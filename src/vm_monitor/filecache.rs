@@ -121,7 +121,11 @@ mod tests {
             (3996, 2997),
             (8092, 6069),
         ] {
-            assert_eq!(sizing.cache_size(usable_mib * MIB), lfc_mib * MIB, "{usable_mib} MiB");
+            assert_eq!(
+                sizing.cache_size(usable_mib * MIB),
+                lfc_mib * MIB,
+                "{usable_mib} MiB"
+            );
         }
         assert_eq!(sizing.cache_size(0), 0);
         assert_eq!(sizing.cache_size(256 * MIB), 0);

@@ -434,11 +434,17 @@ mod tests {
                 "{target_mib}: {threshold}"
             );
             let allowed = (allowed_mib * MIB as f64) as u64 - 1024;
-            assert!(t.downscale(target_mib * MIB, allowed, None).0, "{target_mib}");
+            assert!(
+                t.downscale(target_mib * MIB, allowed, None).0,
+                "{target_mib}"
+            );
             let too_much = (allowed_mib * MIB as f64) as u64 + 1024 * 1024;
             let (ok, status) = t.downscale(target_mib * MIB, too_much, None);
             assert!(!ok, "{target_mib}");
-            assert!(status.starts_with("downscale denied: new memory threshold"), "{status}");
+            assert!(
+                status.starts_with("downscale denied: new memory threshold"),
+                "{status}"
+            );
         }
         // Below the sys buffer nothing is usable.
         assert_eq!(t.usable(50 * MIB), 0);
@@ -478,9 +484,16 @@ mod tests {
         assert_eq!(f.agent_connections, 1);
         assert_eq!(f.agent_connections_total, 2);
         assert_eq!(f.upscale_requests_total, 1);
-        assert_eq!((f.downscale_approved_total, f.downscale_denied_total), (1, 2));
         assert_eq!(
-            (f.memory_used_bytes, f.memory_size_bytes, f.memory_threshold_bytes),
+            (f.downscale_approved_total, f.downscale_denied_total),
+            (1, 2)
+        );
+        assert_eq!(
+            (
+                f.memory_used_bytes,
+                f.memory_size_bytes,
+                f.memory_threshold_bytes
+            ),
             (5, 10, 7)
         );
         assert_eq!(f.memory_limit_bytes, Some(9));

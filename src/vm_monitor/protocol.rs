@@ -66,13 +66,21 @@ pub struct Inbound {
 #[serde(tag = "type", content = "content")]
 pub enum InboundMessage {
     /// The VM has been given more resources.
-    UpscaleNotification { granted: Resources },
+    UpscaleNotification {
+        granted: Resources,
+    },
     /// The agent wants to shrink the VM to `target`.
-    DownscaleRequest { target: Resources },
+    DownscaleRequest {
+        target: Resources,
+    },
     /// The agent could not make sense of something we sent.
-    InvalidMessage { error: String },
+    InvalidMessage {
+        error: String,
+    },
     /// The agent failed to handle something we sent.
-    InternalError { error: String },
+    InternalError {
+        error: String,
+    },
     HealthCheck {},
 }
 
