@@ -1,12 +1,15 @@
 //! The command line, compatible with Neon's `compute_ctl` flags where they overlap.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::effects::storage::LocalStorage;
+use crate::vm_monitor::cgroup::PsiTrigger;
+use crate::vm_monitor::filecache::MIB;
+use crate::vm_monitor::{Tunables, filecache::CacheSizing};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -135,6 +138,51 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/cache/compute_ctl/templates")]
     pub template_cache: PathBuf,
 
+    /// Where the vm-monitor listens for the autoscaler-agent (`ws://<addr>/monitor`). Only
+    /// with the `AUTOSCALING` environment variable set, as every `--vm-monitor-*` flag and
+    /// `--cgroup`.
+    #[arg(long, default_value = "0.0.0.0:10301")]
+    pub vm_monitor_addr: SocketAddr,
+
+    /// The cgroup whose memory the vm-monitor watches, by name below /sys/fs/cgroup (cgroup
+    /// v2), or below /sys/fs/cgroup/memory (the v1 memory controller of a hybrid host). Read
+    /// only. Without it, the whole system's memory (/proc/meminfo).
+    #[arg(long)]
+    pub cgroup: Option<String>,
+
+    /// Part of the memory kept free of non-reclaimable memory: an upscale is requested when
+    /// it reaches (1 - fraction) x memory (Neon: 0.15).
+    #[arg(long, default_value_t = 0.15, value_parser = fraction)]
+    pub vm_monitor_overhead_fraction: f64,
+
+    /// MiB taken off the memory the agent names before computing thresholds (Neon: 100).
+    #[arg(long, default_value_t = 100)]
+    pub vm_monitor_sys_buffer_mib: u64,
+
+    /// A downscale is approved only if the new threshold is at least the current
+    /// non-reclaimable memory plus this many MiB (Neon: 100).
+    #[arg(long, default_value_t = 100)]
+    pub vm_monitor_downscale_buffer_mib: u64,
+
+    /// How often memory is sampled (Neon: 100ms).
+    #[arg(long, default_value = "100ms", value_parser = poll_interval)]
+    pub vm_monitor_poll_interval: Duration,
+
+    /// How many samples are averaged; a downscale decision waits for this many new ones
+    /// (Neon: 5).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub vm_monitor_history: u16,
+
+    /// At most one UpscaleRequest per this interval (Neon: 1s).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub vm_monitor_upscale_interval: Duration,
+
+    /// PSI trigger on the cgroup's memory.pressure (or /proc/pressure/memory) that requests an
+    /// upscale when memory stalls: `some|full <stall µs> <window µs>`, or `off`. Without
+    /// CAP_SYS_RESOURCE the kernel takes only windows that are multiples of 2 s.
+    #[arg(long, default_value = "some 100000 2000000", value_parser = psi_trigger)]
+    pub vm_monitor_psi_trigger: PsiFlag,
+
     /// Log lines for humans, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -144,4 +192,93 @@ pub struct RunArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+fn fraction(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{value:?} is not a fraction in [0, 1)")),
+    }
+}
+
+fn poll_interval(value: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(60) {
+        return Err(format!("{value:?} is not between 10ms and 60s"));
+    }
+    Ok(d)
+}
+
+/// `--vm-monitor-psi-trigger`: a trigger, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PsiFlag(pub Option<PsiTrigger>);
+
+fn psi_trigger(value: &str) -> Result<PsiFlag, String> {
+    match value {
+        "off" => Ok(PsiFlag(None)),
+        value => value.parse().map(|t| PsiFlag(Some(t))),
+    }
+}
+
+impl RunArgs {
+    /// The vm-monitor's tunables from the flags.
+    pub fn vm_monitor_tunables(&self) -> Tunables {
+        Tunables {
+            overhead_fraction: self.vm_monitor_overhead_fraction,
+            sys_buffer: self.vm_monitor_sys_buffer_mib * MIB,
+            downscale_buffer: self.vm_monitor_downscale_buffer_mib * MIB,
+            poll_interval: self.vm_monitor_poll_interval,
+            history: self.vm_monitor_history.into(),
+            upscale_interval: self.vm_monitor_upscale_interval,
+            psi_trigger: self.vm_monitor_psi_trigger.0,
+            cache: CacheSizing::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vm_monitor_flags() {
+        let base = [
+            "compute_ctl",
+            "-D",
+            "d",
+            "-C",
+            "postgresql://u@h/db",
+            "-i",
+            "x",
+            "-S",
+            "s",
+        ];
+        let args = Cli::try_parse_from(base).unwrap().run;
+        assert_eq!(args.vm_monitor_addr, "0.0.0.0:10301".parse().unwrap());
+        assert_eq!(args.cgroup, None);
+        let t = args.vm_monitor_tunables();
+        assert_eq!(t.overhead_fraction, 0.15);
+        assert_eq!(t.sys_buffer, 100 * MIB);
+        assert_eq!(t.poll_interval, Duration::from_millis(100));
+        assert_eq!(t.psi_trigger.unwrap().kernel_text(), "some 100000 2000000");
+        let off = Cli::try_parse_from(base.iter().chain(&["--vm-monitor-psi-trigger", "off"]))
+            .unwrap()
+            .run;
+        assert_eq!(off.vm_monitor_tunables().psi_trigger, None);
+        for bad in [
+            ["--vm-monitor-overhead-fraction", "1.5"],
+            ["--vm-monitor-psi-trigger", "some 1"],
+            ["--vm-monitor-poll-interval", "1ms"],
+            ["--vm-monitor-addr", "localhost"],
+        ] {
+            let error = Cli::try_parse_from(base.iter().chain(&bad)).unwrap_err();
+            assert!(error.to_string().contains(bad[0]), "{error}");
+        }
+    }
 }

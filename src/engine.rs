@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::effects::Effects;
 use crate::spec::ComputeSpec;
+use crate::vm_monitor;
 
 /// Startup timings, with Neon's field names and order (all milliseconds unless named).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -58,6 +59,8 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// The mode of the termination under way or done (the latest, after an escalation).
     pub terminate_mode: Option<TerminateMode>,
+    /// What the vm-monitor reported (inactive unless `AUTOSCALING` is set).
+    pub vm_monitor: vm_monitor::Figures,
 }
 
 /// What can be sent to the engine.
@@ -74,6 +77,8 @@ pub enum Input {
     /// What the latest reload of postgresql.conf did not apply (e.g. a setting that needs a
     /// restart); replaces the previous list.
     Warnings(Vec<String>),
+    /// What the vm-monitor learned (memory figures, upscale requests, downscale decisions).
+    VmMonitor(vm_monitor::Report),
 }
 
 struct Request {
@@ -157,6 +162,10 @@ impl Reporter {
         self.send(Input::Warnings(warnings));
     }
 
+    pub fn vm_monitor(&self, report: vm_monitor::Report) {
+        self.send(Input::VmMonitor(report));
+    }
+
     fn send(&self, input: Input) {
         // After the engine stopped nobody listens; the result is moot.
         let _ = self.tx.send(Request {
@@ -189,6 +198,7 @@ pub fn channel() -> (EngineHandle, Reporter, Inbox) {
         lsn: None,
         warnings: Vec::new(),
         terminate_mode: None,
+        vm_monitor: vm_monitor::Figures::default(),
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
     (
@@ -257,6 +267,11 @@ impl Engine {
                 }
                 Input::Warnings(warnings) => {
                     self.snapshot.warnings = warnings;
+                    self.publish();
+                    continue;
+                }
+                Input::VmMonitor(report) => {
+                    report.apply(&mut self.snapshot.vm_monitor);
                     self.publish();
                     continue;
                 }

@@ -18,3 +18,4 @@ pub mod spec;
 pub mod systemd;
 pub mod telemetry;
 pub mod tokens;
+pub mod vm_monitor;

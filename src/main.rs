@@ -9,8 +9,11 @@ use compute_ctl::effects::Effects;
 use compute_ctl::effects::node::Node;
 use compute_ctl::effects::storage::StorageOptions;
 use compute_ctl::engine::{self, Engine, Input};
+use compute_ctl::vm_monitor::cgroup::{CGROUP_ROOT, MemorySource};
+use compute_ctl::vm_monitor::{self, VmMonitor};
 use compute_ctl::{control_plane, http, signals, spec, systemd, telemetry, tokens};
 use compute_states::{ComputeStatus, TerminateMode};
+use std::path::Path;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -85,6 +88,7 @@ fn subcommand(command: Command) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let vm_monitor_tunables = args.vm_monitor_tunables();
     // clap enforces these; the Options only exist so that subcommands need none of them.
     let pgdata = args.pgdata.context("--pgdata is required")?;
     let connstr = args.connstr.context("--connstr is required")?;
@@ -127,6 +131,18 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     compute_ctl::effects::reaper::start(args.reap_orphans)?;
 
+    // Checked and bound before anything runs, so a bad --cgroup or a busy port is an error now.
+    let vm_monitor = if vm_monitor::enabled() {
+        let config = vm_monitor::Config {
+            addr: args.vm_monitor_addr,
+            source: MemorySource::resolve(args.cgroup.as_deref(), Path::new(CGROUP_ROOT))?,
+            tunables: vm_monitor_tunables,
+        };
+        Some(VmMonitor::prepare(config).await?)
+    } else {
+        None
+    };
+
     let auth = http::auth::Auth::new(&compute_id, &jwks);
     let (handle, reporter, inbox) = engine::channel();
     let effects = Effects::new(node.clone(), reporter)
@@ -134,7 +150,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .with_storage(StorageOptions {
             local: args.storage,
             template_cache: args.template_cache.clone(),
-        });
+        })
+        .with_vm_monitor(vm_monitor);
     let engine = Engine::new(inbox, effects);
 
     let external_addr = SocketAddr::new(args.external_http_addr, args.external_http_port);

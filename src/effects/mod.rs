@@ -27,6 +27,7 @@ use tracing::{Instrument, info_span};
 use crate::engine::{Reporter, millis};
 use crate::monitor::{self, Monitor};
 use crate::spec::{ComputeFeature, ComputeMode, ComputeSpec};
+use crate::vm_monitor::VmMonitor;
 use node::Node;
 use postgres::Postmaster;
 
@@ -42,6 +43,11 @@ pub struct Effects {
     /// The mode of the latest spec: only a primary reports its final LSN.
     mode: Option<ComputeMode>,
     storage: Arc<storage::StorageOptions>,
+    /// The vm-monitor, prepared at startup when `AUTOSCALING` is set; started with the compute
+    /// monitor.
+    vm_monitor: Option<VmMonitor>,
+    /// `disable_lfc_resizing` of the latest spec, read by the vm-monitor at each resize.
+    lfc_resizing_disabled: Arc<AtomicBool>,
 }
 
 impl Effects {
@@ -56,7 +62,15 @@ impl Effects {
             activity_monitor_experimental: Arc::default(),
             mode: None,
             storage: Arc::default(),
+            vm_monitor: None,
+            lfc_resizing_disabled: Arc::default(),
         }
+    }
+
+    /// Run the vm-monitor once Postgres is up (autoscaling).
+    pub fn with_vm_monitor(mut self, vm_monitor: Option<VmMonitor>) -> Self {
+        self.vm_monitor = vm_monitor;
+        self
     }
 
     /// Where PGDATA comes from when the spec names no data source.
@@ -86,6 +100,8 @@ impl Effects {
                 .contains(&ComputeFeature::ActivityMonitorExperimental);
             self.activity_monitor_experimental
                 .store(experimental, Ordering::Relaxed);
+            self.lfc_resizing_disabled
+                .store(spec.disable_lfc_resizing == Some(true), Ordering::Relaxed);
         }
         match (command, spec) {
             (Command::StartCompute { .. }, Some(spec)) => self.spawn_cancellable(
@@ -115,7 +131,16 @@ impl Effects {
                     self.activity_monitor_experimental.clone(),
                     lock(&self.postmaster).as_ref().map(|p| p.pid),
                 );
-                self.spawn_cancellable(monitor.run())
+                self.spawn_cancellable(monitor.run());
+                if let Some(vm_monitor) = self.vm_monitor.take() {
+                    let run = vm_monitor.run(
+                        self.node.clone(),
+                        self.reporter.clone(),
+                        self.lfc_resizing_disabled.clone(),
+                        self.cancel.clone(),
+                    );
+                    self.spawn_cancellable(run.instrument(info_span!("vm_monitor")));
+                }
             }
             (Command::Stop { mode }, _) => {
                 self.cancel.cancel();

@@ -1,9 +1,13 @@
 //! `GET /metrics`: Prometheus text, built from the latest snapshot at each scrape (Neon's
 //! metric names, so its dashboards keep working).
 
-use prometheus::{Counter, Encoder, Gauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::engine::Snapshot;
+use crate::vm_monitor::Figures;
 
 /// The build label of `compute_ctl_up`: `BUILD_TAG` at compile time, else `latest` (as Neon).
 pub const BUILD_TAG: &str = match option_env!("BUILD_TAG") {
@@ -35,7 +39,93 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
     registry.register(Box::new(total.clone()))?;
     total.inc_by(snapshot.total_downtime_ms as f64);
 
+    if snapshot.vm_monitor.active {
+        vm_monitor(&registry, &snapshot.vm_monitor)?;
+    }
+
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     Ok(String::from_utf8(out).expect("the text encoder writes UTF-8"))
+}
+
+/// The vm-monitor's figures (only while it runs, i.e. with `AUTOSCALING`).
+fn vm_monitor(registry: &Registry, f: &Figures) -> Result<(), prometheus::Error> {
+    let gauge = |name: &str, help: &str, value: u64| -> Result<(), prometheus::Error> {
+        let g = IntGauge::new(name, help)?;
+        g.set(value.try_into().unwrap_or(i64::MAX));
+        registry.register(Box::new(g))
+    };
+    let counter = |name: &str, help: &str, value: u64| -> Result<(), prometheus::Error> {
+        let c = IntCounter::new(name, help)?;
+        c.inc_by(value);
+        registry.register(Box::new(c))
+    };
+    gauge(
+        "compute_vm_monitor_memory_used_bytes",
+        "Non-reclaimable memory (active_anon + inactive_anon), averaged over the last samples",
+        f.memory_used_bytes,
+    )?;
+    gauge(
+        "compute_vm_monitor_memory_size_bytes",
+        "The memory thresholds are computed from: the VM's as the agent last named it (less the sys buffer), or MemTotal",
+        f.memory_size_bytes,
+    )?;
+    gauge(
+        "compute_vm_monitor_memory_limit_bytes",
+        "The watched cgroup's memory limit, 0 when it has none below MemTotal",
+        f.memory_limit_bytes.unwrap_or(0),
+    )?;
+    gauge(
+        "compute_vm_monitor_memory_threshold_bytes",
+        "Non-reclaimable memory at which an upscale is requested",
+        f.memory_threshold_bytes,
+    )?;
+    gauge(
+        "compute_vm_monitor_agent_connections",
+        "Open autoscaler-agent connections",
+        f.agent_connections,
+    )?;
+    counter(
+        "compute_vm_monitor_agent_connections_total",
+        "Autoscaler-agent connections that completed the handshake",
+        f.agent_connections_total,
+    )?;
+    counter(
+        "compute_vm_monitor_upscale_requests_total",
+        "UpscaleRequest messages sent to the agent",
+        f.upscale_requests_total,
+    )?;
+    counter(
+        "compute_vm_monitor_upscale_notifications_total",
+        "UpscaleNotification messages received from the agent",
+        f.upscale_notifications_total,
+    )?;
+    counter(
+        "compute_vm_monitor_memory_pressure_events_total",
+        "Firings of the PSI memory pressure trigger",
+        f.pressure_events_total,
+    )?;
+    let downscales = IntCounterVec::new(
+        Opts::new(
+            "compute_vm_monitor_downscale_requests_total",
+            "DownscaleRequest messages by result: approved, denied, or failed (InternalError)",
+        ),
+        &["result"],
+    )?;
+    registry.register(Box::new(downscales.clone()))?;
+    for (result, value) in [
+        ("approved", f.downscale_approved_total),
+        ("denied", f.downscale_denied_total),
+        ("failed", f.downscale_failed_total),
+    ] {
+        downscales.with_label_values(&[result]).inc_by(value);
+    }
+    if let Some(bytes) = f.file_cache_size_bytes {
+        gauge(
+            "compute_vm_monitor_file_cache_size_bytes",
+            "The size last set for the Neon local file cache",
+            bytes,
+        )?;
+    }
+    Ok(())
 }

@@ -17,6 +17,8 @@ pub enum Command {
     },
     /// Start the compute monitor; it reports `ActivityObserved`, `PostgresReachable` and
     /// `PostgresUnreachable` until `Stop` cancels it. Issued once, at the first `Running`.
+    /// With autoscaling the runtime starts the vm-monitor with it (its reports are figures for
+    /// the metrics, not events: the machine decides nothing from them).
     StartMonitor,
     /// Cancel every running effect, stop Postgres if it runs, then report `Stopped`.
     Stop { mode: TerminateMode },

@@ -182,6 +182,8 @@ pub struct Compute {
     /// A valid token (`compute_id` = [`Compute::compute_id`], no `exp`), sent on every
     /// external request.
     pub token: String,
+    /// Extra environment variables for compute_ctl (e.g. `AUTOSCALING`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Compute {
@@ -224,6 +226,7 @@ impl Compute {
             postmaster_pids: Vec::new(),
             key_path,
             token,
+            env: Vec::new(),
             http: reqwest::Client::builder()
                 .default_headers(headers)
                 .timeout(REQUEST_TIMEOUT)
@@ -340,6 +343,7 @@ impl Compute {
         let child = command
             .args(&args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
