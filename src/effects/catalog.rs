@@ -23,6 +23,9 @@ use crate::spec::{Database, MAX_NAME_BYTES, Role};
 /// How long a catalog request waits for a connection before it reports Postgres unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a `pg_dump` whose client went away has to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// The largest piece of `pg_dump`'s stderr kept for an error message.
 const STDERR_LIMIT: usize = 16 * 1024;
 
@@ -116,22 +119,21 @@ pub struct DbsAndRoles {
 
 pub async fn dbs_and_roles(node: &Node) -> Result<DbsAndRoles, CatalogError> {
     let mut conn = connect(node, node.default_database(), "compute_ctl:dbs_and_roles").await?;
-    let roles = sqlx::query(
-        "SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid ORDER BY rolname",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .map_err(|e| CatalogError::from_sqlx("reading pg_authid", e))?
-    .into_iter()
-    .map(|row| {
-        Ok(Role {
-            name: row.try_get(0)?,
-            encrypted_password: row.try_get(1)?,
-            options: None,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()
-    .map_err(|e| CatalogError::from_sqlx("reading pg_authid", e))?;
+    let roles =
+        sqlx::query("SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid ORDER BY rolname")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| CatalogError::from_sqlx("reading pg_authid", e))?
+            .into_iter()
+            .map(|row| {
+                Ok(Role {
+                    name: row.try_get(0)?,
+                    encrypted_password: row.try_get(1)?,
+                    options: None,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| CatalogError::from_sqlx("reading pg_authid", e))?;
     // The owner by name through a join, not `datdba::regrole::text`, which would quote names
     // with special characters.
     let databases = sqlx::query(
@@ -216,9 +218,8 @@ pub async fn schema_dump(node: &Node, database: &str) -> Result<SchemaDump, Cata
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let child = process::spawn(&mut cmd).map_err(|e| {
-        CatalogError::Failed(format!("cannot run {}: {e}", pg_dump.display()))
-    })?;
+    let child = process::spawn(&mut cmd)
+        .map_err(|e| CatalogError::Failed(format!("cannot run {}: {e}", pg_dump.display())))?;
     let (tx, mut rx) = mpsc::channel(8);
     tokio::spawn(pump(child, database.to_owned(), tx));
     match rx.recv().await {
@@ -286,11 +287,12 @@ async fn pump(
             }
         }
     }
-    if disconnected {
-        let _ = child.start_kill();
-    }
     drop(stdout);
-    let status = child.wait().await;
+    let status = if disconnected {
+        stop(&mut child).await
+    } else {
+        child.wait().await
+    };
     process::forget(pid);
     let stderr = stderr.await.unwrap_or_default();
     if disconnected {
@@ -312,6 +314,27 @@ async fn pump(
                 .await;
         }
     }
+}
+
+/// Stop a `pg_dump` nobody reads any more. SIGTERM first: `pg_dump` then cancels its running
+/// query, so its backend does not linger (a backend waiting for a lock does not notice that
+/// its client has gone); SIGKILL if it has not exited after [`STOP_GRACE`].
+async fn stop(child: &mut tokio::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if let Ok(status) = tokio::time::timeout(STOP_GRACE, child.wait()).await {
+            return status;
+        }
+        tracing::warn!(
+            pid,
+            "pg_dump ignored SIGTERM for {STOP_GRACE:?}: killing it"
+        );
+    }
+    let _ = child.start_kill();
+    child.wait().await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,9 +524,9 @@ pub async fn install_extension(
             return Err(match sqlstate(&e).as_deref() {
                 // invalid_parameter_value: no script or update path for that version;
                 // feature_not_supported: PG 16+ "extension is not available".
-                Some("22023" | "0A000") => CatalogError::NotFound(
-                    CatalogError::from_sqlx(&doing, e).to_string(),
-                ),
+                Some("22023" | "0A000") => {
+                    CatalogError::NotFound(CatalogError::from_sqlx(&doing, e).to_string())
+                }
                 _ => CatalogError::from_sqlx(&doing, e),
             });
         }
@@ -597,10 +620,7 @@ pub async fn grant(node: &Node, request: &GrantsRequest) -> Result<(), CatalogEr
     missing.sort();
     missing.dedup();
     if !missing.is_empty() {
-        let sql = format!(
-            "GRANT {} ON SCHEMA {schema} TO {role}",
-            missing.join(", ")
-        );
+        let sql = format!("GRANT {} ON SCHEMA {schema} TO {role}", missing.join(", "));
         tracing::info!(database = request.database, "{sql}");
         sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut conn)
