@@ -253,8 +253,9 @@ async fn dbs_and_roles_and_schema_dumps_with_hostile_names() {
     c.wait_exit().await;
 }
 
-/// A client that goes away while `pg_dump` waits for a lock gets it killed: its backend and
-/// its process disappear while the lock is still held.
+/// A client that goes away while `pg_dump` waits for a lock gets it stopped: its backend and
+/// its process disappear while the lock is still held. (Also: `/insights` on a compute that
+/// does not preload pg_stat_statements.)
 #[tokio::test(flavor = "multi_thread")]
 async fn schema_dump_is_killed_when_the_client_goes_away() {
     let mut c = Compute::new("catalog-dump-cancel");
@@ -348,6 +349,25 @@ async fn schema_dump_is_killed_when_the_client_goes_away() {
     assert_eq!(code, StatusCode::OK, "{text}");
     assert!(text.contains("CREATE TABLE public.busy "), "{text}");
     pg.close().await.ok();
+
+    // This compute does not preload pg_stat_statements: /insights says so, in Postgres's words.
+    let (code, body) = post_internal(
+        &c,
+        "/extensions",
+        &json!({"extension": "pg_stat_statements", "database": "postgres", "version": "1.10"}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let (code, body) = get(&c, "/insights", &[]).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["pg_stat_statements"], Value::Null, "{body}");
+    assert!(
+        body["unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("shared_preload_libraries"),
+        "{body}"
+    );
     let (code, _) = c.terminate(None).await;
     assert_eq!(code, StatusCode::OK);
     c.wait_exit().await;
@@ -429,7 +449,7 @@ async fn check_writability_and_insights() {
         json!({"extension": "pg_stat_statements", "version": "1.10"})
     );
 
-    // A statement by a hostile role (row_to_json writes an oid as a string), which the compute trusts on loopback.
+    // A statement by a hostile role, which the compute trusts on loopback.
     let user = &names[4];
     let mut conn = c.connect_as(user, "pw", "postgres").await.unwrap();
     let n: i32 = sqlx::query_scalar("SELECT 4242 AS insight_marker")
@@ -438,6 +458,7 @@ async fn check_writability_and_insights() {
         .unwrap();
     assert_eq!(n, 4242);
     conn.close().await.ok();
+    // row_to_json writes an oid as a string.
     let user_oid: String = sqlx::query_scalar("SELECT oid::text FROM pg_roles WHERE rolname = $1")
         .bind(user)
         .fetch_one(&mut pg)

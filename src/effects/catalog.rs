@@ -640,3 +640,23 @@ pub async fn grant(node: &Node, request: &GrantsRequest) -> Result<(), CatalogEr
     conn.close().await.ok();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Privilege;
+
+    /// The JSON names (Neon's) are the SQL keywords `GRANT` is built from.
+    #[test]
+    fn privilege_names_are_their_keywords() {
+        let all: Vec<Privilege> = serde_json::from_str(
+            r#"["SELECT","INSERT","UPDATE","DELETE","TRUNCATE","REFERENCES","TRIGGER",
+                "USAGE","CREATE","CONNECT","TEMPORARY","EXECUTE"]"#,
+        )
+        .unwrap();
+        for p in all {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.keyword());
+        }
+        let err = serde_json::from_str::<Privilege>(r#""usage""#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `usage`"), "{err}");
+    }
+}
