@@ -186,6 +186,10 @@ async fn dbs_and_roles_and_schema_dumps_with_hostile_names() {
     let (code, body) = get(&c, "/database_schema", &[("database", "no such db")]).await;
     assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"], "database \"no such db\" does not exist");
+    for bad in ["", "nul\0byte"] {
+        let (code, body) = get(&c, "/database_schema", &[("database", bad)]).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad:?}: {body}");
+    }
     let (code, body) = get(&c, "/database_schema", &[]).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     assert!(

@@ -185,6 +185,8 @@ pub struct SchemaDump {
 /// port), through the Unix socket when there is one: the database name is passed in
 /// `PGDATABASE`, which libpq never parses as a connection string (`-d` would).
 pub async fn schema_dump(node: &Node, database: &str) -> Result<SchemaDump, CatalogError> {
+    // Empty, too long or with a NUL byte: no database can have that name.
+    quoted("database", database)?;
     let mut conn = connect(node, node.default_database(), "compute_ctl:database_schema").await?;
     let exists: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1")
@@ -341,9 +343,10 @@ async fn stop(child: &mut tokio::process::Child) -> std::io::Result<std::process
 // POST /check_writability
 // ---------------------------------------------------------------------------------------------
 
-/// Neon's check: upsert row 1 of `public.health_check` in the default database. A full disk
-/// (SQLSTATE 53100) counts as writable, as on Neon: the check is about the compute, not the
-/// storage quota. A Postgres in recovery is [`CatalogError::ReadOnly`] without trying.
+/// Neon's check: upsert row 1 of `public.health_check` (Neon's table, created if missing) in
+/// the default database. A full disk (SQLSTATE 53100) counts as writable, as on Neon: the
+/// check is about the compute, not the storage quota. A Postgres in recovery is
+/// [`CatalogError::ReadOnly`] without trying.
 pub async fn check_writability(node: &Node) -> Result<(), CatalogError> {
     let mut conn = connect(
         node,
@@ -362,7 +365,7 @@ pub async fn check_writability(node: &Node) -> Result<(), CatalogError> {
     }
     let result = sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS public.health_check (\
-             id integer PRIMARY KEY, updated_at timestamptz NOT NULL DEFAULT pg_catalog.now());\n\
+             id serial PRIMARY KEY, updated_at timestamptz DEFAULT pg_catalog.now());\n\
          INSERT INTO public.health_check (id, updated_at) VALUES (1, pg_catalog.now()) \
              ON CONFLICT (id) DO UPDATE SET updated_at = pg_catalog.now()",
     )

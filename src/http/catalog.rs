@@ -114,7 +114,7 @@ pub async fn database_schema(
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text().to_lowercase()))?;
     let dump = catalog::schema_dump(&node, &query.database).await?;
-    let first = futures_once(dump.first);
+    let first = first_chunk(dump.first);
     let body = Body::from_stream(tokio_stream::StreamExt::chain(
         first,
         ReceiverStream::new(dump.rest),
@@ -123,7 +123,7 @@ pub async fn database_schema(
 }
 
 /// The first chunk as a one-item stream.
-fn futures_once(
+fn first_chunk(
     first: Bytes,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     tokio_stream::iter((!first.is_empty()).then_some(Ok(first)))
