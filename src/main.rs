@@ -160,8 +160,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let internal = http::bind(internal_addr).await?;
     let stop_serving = CancellationToken::new();
     let servers = [
-        (external, http::external(handle.clone(), auth)),
-        (internal, http::internal(handle.clone())),
+        (external, http::external(handle.clone(), auth, node.clone())),
+        (internal, http::internal(handle.clone(), node.clone())),
     ]
     .map(|(listener, router)| {
         let stop = stop_serving.clone();

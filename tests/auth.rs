@@ -664,12 +664,16 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(
         documented,
         [
+            "GET /database_schema",
+            "GET /dbs_and_roles",
             "GET /healthz",
+            "GET /insights",
             "GET /metrics",
             "GET /metrics.json",
             "GET /openapi.json",
             "GET /readyz",
             "GET /status",
+            "POST /check_writability",
             "POST /configure",
             "POST /terminate",
         ]

@@ -6,6 +6,7 @@
 //! stopped.
 
 pub mod apply;
+pub mod catalog;
 pub mod node;
 pub mod pgdata;
 pub mod postgres;

@@ -139,6 +139,11 @@ impl Node {
             .then(|| self.pgdata.clone())
     }
 
+    /// The `--connstr` host (a name, an address, or a socket directory).
+    pub fn host(&self) -> &str {
+        self.connect.get_host()
+    }
+
     /// A URL for humans (logs, `make run`).
     pub fn psql_url(&self) -> String {
         format!(

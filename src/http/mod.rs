@@ -2,14 +2,15 @@
 //! they hold no state logic. Authentication wraps the external router as one layer.
 
 pub mod auth;
+mod catalog;
 mod error;
 mod metrics;
 mod routes;
 
 use std::net::SocketAddr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tower_http::LatencyUnit;
@@ -19,6 +20,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::effects::node::Node;
 use crate::engine::EngineHandle;
 use auth::Auth;
 pub use error::{ApiError, ErrorBody};
@@ -60,7 +62,11 @@ fn external_routes() -> (OpenApiRouter<EngineHandle>, OpenApiRouter<EngineHandle
         .routes(routes!(routes::status))
         .routes(routes!(routes::configure))
         .routes(routes!(routes::terminate))
-        .routes(routes!(routes::metrics_json));
+        .routes(routes!(routes::metrics_json))
+        .routes(routes!(catalog::dbs_and_roles))
+        .routes(routes!(catalog::database_schema))
+        .routes(routes!(catalog::check_writability))
+        .routes(routes!(catalog::insights));
     let open = OpenApiRouter::new()
         .routes(routes!(routes::metrics))
         .routes(routes!(routes::healthz))
@@ -98,8 +104,9 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
 }
 
 /// The control plane's API (Neon's external port). Every route but `/metrics`, the probes and
-/// `/openapi.json` needs a token that `auth` verifies.
-pub fn external(engine: EngineHandle, auth: Auth) -> Router {
+/// `/openapi.json` needs a token that `auth` verifies. The catalog routes reach Postgres
+/// through `node`.
+pub fn external(engine: EngineHandle, auth: Auth, node: Arc<Node>) -> Router {
     let (authenticated, open) = external_routes();
     let (authenticated, _) = authenticated.split_for_parts();
     let (open, _) = open.split_for_parts();
@@ -111,16 +118,21 @@ pub fn external(engine: EngineHandle, auth: Auth) -> Router {
         authenticated
             .merge(open)
             .layer(Extension(auth))
+            .layer(Extension(node))
             .with_state(engine),
     )
 }
 
-/// The on-box API, bound to loopback: read-only views for local tools.
-pub fn internal(engine: EngineHandle) -> Router {
+/// The on-box API, bound to loopback and without auth, as Neon's: read-only views for local
+/// tools, and the catalog changes of `/extensions` and `/grants`.
+pub fn internal(engine: EngineHandle, node: Arc<Node>) -> Router {
     with_request_log(
         Router::new()
             .route("/status", get(routes::status))
             .route("/metrics.json", get(routes::metrics_json))
+            .route("/extensions", post(catalog::extensions))
+            .route("/grants", post(catalog::grants))
+            .layer(Extension(node))
             .with_state(engine),
     )
 }
