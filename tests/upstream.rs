@@ -86,6 +86,17 @@ async fn replica_follows_its_primary_read_only() {
         "read-only transaction: {write}"
     );
 
+    // The catalog route says so too: a hot standby is not writable.
+    let resp = replica
+        .http()
+        .post(replica.url("/check_writability"))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = Compute::response(resp).await;
+    assert_eq!(code, reqwest::StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("recovery"), "{body}");
+
     let mut on_primary = primary.connect("postgres").await;
     execute(&mut on_primary, "INSERT INTO t VALUES (4)").await;
     let deadline = Instant::now() + REPLICATION_DEADLINE;
