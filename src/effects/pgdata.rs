@@ -170,23 +170,48 @@ fn open(node: &Node) -> anyhow::Result<Option<Marker>> {
     Ok(marker)
 }
 
-/// Remove everything in PGDATA but the marker.
+/// Empty PGDATA but for the marker. The previous start's files (some 40 MB in a thousand
+/// files) are not deleted on the start's critical path: they are moved into a trash
+/// directory inside PGDATA (a rename each, whatever their size) which a background thread
+/// then deletes. Should compute_ctl die first, the next start sweeps the trash with the rest.
 fn wipe(pgdata: &Path) -> anyhow::Result<()> {
+    let trash = pgdata.join(format!(
+        "{TRASH}{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    let mut moved = false;
     for entry in fs::read_dir(pgdata)? {
         let entry = entry?;
         if entry.file_name() == MARKER {
             continue;
         }
+        if !moved {
+            fs::create_dir(&trash).with_context(|| format!("creating {}", trash.display()))?;
+            moved = true;
+        }
         let path = entry.path();
-        let removed = if entry.file_type()?.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        removed.with_context(|| format!("wiping {}", path.display()))?;
+        fs::rename(&path, trash.join(entry.file_name()))
+            .with_context(|| format!("wiping {}", path.display()))?;
+    }
+    if moved {
+        std::thread::spawn(move || {
+            if let Err(e) = fs::remove_dir_all(&trash) {
+                tracing::warn!(
+                    "deleting the previous start's files in {}: {e}",
+                    trash.display()
+                );
+            }
+        });
     }
     Ok(())
 }
+
+/// Prefix of the directories [`wipe`] deletes in the background.
+const TRASH: &str = ".compute_ctl-trash-";
 
 fn finish_claim(node: &Node) -> anyhow::Result<()> {
     let pgdata = &node.pgdata;
@@ -198,7 +223,12 @@ fn finish_claim(node: &Node) -> anyhow::Result<()> {
 /// The pid in the first line of a Postgres lock file (`postmaster.pid`, `.s.PGSQL.<port>.lock`).
 fn lock_file_pid(path: &Path) -> Option<i32> {
     let text = fs::read_to_string(path).ok()?;
-    text.lines().next()?.trim().parse().ok().filter(|&pid| pid > 0)
+    text.lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 0)
 }
 
 /// Whether `pid` is a live process working in `pgdata` (a postmaster and its children chdir
@@ -237,7 +267,10 @@ fn wait_for_leftover_postmaster(node: &Node) -> anyhow::Result<()> {
             );
         }
         if !logged {
-            tracing::warn!(pid, "a postmaster left by an earlier compute_ctl still runs on PGDATA; waiting up to {LEFTOVER_PATIENCE:?} for it to exit");
+            tracing::warn!(
+                pid,
+                "a postmaster left by an earlier compute_ctl still runs on PGDATA; waiting up to {LEFTOVER_PATIENCE:?} for it to exit"
+            );
             logged = true;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -120,8 +120,8 @@ pub fn key(node: &Node) -> anyhow::Result<String> {
     let mut hash = Sha256::new();
     hash.update(format!("{LAYOUT}\n"));
     for binary in [node.postgres.clone(), node.tool("initdb")] {
-        let real = fs::canonicalize(&binary)
-            .with_context(|| format!("reading {}", binary.display()))?;
+        let real =
+            fs::canonicalize(&binary).with_context(|| format!("reading {}", binary.display()))?;
         let meta = fs::metadata(&real).with_context(|| format!("reading {}", real.display()))?;
         hash.update(format!(
             "binary {} dev {} ino {} size {} mtime {}.{}\n",
@@ -177,8 +177,7 @@ async fn build(
     let staging = cache.join(format!(".build-pg-{key}"));
     if staging.exists() {
         // Left by a start that died while building: we hold the lock, nobody else uses it.
-        fs::remove_dir_all(&staging)
-            .with_context(|| format!("removing {}", staging.display()))?;
+        fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     }
     fs::DirBuilder::new()
         .mode(0o700)
@@ -196,10 +195,7 @@ async fn build(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    fs::rename(
-        data.join("postgresql.conf"),
-        data.join(pgdata::INITDB_CONF),
-    )?;
+    fs::rename(data.join("postgresql.conf"), data.join(pgdata::INITDB_CONF))?;
     let version = server_version(node).await?;
     let (staging_dir, dir_final, key_owned) = (staging.clone(), dir.to_owned(), key.to_owned());
     let manifest = tokio::task::spawn_blocking(move || -> anyhow::Result<Manifest> {
@@ -344,7 +340,8 @@ impl Manifest {
             self.entries.len()
         );
         let path = dir.join(STAMP);
-        let mut file = File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+        let mut file =
+            File::create(&path).with_context(|| format!("writing {}", path.display()))?;
         file.write_all(text.as_bytes())?;
         Ok(())
     }
@@ -352,7 +349,8 @@ impl Manifest {
     /// Read the stamp of `dir` and check the data directory against it.
     pub fn verify(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(STAMP);
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let mut parts = text.splitn(6, '\n');
         let mut header = |name: &str| -> anyhow::Result<String> {
             let line = parts.next().unwrap_or_default();
@@ -375,7 +373,10 @@ impl Manifest {
         let sum = header("sha256")?;
         let body = parts.next().unwrap_or_default();
         if hex(&Sha256::digest(body.as_bytes())) != sum {
-            bail!("{}: checksum mismatch (truncated or edited)", path.display());
+            bail!(
+                "{}: checksum mismatch (truncated or edited)",
+                path.display()
+            );
         }
         let entries = body
             .lines()
@@ -383,7 +384,11 @@ impl Manifest {
             .collect::<anyhow::Result<Vec<_>>>()
             .with_context(|| format!("{}", path.display()))?;
         if entries.len() != count {
-            bail!("{}: {} entries, the stamp says {count}", path.display(), entries.len());
+            bail!(
+                "{}: {} entries, the stamp says {count}",
+                path.display(),
+                entries.len()
+            );
         }
         let data = dir.join("data");
         for expected in &entries {
@@ -415,7 +420,10 @@ fn entry_of(meta: &fs::Metadata, path: PathBuf) -> anyhow::Result<Entry> {
     } else if meta.file_type().is_symlink() {
         Kind::Symlink
     } else {
-        bail!("{}: neither a file, a directory nor a symlink", path.display());
+        bail!(
+            "{}: neither a file, a directory nor a symlink",
+            path.display()
+        );
     };
     Ok(Entry {
         kind,
@@ -428,7 +436,11 @@ fn entry_of(meta: &fs::Metadata, path: PathBuf) -> anyhow::Result<Entry> {
 
 fn parse_entry(line: &str) -> anyhow::Result<Entry> {
     let mut fields = line.splitn(5, ' ');
-    let mut next = || fields.next().with_context(|| format!("short line {line:?}"));
+    let mut next = || {
+        fields
+            .next()
+            .with_context(|| format!("short line {line:?}"))
+    };
     let kind = match next()? {
         "d" => Kind::Dir,
         "f" => Kind::File,
@@ -436,12 +448,18 @@ fn parse_entry(line: &str) -> anyhow::Result<Entry> {
         other => bail!("unknown entry type {other:?}"),
     };
     let mode = u32::from_str_radix(next()?, 8).with_context(|| format!("mode in {line:?}"))?;
-    let size = next()?.parse().with_context(|| format!("size in {line:?}"))?;
-    let mtime_ns = next()?.parse().with_context(|| format!("mtime in {line:?}"))?;
+    let size = next()?
+        .parse()
+        .with_context(|| format!("size in {line:?}"))?;
+    let mtime_ns = next()?
+        .parse()
+        .with_context(|| format!("mtime in {line:?}"))?;
     let path = PathBuf::from(next()?);
     if path.as_os_str().is_empty()
         || path.is_absolute()
-        || path.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        || path
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
         bail!("bad path in {line:?}");
     }
@@ -610,7 +628,9 @@ mod tests {
         fs::write(data.join("PG_VERSION"), "15\n").unwrap();
         fs::write(data.join("base/1"), vec![0u8; 8192]).unwrap();
         let manifest = Manifest::scan(&data).unwrap();
-        manifest.write(dir.path(), "k", "postgres (PostgreSQL) 15").unwrap();
+        manifest
+            .write(dir.path(), "k", "postgres (PostgreSQL) 15")
+            .unwrap();
         assert_eq!(Manifest::verify(dir.path()).unwrap().entries.len(), 3);
 
         let stamp = dir.path().join(STAMP);
