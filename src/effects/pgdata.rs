@@ -438,3 +438,39 @@ fn check_reachable(node: &Node) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: Option<&str>) -> anyhow::Result<Option<Marker>> {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = text {
+            fs::write(dir.path().join(MARKER), text).unwrap();
+        }
+        Marker::read(dir.path())
+    }
+
+    #[test]
+    fn markers_say_which_compute_made_the_directory() {
+        assert_eq!(read(None).unwrap(), None);
+        // An older compute_ctl's marker has no storage line: ephemeral.
+        let legacy =
+            "This data directory was created by compute_ctl, which wipes it at every start.\n";
+        assert_eq!(read(Some(legacy)).unwrap(), Some(Marker::Ephemeral));
+        for marker in [
+            Marker::Ephemeral,
+            Marker::Persistent { initialized: false },
+            Marker::Persistent { initialized: true },
+        ] {
+            assert_eq!(read(Some(marker.text())).unwrap(), Some(marker));
+        }
+        // Adopting a cluster by hand: one line is enough.
+        assert_eq!(
+            read(Some("storage = persistent\n")).unwrap(),
+            Some(Marker::Persistent { initialized: true })
+        );
+        let err = read(Some("storage = tape\n")).unwrap_err().to_string();
+        assert!(err.contains("unknown storage \"tape\""), "{err}");
+    }
+}
