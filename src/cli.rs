@@ -64,8 +64,9 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("spec_source").required(true).args(["config", "spec_path", "control_plane_uri"])))]
 pub struct RunArgs {
-    /// Postgres data directory. compute_ctl creates it, and wipes it at every start, but only
-    /// if it created it itself (it holds a `.compute_ctl` marker file).
+    /// Postgres data directory. compute_ctl creates it, and (except with `--storage persistent`)
+    /// wipes it at every start, but only if it created it itself (it holds a `.compute_ctl`
+    /// marker file).
     #[arg(short = 'D', long, required = true)]
     pub pgdata: Option<PathBuf>,
 
@@ -137,6 +138,11 @@ pub struct RunArgs {
     /// Where `--storage template` caches its `initdb` results.
     #[arg(long, default_value = "/var/cache/compute_ctl/templates")]
     pub template_cache: PathBuf,
+
+    /// Let an ephemeral start (`--storage initdb|template`) wipe a data directory that a
+    /// persistent compute made (refused otherwise, so a wrong `-D` keeps its data).
+    #[arg(long)]
+    pub wipe_persistent: bool,
 
     /// Where the vm-monitor listens for the autoscaler-agent (`ws://<addr>/monitor`). Only
     /// with the `AUTOSCALING` environment variable set, as every `--vm-monitor-*` flag and

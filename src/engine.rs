@@ -34,6 +34,8 @@ pub struct ComputeMetrics {
     pub num_ext_downloaded: u64,
     pub largest_ext_size: u64,
     pub total_ext_download_size: u64,
+    /// Ours, not Neon's: copying the cached template into PGDATA (`--storage template`).
+    pub template_copy_ms: u64,
 }
 
 /// What the compute looks like after the latest event.
@@ -369,6 +371,11 @@ impl Engine {
         {
             metrics.total_startup_ms = millis(arrived.elapsed());
             tracing::info!(
+                wait_for_spec_ms = metrics.wait_for_spec_ms,
+                sync_safekeepers_ms = metrics.sync_safekeepers_ms,
+                basebackup_ms = metrics.basebackup_ms,
+                basebackup_bytes = metrics.basebackup_bytes,
+                template_copy_ms = metrics.template_copy_ms,
                 start_postgres_ms = metrics.start_postgres_ms,
                 config_ms = metrics.config_ms,
                 total_startup_ms = metrics.total_startup_ms,

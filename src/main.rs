@@ -115,12 +115,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             anyhow::bail!("give a spec with --config, --spec-path or --control-plane-uri")
         }
     };
-    let node = Arc::new(Node::new(
-        &pgdata,
-        &connstr,
-        args.pgbin.as_deref(),
-        &args.pg_user,
-    )?);
+    let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
+    node.wipe_persistent = args.wipe_persistent;
+    let node = Arc::new(node);
     tracing::info!(
         compute_id,
         pgdata = %node.pgdata.display(),

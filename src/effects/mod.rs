@@ -234,6 +234,7 @@ impl Work {
         let backend = storage::choose(&self.storage, spec)?;
         let cx = storage::Prepare {
             node: &self.node,
+            options: &self.storage,
             spec,
             reporter: &self.reporter,
         };
@@ -242,7 +243,7 @@ impl Work {
             .await
             .with_context(|| format!("preparing PGDATA ({} storage)", backend.name()))?;
         pgdata::write_postgresql_conf(&self.node, spec)?;
-        pgdata::write_static_files(&self.node)?;
+        pgdata::write_static_files(&self.node, backend.ephemeral())?;
         let began = Instant::now();
         let postmaster = postgres::spawn(&self.node, self.reporter.clone())?;
         *lock(&self.postmaster) = Some(postmaster.clone());

@@ -30,6 +30,8 @@ pub struct Node {
     connect: PgConnectOptions,
     /// `Some` when compute_ctl is root and must drop privileges for Postgres.
     pub os_user: Option<OsUser>,
+    /// `--wipe-persistent`: an ephemeral start may wipe a persistent compute's PGDATA.
+    pub wipe_persistent: bool,
 }
 
 impl Node {
@@ -96,6 +98,7 @@ impl Node {
             port,
             connect,
             os_user,
+            wipe_persistent: false,
         })
     }
 

@@ -5,12 +5,17 @@
 //! subdirectory whose contents are then moved up; so a crash at any point leaves a directory
 //! that still carries the marker, and the next start may wipe it. A `-D` that points at
 //! someone's database (non-empty, no marker) is refused.
+//!
+//! The marker also says which kind of compute made the directory: an ephemeral one (`initdb`,
+//! `template`: wiped at every start) or a persistent one (kept across restarts). An ephemeral
+//! start refuses to wipe a persistent compute's data unless told so (`--wipe-persistent`).
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -19,66 +24,293 @@ use super::process;
 use crate::spec::ComputeSpec;
 use crate::{pgconf, quote};
 
-/// The file that says "compute_ctl created this directory and may wipe it".
+/// The file that says "compute_ctl created this directory", and for which kind of compute.
 pub const MARKER: &str = ".compute_ctl";
 const STAGING: &str = ".compute_ctl-initdb";
 /// initdb's own postgresql.conf, kept for the values it probed (shared memory, time zone).
 pub const INITDB_CONF: &str = "initdb.conf";
+/// How long a start waits for a postmaster left running on PGDATA (by a compute_ctl that was
+/// killed: its postmaster gets SIGQUIT then and exits by itself) before it gives up.
+const LEFTOVER_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Make PGDATA an empty directory that carries the marker, owned by the Postgres user.
-pub fn claim(node: &Node) -> anyhow::Result<()> {
-    let pgdata = &node.pgdata;
-    match fs::read_dir(pgdata) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(pgdata).with_context(|| format!("creating {}", pgdata.display()))?;
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", pgdata.display())),
-        Ok(entries) => {
-            let entries: Vec<_> = entries.collect::<Result<_, _>>()?;
-            let ours = entries.iter().any(|e| e.file_name() == MARKER);
-            if !entries.is_empty() && !ours {
-                bail!(
-                    "refusing to use {}: it is not empty and compute_ctl did not create it (no {MARKER} file). \
-                     Point -D at a missing or empty directory, or remove this one yourself",
-                    pgdata.display()
-                );
+/// What the marker of a data directory says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// Made by an `initdb` or `template` start: wiped at every start.
+    Ephemeral,
+    /// Made by a `persistent` start. `initialized` once `initdb` finished: before that the
+    /// directory holds no data anybody wrote, and may be wiped and initialised again.
+    Persistent { initialized: bool },
+}
+
+impl Marker {
+    fn text(self) -> &'static str {
+        match self {
+            Marker::Ephemeral => {
+                "This data directory was created by compute_ctl, which wipes it at every start.\n\
+                 storage = ephemeral\n"
             }
-            for entry in entries.iter().filter(|e| e.file_name() != MARKER) {
-                let path = entry.path();
-                let removed = if entry.file_type()?.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                removed.with_context(|| format!("wiping {}", path.display()))?;
+            Marker::Persistent { initialized: false } => {
+                "This data directory was created by compute_ctl for a persistent compute: it is never wiped by compute_ctl\n\
+                 (unless started with --wipe-persistent).\n\
+                 storage = persistent\n\
+                 state = initializing\n"
+            }
+            Marker::Persistent { initialized: true } => {
+                "This data directory was created by compute_ctl for a persistent compute: it is never wiped by compute_ctl\n\
+                 (unless started with --wipe-persistent).\n\
+                 storage = persistent\n\
+                 state = initialized\n"
             }
         }
     }
-    fs::write(
-        pgdata.join(MARKER),
-        "This data directory was created by compute_ctl, which wipes it at every start.\n",
-    )?;
+
+    /// Read the marker of `pgdata`; `None` without one. A marker without a `storage` line
+    /// (written by an older compute_ctl) is an ephemeral one. `storage = persistent` is enough
+    /// to adopt a cluster by hand: its `state` then defaults to initialized.
+    pub fn read(pgdata: &Path) -> anyhow::Result<Option<Marker>> {
+        let path = pgdata.join(MARKER);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let field = |name: &str| {
+            text.lines().find_map(|line| {
+                let (key, value) = line.split_once('=')?;
+                (key.trim() == name).then(|| value.trim().to_owned())
+            })
+        };
+        Ok(Some(match field("storage").as_deref() {
+            None | Some("ephemeral") => Marker::Ephemeral,
+            Some("persistent") => Marker::Persistent {
+                initialized: field("state").as_deref() != Some("initializing"),
+            },
+            Some(other) => bail!(
+                "{}: unknown storage {other:?} (expected ephemeral or persistent)",
+                path.display()
+            ),
+        }))
+    }
+
+    /// Write the marker atomically (temp + rename), owned by the Postgres user.
+    pub fn write(self, node: &Node) -> anyhow::Result<()> {
+        write_owned(node, MARKER, self.text())
+    }
+}
+
+/// Make PGDATA an empty directory that carries the ephemeral marker, owned by the Postgres
+/// user: the start of every ephemeral backend.
+pub fn claim(node: &Node) -> anyhow::Result<()> {
+    let pgdata = &node.pgdata;
+    let marker = open(node)?;
+    if marker == Some(Marker::Persistent { initialized: true }) {
+        if !node.wipe_persistent {
+            bail!(
+                "refusing to wipe {}: it holds the data of a persistent compute ({MARKER} says storage = persistent). \
+                 Start it with --storage persistent to keep using it, point -D elsewhere, \
+                 or pass --wipe-persistent to throw its data away",
+                pgdata.display()
+            );
+        }
+        tracing::warn!(pgdata = %pgdata.display(), "wiping a persistent compute's data directory (--wipe-persistent)");
+    }
+    wipe(pgdata)?;
+    Marker::Ephemeral.write(node)?;
+    finish_claim(node)
+}
+
+/// Claim PGDATA for a persistent compute. Returns whether it needs `initdb` (it is new, or an
+/// earlier `initdb` did not finish, or it held an ephemeral compute's throwaway data); an
+/// initialised persistent directory is kept as it is.
+pub fn claim_persistent(node: &Node) -> anyhow::Result<bool> {
+    let pgdata = &node.pgdata;
+    match open(node)? {
+        Some(Marker::Persistent { initialized: true }) => {
+            check_stale_locks(node)?;
+            finish_claim(node)?;
+            Ok(false)
+        }
+        marker => {
+            if marker == Some(Marker::Ephemeral) {
+                tracing::info!(pgdata = %pgdata.display(), "PGDATA held an ephemeral compute's data: wiping it for a persistent one");
+            }
+            wipe(pgdata)?;
+            Marker::Persistent { initialized: false }.write(node)?;
+            finish_claim(node)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Create PGDATA if it is missing; refuse a non-empty directory without a marker, and one a
+/// postmaster still runs on. Returns its marker (`None`: the directory is new or empty).
+fn open(node: &Node) -> anyhow::Result<Option<Marker>> {
+    let pgdata = &node.pgdata;
+    let mut entries = match fs::read_dir(pgdata) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(pgdata).with_context(|| format!("creating {}", pgdata.display()))?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pgdata.display())),
+        Ok(entries) => entries,
+    };
+    let empty = entries.next().is_none();
+    let marker = Marker::read(pgdata)?;
+    if marker.is_none() && !empty {
+        bail!(
+            "refusing to use {}: it is not empty and compute_ctl did not create it (no {MARKER} file). \
+             Point -D at a missing or empty directory, or remove this one yourself",
+            pgdata.display()
+        );
+    }
+    if marker.is_some() {
+        wait_for_leftover_postmaster(node)?;
+    }
+    Ok(marker)
+}
+
+/// Empty PGDATA but for the marker. The previous start's files (some 40 MB in a thousand
+/// files) are not deleted on the start's critical path: they are moved into a trash
+/// directory inside PGDATA (a rename each, whatever their size) which a background thread
+/// then deletes. Should compute_ctl die first, the next start sweeps the trash with the rest.
+fn wipe(pgdata: &Path) -> anyhow::Result<()> {
+    let trash = pgdata.join(format!(
+        "{TRASH}{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    let mut moved = false;
+    for entry in fs::read_dir(pgdata)? {
+        let entry = entry?;
+        if entry.file_name() == MARKER {
+            continue;
+        }
+        if !moved {
+            fs::create_dir(&trash).with_context(|| format!("creating {}", trash.display()))?;
+            moved = true;
+        }
+        let path = entry.path();
+        fs::rename(&path, trash.join(entry.file_name()))
+            .with_context(|| format!("wiping {}", path.display()))?;
+    }
+    if moved {
+        std::thread::spawn(move || {
+            if let Err(e) = fs::remove_dir_all(&trash) {
+                tracing::warn!(
+                    "deleting the previous start's files in {}: {e}",
+                    trash.display()
+                );
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Prefix of the directories [`wipe`] deletes in the background.
+const TRASH: &str = ".compute_ctl-trash-";
+
+fn finish_claim(node: &Node) -> anyhow::Result<()> {
+    let pgdata = &node.pgdata;
     fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))?;
     give_to_postgres(node, pgdata)?;
-    give_to_postgres(node, &pgdata.join(MARKER))?;
     check_reachable(node)
+}
+
+/// The pid in the first line of a Postgres lock file (`postmaster.pid`, `.s.PGSQL.<port>.lock`).
+fn lock_file_pid(path: &Path) -> Option<i32> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 0)
+}
+
+/// Whether `pid` is a live process working in `pgdata` (a postmaster and its children chdir
+/// into their data directory).
+fn runs_in(pid: i32, pgdata: &Path) -> bool {
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = state
+        .rfind(')')
+        .and_then(|i| state[i + 1..].trim_start().chars().next())
+        .is_some_and(|c| c == 'Z' || c == 'X');
+    alive
+        && !zombie
+        && fs::read_link(format!("/proc/{pid}/cwd"))
+            .is_ok_and(|cwd| fs::canonicalize(pgdata).is_ok_and(|data| cwd == data))
+}
+
+/// A postmaster still running on PGDATA (left by a compute_ctl that was killed: it gets
+/// SIGQUIT then, through its parent-death signal, and exits within moments) must be gone
+/// before PGDATA is touched. compute_ctl never stops a postmaster it did not start itself: it
+/// waits a little, then refuses with the pid to stop.
+fn wait_for_leftover_postmaster(node: &Node) -> anyhow::Result<()> {
+    let pid_file = node.pgdata.join("postmaster.pid");
+    let Some(pid) = lock_file_pid(&pid_file) else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + LEFTOVER_PATIENCE;
+    let mut logged = false;
+    while runs_in(pid, &node.pgdata) {
+        if Instant::now() >= deadline {
+            bail!(
+                "postgres (pid {pid}) is still running on {} ({}): it was left by an earlier compute_ctl. \
+                 compute_ctl does not stop a postmaster it did not start: stop it (kill -INT {pid}) and start again",
+                node.pgdata.display(),
+                pid_file.display()
+            );
+        }
+        if !logged {
+            tracing::warn!(
+                pid,
+                "a postmaster left by an earlier compute_ctl still runs on PGDATA; waiting up to {LEFTOVER_PATIENCE:?} for it to exit"
+            );
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// After a crash, Postgres's lock files stay behind. Postgres ignores a lock whose pid is dead,
+/// but refuses one whose pid was reused by another process (common after a container restart,
+/// where pids start again from 1). Such locks are removed: their pid no longer runs in PGDATA.
+fn check_stale_locks(node: &Node) -> anyhow::Result<()> {
+    let mut locks = vec![node.pgdata.join("postmaster.pid")];
+    if let Some(dir) = node.socket_directory() {
+        locks.push(dir.join(format!(".s.PGSQL.{}.lock", node.port)));
+    }
+    for lock in locks {
+        let Some(pid) = lock_file_pid(&lock) else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        // A live pid that works elsewhere may be another compute's postmaster on the same
+        // port (socket lock in a shared directory): that one is Postgres's business to refuse.
+        let postgres_elsewhere = fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|exe| exe.file_name().map(|n| n == "postgres"))
+            .unwrap_or(true);
+        if alive && !runs_in(pid, &node.pgdata) && !postgres_elsewhere {
+            tracing::warn!(pid, lock = %lock.display(), "removing a stale lock file whose pid now belongs to another program");
+            fs::remove_file(&lock).with_context(|| format!("removing {}", lock.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Run `initdb` in the staging directory, then move its output into PGDATA.
 pub async fn initdb(node: &Node) -> anyhow::Result<()> {
     let staging = node.pgdata.join(STAGING);
-    let output = process::output(
-        process::command(node, &node.tool("initdb"))
-            .arg("-D")
-            .arg(&staging)
-            .args(["-U", &node.superuser])
-            .args(["--encoding=UTF8", "--locale=C.UTF-8", "--auth=trust"])
-            // The data lives as long as the compute: durability of the template is not needed.
-            .arg("--no-sync")
-            .stdin(Stdio::null()),
-    )
-    .await
-    .context("running initdb")?;
+    let output = process::output(&mut initdb_command(node, &staging))
+        .await
+        .context("running initdb")?;
     if !output.status.success() {
         bail!(
             "initdb failed ({}): {}",
@@ -101,6 +333,23 @@ pub async fn initdb(node: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `initdb` command every backend uses, with the options that make up a template's key.
+pub fn initdb_command(node: &Node, target: &Path) -> tokio::process::Command {
+    let mut cmd = process::command(node, &node.tool("initdb"));
+    cmd.arg("-D")
+        .arg(target)
+        .args(["-U", &node.superuser])
+        .args(INITDB_OPTIONS)
+        // The data lives as long as the compute: durability of a fresh cluster is not needed
+        // (persistent PGDATA is synced once initdb is done; templates are synced once built).
+        .arg("--no-sync")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// initdb's options besides the target and the superuser (part of a template's key).
+pub const INITDB_OPTIONS: &[&str] = &["--encoding=UTF8", "--locale=C.UTF-8", "--auth=trust"];
+
 /// Write `postgresql.conf` for this spec (at start and on every reconfiguration).
 pub fn write_postgresql_conf(node: &Node, spec: &ComputeSpec) -> anyhow::Result<()> {
     let body = pgconf::postgresql_conf(spec, node.port)?;
@@ -115,17 +364,31 @@ pub fn write_postgresql_conf(node: &Node, spec: &ComputeSpec) -> anyhow::Result<
     let text = format!(
         "# Written by compute_ctl at every start and reconfiguration: edits are lost.\n\
          # initdb's probed defaults come first; everything below overrides them.\n\
-         include_if_exists = '{INITDB_CONF}'\n{socket}\n{body}"
+         include_if_exists = '{INITDB_CONF}'\n\
+         include_if_exists = '{STORAGE_CONF}'\n{socket}\n{body}"
     );
     write_owned(node, "postgresql.conf", &text)
 }
 
 /// Write the files a spec does not change: `pg_hba.conf` (loopback trusted, every other host
-/// needs a password) and an empty override file, so Postgres finds what it includes.
-pub fn write_static_files(node: &Node) -> anyhow::Result<()> {
+/// needs a password), an empty override file, so Postgres finds what it includes, and the
+/// storage settings (`fsync = off` when the data dies with the compute, see
+/// [`super::storage::Backend::ephemeral`]; the spec's settings come later and may override it).
+pub fn write_static_files(node: &Node, ephemeral: bool) -> anyhow::Result<()> {
     write_owned(node, "pg_hba.conf", pgconf::PG_HBA)?;
-    write_owned(node, pgconf::OVERRIDE_FILE, "")
+    write_owned(node, pgconf::OVERRIDE_FILE, "")?;
+    let storage = if ephemeral {
+        "# Written by compute_ctl: this PGDATA is wiped at the next start, so no write needs to\n\
+         # reach the disk (a crash of Postgres loses nothing: the page cache keeps the writes).\n\
+         fsync = off\n"
+    } else {
+        "# Written by compute_ctl: this PGDATA outlives the compute; durability settings stay on.\n"
+    };
+    write_owned(node, STORAGE_CONF, storage)
 }
+
+/// Settings that follow from the storage backend, included before the spec's.
+const STORAGE_CONF: &str = "compute_ctl_storage.conf";
 
 /// Write a file into PGDATA atomically (temp + rename), owned by the Postgres user, mode 0600.
 fn write_owned(node: &Node, name: &str, text: &str) -> anyhow::Result<()> {
@@ -138,7 +401,7 @@ fn write_owned(node: &Node, name: &str, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn give_to_postgres(node: &Node, path: &Path) -> anyhow::Result<()> {
+pub fn give_to_postgres(node: &Node, path: &Path) -> anyhow::Result<()> {
     if let Some(user) = &node.os_user {
         chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
             .with_context(|| format!("chown {} to {}", path.display(), user.name))?;
@@ -174,4 +437,40 @@ fn check_reachable(node: &Node) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: Option<&str>) -> anyhow::Result<Option<Marker>> {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = text {
+            fs::write(dir.path().join(MARKER), text).unwrap();
+        }
+        Marker::read(dir.path())
+    }
+
+    #[test]
+    fn markers_say_which_compute_made_the_directory() {
+        assert_eq!(read(None).unwrap(), None);
+        // An older compute_ctl's marker has no storage line: ephemeral.
+        let legacy =
+            "This data directory was created by compute_ctl, which wipes it at every start.\n";
+        assert_eq!(read(Some(legacy)).unwrap(), Some(Marker::Ephemeral));
+        for marker in [
+            Marker::Ephemeral,
+            Marker::Persistent { initialized: false },
+            Marker::Persistent { initialized: true },
+        ] {
+            assert_eq!(read(Some(marker.text())).unwrap(), Some(marker));
+        }
+        // Adopting a cluster by hand: one line is enough.
+        assert_eq!(
+            read(Some("storage = persistent\n")).unwrap(),
+            Some(Marker::Persistent { initialized: true })
+        );
+        let err = read(Some("storage = tape\n")).unwrap_err().to_string();
+        assert!(err.contains("unknown storage \"tape\""), "{err}");
+    }
 }

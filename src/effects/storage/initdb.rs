@@ -11,6 +11,10 @@ impl Backend for Initdb {
         "initdb"
     }
 
+    fn ephemeral(&self) -> bool {
+        true
+    }
+
     fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let node = cx.node.clone();

@@ -11,6 +11,8 @@
 
 pub mod initdb;
 pub mod neon;
+pub mod persistent;
+pub mod template;
 pub mod upstream;
 
 use std::fmt;
@@ -44,6 +46,7 @@ pub struct StorageOptions {
 /// What a backend may use while it fills PGDATA.
 pub struct Prepare<'a> {
     pub node: &'a Node,
+    pub options: &'a StorageOptions,
     pub spec: &'a ComputeSpec,
     /// For startup timings (`basebackup_ms`, ...), reported as they are measured.
     pub reporter: &'a Reporter,
@@ -55,6 +58,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Backend: Send + Sync + fmt::Debug {
     /// For logs and errors.
     fn name(&self) -> &'static str;
+
+    /// Whether the data dies with the compute (PGDATA is wiped at the next start). Then no
+    /// write needs to reach the disk: Postgres runs with `fsync = off`, which loses nothing
+    /// when Postgres or compute_ctl crash (the page cache keeps every write), only when the
+    /// machine does, and then the next start wipes PGDATA anyway.
+    fn ephemeral(&self) -> bool {
+        false
+    }
 
     /// Leave PGDATA holding a cluster `postgres` can start, owned by the Postgres user.
     /// Never deletes a directory compute_ctl did not create (see [`super::pgdata::claim`]).
@@ -72,6 +83,9 @@ pub fn choose(options: &StorageOptions, spec: &ComputeSpec) -> anyhow::Result<Bo
     }
     match options.local {
         LocalStorage::Initdb => Ok(Box::new(initdb::Initdb)),
-        other => anyhow::bail!("--storage {other:?} is not implemented yet"),
+        LocalStorage::Template => Ok(Box::new(template::Template {
+            cache: options.template_cache.clone(),
+        })),
+        LocalStorage::Persistent => Ok(Box::new(persistent::Persistent)),
     }
 }

@@ -1,0 +1,555 @@
+//! Storage backends against the real binary and PostgreSQL 15: the template cache (built once,
+//! reused, rebuilt when its key changes or it is damaged, never corrupted by racing starts),
+//! the persistent backend (data survives fast, immediate and SIGKILL stops; leftover
+//! postmasters and stale lock files), and the safety rules of the PGDATA marker.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Compute, database, role, spec};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tempfile::TempDir;
+
+fn small_spec() -> Value {
+    spec(
+        vec![role("app", None)],
+        vec![database("app", "app")],
+        vec![],
+    )
+}
+
+/// A directory under /tmp that the postgres OS user can traverse.
+fn shared_dir(prefix: &str) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}
+
+/// Start `c` with `spec`, `--storage <storage>` and extra arguments; `-D` is `c.pgdata`.
+fn start(c: &mut Compute, storage: &str, extra: &[&str]) {
+    let mut config = common::config(Some(&small_spec()));
+    config["compute_ctl_config"]["jwks"] = c.jwks();
+    let path = c.write_file("config.json", &config.to_string());
+    let mut args = c.base_args();
+    args.extend(["-c".into(), path.into(), "--storage".into(), storage.into()]);
+    args.extend(extra.iter().map(OsString::from));
+    c.start_raw(args);
+}
+
+fn start_template(c: &mut Compute, cache: &Path) {
+    start(
+        c,
+        "template",
+        &["--template-cache", cache.to_str().unwrap()],
+    );
+}
+
+/// The template directories in the cache.
+fn templates(cache: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(cache)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("pg-")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// (inode, mtime in ns) of a template's stamp: a rebuild writes a new one.
+fn stamp_identity(template: &Path) -> (u64, i128) {
+    let meta = fs::metadata(template.join("template.stamp")).expect("stamp");
+    (
+        meta.ino(),
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    )
+}
+
+async fn stop_immediately(c: &mut Compute) {
+    c.terminate(Some("immediate")).await;
+    c.wait_exit().await;
+}
+
+fn postgres_uid() -> u32 {
+    nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("OS user postgres")
+        .uid
+        .as_raw()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_is_built_once_reused_and_rebuilt_when_damaged_or_rekeyed() {
+    let cache_dir = shared_dir("compute-ctl-test-cache-");
+    let cache = cache_dir.path().join("templates");
+
+    // First start: builds the template.
+    let mut first = Compute::new("tpl-first");
+    start_template(&mut first, &cache);
+    first.wait_for_status("running").await;
+    first.assert_postgres_answers().await;
+    assert!(
+        first
+            .log()
+            .contains("building the template (first start with this key)")
+    );
+    let built = templates(&cache);
+    assert_eq!(built.len(), 1, "{built:?}");
+    let identity = stamp_identity(&built[0]);
+    stop_immediately(&mut first).await;
+
+    // Second start, another PGDATA: copies the same template, does not rebuild it.
+    let mut second = Compute::new("tpl-second");
+    start_template(&mut second, &cache);
+    second.wait_for_status("running").await;
+    assert!(
+        second.log().contains("using the cached template"),
+        "{}",
+        second.log_tail(40)
+    );
+    assert!(!second.log().contains("building the template"));
+    assert_eq!(templates(&cache), built);
+    assert_eq!(
+        stamp_identity(&built[0]),
+        identity,
+        "the template was rebuilt"
+    );
+    // The copy belongs to the Postgres user, PGDATA mode 0700, and the timing is reported.
+    let meta = fs::metadata(&second.pgdata).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    assert_eq!(meta.uid(), postgres_uid());
+    assert_eq!(
+        fs::metadata(second.pgdata.join("base/1")).unwrap().uid(),
+        postgres_uid()
+    );
+    assert_eq!(
+        fs::metadata(second.pgdata.join("PG_VERSION"))
+            .unwrap()
+            .uid(),
+        postgres_uid()
+    );
+    let metrics: Value = reqwest::get(second.internal_url("/metrics.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(metrics["template_copy_ms"].is_u64(), "{metrics}");
+    // The spec was applied to the copy.
+    second.connect("app").await;
+    // The template itself is not written by the running compute (it is a copy).
+    assert!(!built[0].join("data/postmaster.pid").exists());
+    stop_immediately(&mut second).await;
+
+    // A file deleted from the template: detected, rebuilt, not used.
+    fs::remove_file(built[0].join("data/PG_VERSION")).unwrap();
+    let mut third = Compute::new("tpl-deleted-file");
+    start_template(&mut third, &cache);
+    third.wait_for_status("running").await;
+    third.assert_postgres_answers().await;
+    assert!(
+        third.log().contains("the cached template is unusable"),
+        "{}",
+        third.log_tail(40)
+    );
+    assert!(third.log().contains("PG_VERSION"));
+    assert_ne!(stamp_identity(&built[0]), identity);
+    assert!(built[0].join("data/PG_VERSION").exists());
+    let identity = stamp_identity(&built[0]);
+    stop_immediately(&mut third).await;
+
+    // A truncated stamp (a build interrupted while writing it, a full disk): rebuilt.
+    let stamp = built[0].join("template.stamp");
+    let text = fs::read(&stamp).unwrap();
+    fs::write(&stamp, &text[..text.len() / 2]).unwrap();
+    let mut fourth = Compute::new("tpl-truncated-stamp");
+    start_template(&mut fourth, &cache);
+    fourth.wait_for_status("running").await;
+    assert!(
+        fourth.log().contains("checksum mismatch"),
+        "{}",
+        fourth.log_tail(40)
+    );
+    assert_ne!(stamp_identity(&built[0]), identity);
+    stop_immediately(&mut fourth).await;
+
+    // A changed key (another superuser): a second template beside the first.
+    let mut other = Compute::new("tpl-other-key");
+    let mut config = common::config(Some(&small_spec()));
+    config["compute_ctl_config"]["jwks"] = other.jwks();
+    let path = other.write_file("config.json", &config.to_string());
+    let args: Vec<OsString> = vec![
+        "-D".into(),
+        other.pgdata.clone().into(),
+        "-C".into(),
+        format!(
+            "postgresql://other_admin@127.0.0.1:{}/postgres",
+            other.pg_port
+        )
+        .into(),
+        "-i".into(),
+        other.compute_id().into(),
+        "--external-http-port".into(),
+        other.external_port.to_string().into(),
+        "--internal-http-port".into(),
+        other.internal_port.to_string().into(),
+        "--terminate-linger".into(),
+        "100ms".into(),
+        "-c".into(),
+        path.into(),
+        "--storage".into(),
+        "template".into(),
+        "--template-cache".into(),
+        cache.clone().into(),
+    ];
+    other.start_raw(args);
+    other.wait_for_status("running").await;
+    assert!(
+        other
+            .log()
+            .contains("building the template (first start with this key)")
+    );
+    let now = templates(&cache);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.contains(&built[0]));
+    stop_immediately(&mut other).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_starts_build_one_template() {
+    let cache_dir = shared_dir("compute-ctl-test-cache-race-");
+    let cache = cache_dir.path().join("templates");
+    let mut computes: Vec<Compute> = (0..3)
+        .map(|i| Compute::new(&format!("tpl-race-{i}")))
+        .collect();
+    for c in computes.iter_mut() {
+        start_template(c, &cache);
+    }
+    for c in computes.iter_mut() {
+        c.wait_for_status("running").await;
+        c.assert_postgres_answers().await;
+    }
+    let builders = computes
+        .iter()
+        .filter(|c| c.log().contains("building the template"))
+        .count();
+    assert_eq!(builders, 1, "exactly one start builds the template");
+    assert_eq!(templates(&cache).len(), 1);
+    // Nothing half-built is left in the cache.
+    let leftovers: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for c in computes.iter_mut() {
+        stop_immediately(c).await;
+    }
+}
+
+/// Write a table with rows on a running compute.
+async fn write_rows(c: &Compute) {
+    let mut conn = c.connect("app").await;
+    sqlx::raw_sql(
+        "CREATE TABLE kept (id int PRIMARY KEY, note text);
+         INSERT INTO kept SELECT g, 'row ' || g FROM generate_series(1, 1000) g;",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("write rows");
+}
+
+async fn count_rows(c: &Compute) -> i64 {
+    let mut conn = c.connect("app").await;
+    sqlx::query_scalar("SELECT count(*) FROM kept")
+        .fetch_one(&mut conn)
+        .await
+        .expect("read rows")
+}
+
+/// A compute on `pgdata` (an earlier compute's), with its own ports and logs.
+fn on_pgdata(name: &str, pgdata: &Path) -> Compute {
+    let mut c = Compute::new(name);
+    c.pgdata = pgdata.to_owned();
+    c
+}
+
+enum Stop {
+    Fast,
+    Immediate,
+    /// SIGKILL of compute_ctl; its postmaster then gets SIGQUIT (parent-death signal).
+    KillComputeCtl,
+}
+
+async fn persistent_data_survives(stop: Stop, name: &str) {
+    let mut first = Compute::new(name);
+    start(&mut first, "persistent", &[]);
+    first.wait_for_status("running").await;
+    write_rows(&first).await;
+    let marker = fs::read_to_string(first.pgdata.join(".compute_ctl")).unwrap();
+    assert!(marker.contains("storage = persistent"), "{marker}");
+    assert!(marker.contains("state = initialized"), "{marker}");
+    match stop {
+        Stop::Fast => {
+            first.terminate(Some("fast")).await;
+            first.wait_exit().await;
+        }
+        Stop::Immediate => stop_immediately(&mut first).await,
+        Stop::KillComputeCtl => {
+            first.postmaster_pid();
+            first.signal(Signal::SIGKILL);
+            first.wait_exit().await;
+            // The next start runs at once, while the postmaster may still be exiting.
+        }
+    }
+
+    let mut second = on_pgdata(&format!("{name}-again"), &first.pgdata);
+    start(&mut second, "persistent", &[]);
+    second.wait_for_status("running").await;
+    assert_eq!(count_rows(&second).await, 1000);
+    assert!(
+        second
+            .log()
+            .contains("keeping the persistent data directory")
+    );
+    assert!(!second.log().contains("running initdb"));
+    stop_immediately(&mut second).await;
+    second.assert_no_postgres_left();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_data_survives_a_fast_stop() {
+    persistent_data_survives(Stop::Fast, "persist-fast").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_data_survives_an_immediate_stop() {
+    persistent_data_survives(Stop::Immediate, "persist-immediate").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_data_survives_a_killed_compute_ctl() {
+    persistent_data_survives(Stop::KillComputeCtl, "persist-sigkill").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_start_ignores_lock_files_whose_pid_was_reused() {
+    let mut first = Compute::new("persist-stale");
+    start(&mut first, "persistent", &[]);
+    first.wait_for_status("running").await;
+    write_rows(&first).await;
+    let pid_file = fs::read_to_string(first.pgdata.join("postmaster.pid")).unwrap();
+    stop_immediately(&mut first).await;
+
+    // A crash leaves postmaster.pid and the socket lock behind; after a container restart their
+    // pid may belong to another program. Postgres alone would refuse to start ("lock file
+    // already exists"): compute_ctl removes them.
+    let mut impostor = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let stale_pid = impostor.id().to_string();
+    let mut lines: Vec<&str> = pid_file.lines().collect();
+    lines[0] = &stale_pid;
+    fs::write(first.pgdata.join("postmaster.pid"), lines.join("\n") + "\n").unwrap();
+    let mut second = on_pgdata("persist-stale-again", &first.pgdata);
+    let socket_lock = second
+        .pgdata
+        .join(format!(".s.PGSQL.{}.lock", second.pg_port));
+    fs::write(
+        &socket_lock,
+        format!("{stale_pid}\n{}\n", second.pgdata.display()),
+    )
+    .unwrap();
+    start(&mut second, "persistent", &[]);
+    second.wait_for_status("running").await;
+    assert_eq!(count_rows(&second).await, 1000);
+    assert!(
+        second.log().contains("removing a stale lock file"),
+        "{}",
+        second.log_tail(40)
+    );
+    stop_immediately(&mut second).await;
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postmaster_left_running_on_pgdata_is_refused_and_left_alone() {
+    let mut first = Compute::new("persist-leftover");
+    start(&mut first, "persistent", &[]);
+    first.wait_for_status("running").await;
+    write_rows(&first).await;
+    first.terminate(Some("fast")).await;
+    first.wait_exit().await;
+
+    // A postmaster compute_ctl did not start (as one left by a killed compute_ctl whose
+    // parent-death signal never came) runs on PGDATA.
+    let port = common::free_port();
+    let postgres = "/usr/lib/postgresql/15/bin/postgres";
+    let mut leftover = tokio::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", postgres, "-D"])
+        .arg(&first.pgdata)
+        .args(["-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while !ready(&first.pgdata) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+        assert!(waited < 600, "the test's own postmaster did not come up");
+    }
+    let pid = first.postmaster_pid();
+
+    let mut second = on_pgdata("persist-leftover-again", &first.pgdata);
+    start(&mut second, "persistent", &[]);
+    let status = second.wait_for_status("failed").await;
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("postgres (pid {pid}) is still running on")),
+        "{error}"
+    );
+    // Left alone: still running, data intact.
+    assert!(common::process_alive(pid));
+    assert!(ready(&first.pgdata));
+    second.terminate(None).await;
+    second.wait_exit().await;
+
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGINT);
+    let _ = tokio::time::timeout(Duration::from_secs(30), leftover.wait()).await;
+    let mut third = on_pgdata("persist-leftover-third", &first.pgdata);
+    start(&mut third, "persistent", &[]);
+    third.wait_for_status("running").await;
+    assert_eq!(count_rows(&third).await, 1000);
+    stop_immediately(&mut third).await;
+}
+
+fn ready(pgdata: &Path) -> bool {
+    fs::read_to_string(pgdata.join("postmaster.pid"))
+        .is_ok_and(|t| t.lines().nth(7).map(str::trim) == Some("ready"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ephemeral_start_refuses_to_wipe_persistent_data() {
+    let mut first = Compute::new("persist-guard");
+    start(&mut first, "persistent", &[]);
+    first.wait_for_status("running").await;
+    write_rows(&first).await;
+    first.terminate(Some("fast")).await;
+    first.wait_exit().await;
+
+    for storage in ["initdb", "template"] {
+        let cache = first.root.join("cache");
+        let mut wrong = on_pgdata(&format!("persist-guard-{storage}"), &first.pgdata);
+        start(
+            &mut wrong,
+            storage,
+            &["--template-cache", cache.to_str().unwrap()],
+        );
+        let status = wrong.wait_for_status("failed").await;
+        let error = status["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("refusing to wipe") && error.contains("--wipe-persistent"),
+            "{error}"
+        );
+        wrong.terminate(None).await;
+        wrong.wait_exit().await;
+    }
+
+    let mut again = on_pgdata("persist-guard-again", &first.pgdata);
+    start(&mut again, "persistent", &[]);
+    again.wait_for_status("running").await;
+    assert_eq!(count_rows(&again).await, 1000);
+    stop_immediately(&mut again).await;
+
+    // Told explicitly: wiped, and the directory is an ephemeral one from then on.
+    let mut wipe = on_pgdata("persist-guard-wipe", &first.pgdata);
+    start(&mut wipe, "initdb", &["--wipe-persistent"]);
+    wipe.wait_for_status("running").await;
+    let mut conn = wipe.connect("app").await;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('kept') IS NOT NULL")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists);
+    let marker = fs::read_to_string(first.pgdata.join(".compute_ctl")).unwrap();
+    assert!(marker.contains("storage = ephemeral"), "{marker}");
+    stop_immediately(&mut wipe).await;
+}
+
+/// Every path under `dir` with its mode, owner and contents.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, u32, Vec<u8>)> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        for entry in fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let contents = if meta.is_file() {
+                fs::read(&path).unwrap()
+            } else {
+                pending.push(path.clone());
+                Vec::new()
+            };
+            found.insert(path, (meta.mode(), meta.uid(), contents));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_data_directory_is_refused_and_left_intact() {
+    for storage in ["initdb", "template", "persistent"] {
+        let mut c = Compute::new(&format!("foreign-{storage}"));
+        // Someone's database: no marker.
+        fs::create_dir_all(c.pgdata.join("base/1")).unwrap();
+        fs::write(c.pgdata.join("PG_VERSION"), "15\n").unwrap();
+        fs::write(c.pgdata.join("base/1/1259"), vec![7u8; 8192]).unwrap();
+        fs::write(c.pgdata.join("postgresql.conf"), "port = 5432\n").unwrap();
+        let before = snapshot(&c.pgdata);
+        let dir_mode = fs::metadata(&c.pgdata).unwrap().mode();
+        let cache = c.root.join("cache");
+        start(
+            &mut c,
+            storage,
+            &["--template-cache", cache.to_str().unwrap()],
+        );
+        let status = c.wait_for_status("failed").await;
+        let error = status["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("refusing to use") && error.contains("compute_ctl did not create it"),
+            "{storage}: {error}"
+        );
+        c.terminate(None).await;
+        c.wait_exit().await;
+        assert_eq!(
+            snapshot(&c.pgdata),
+            before,
+            "{storage}: the directory changed"
+        );
+        assert_eq!(fs::metadata(&c.pgdata).unwrap().mode(), dir_mode);
+    }
+}
