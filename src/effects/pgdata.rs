@@ -318,10 +318,23 @@ pub async fn initdb(node: &Node) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    for entry in fs::read_dir(&staging)? {
+    move_up(node, &staging)
+}
+
+/// Move a cluster that a tool (`initdb`, `pg_basebackup`) wrote into a staging subdirectory up
+/// into PGDATA. Its `postgresql.conf` becomes the base that ours includes ([`INITDB_CONF`]),
+/// unless an `initdb.conf` came along (a copy of a compute_ctl compute), in which case its
+/// `postgresql.conf` is ours and about to be rewritten.
+pub fn move_up(node: &Node, staging: &Path) -> anyhow::Result<()> {
+    let has_initdb_conf = staging.join(INITDB_CONF).exists();
+    for entry in fs::read_dir(staging)? {
         let entry = entry?;
         let name = entry.file_name();
         let target = if name == "postgresql.conf" {
+            if has_initdb_conf {
+                fs::remove_file(entry.path())?;
+                continue;
+            }
             node.pgdata.join(INITDB_CONF)
         } else {
             node.pgdata.join(&name)
@@ -329,7 +342,7 @@ pub async fn initdb(node: &Node) -> anyhow::Result<()> {
         fs::rename(entry.path(), &target)
             .with_context(|| format!("moving {} into PGDATA", entry.path().display()))?;
     }
-    fs::remove_dir(&staging)?;
+    fs::remove_dir(staging)?;
     Ok(())
 }
 

@@ -60,7 +60,7 @@ impl Backend for Upstream {
             let node = cx.node.clone();
             let mode = self.mode;
             tokio::task::spawn_blocking(move || {
-                adopt_staging(&node)?;
+                pgdata::move_up(&node, &node.pgdata.join(STAGING))?;
                 if let ComputeMode::Static(lsn) = mode {
                     check_reachable_lsn(&node.pgdata, lsn)?;
                 }
@@ -104,31 +104,6 @@ async fn base_backup(node: &Node, conninfo: &str) -> anyhow::Result<()> {
         );
     }
     tracing::info!("pg_basebackup done in {:?}", began.elapsed());
-    Ok(())
-}
-
-/// Move the backup up into PGDATA. The primary's `postgresql.conf` becomes the base that ours
-/// includes (`initdb.conf`), unless the primary is itself a compute_ctl compute, whose
-/// `initdb.conf` came along and whose `postgresql.conf` is about to be replaced by ours.
-fn adopt_staging(node: &Node) -> anyhow::Result<()> {
-    let staging = node.pgdata.join(STAGING);
-    let has_initdb_conf = staging.join(pgdata::INITDB_CONF).exists();
-    for entry in fs::read_dir(&staging).context("reading the base backup")? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let target = if name == "postgresql.conf" {
-            if has_initdb_conf {
-                fs::remove_file(entry.path())?;
-                continue;
-            }
-            node.pgdata.join(pgdata::INITDB_CONF)
-        } else {
-            node.pgdata.join(&name)
-        };
-        fs::rename(entry.path(), &target)
-            .with_context(|| format!("moving {} into PGDATA", entry.path().display()))?;
-    }
-    fs::remove_dir(&staging)?;
     Ok(())
 }
 
