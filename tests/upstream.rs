@@ -213,13 +213,17 @@ async fn static_compute_before_the_backup_is_refused() {
 async fn unreachable_primary_fails_the_start_clearly() {
     let nobody = free_port();
     let mut replica = Compute::new("up-unreachable");
+    replica
+        .env
+        .push(("NEON_COMPUTE_TESTING_BASEBACKUP_RETRIES".into(), "1".into()));
     replica.start_with_spec(&standby_spec(nobody, json!("Replica")));
     let body = wait_failed(&mut replica).await;
     let error = body["error"].as_str().unwrap();
     assert!(
         error.contains("preparing PGDATA (upstream storage)")
             && error.contains("pg_basebackup from the server named by primary_conninfo failed")
-            && error.contains(&format!("port {nobody} failed")),
+            && error.contains(&format!("port {nobody} failed"))
+            && error.contains("no base backup from the upstream primary (2 attempts)"),
         "{error}"
     );
     // Claimed, and nothing but the marker left.
@@ -228,6 +232,40 @@ async fn unreachable_primary_fails_the_start_clearly() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(left, [".compute_ctl"]);
+}
+
+/// A replica started before its primary waits for it (the base backup is retried on Neon's
+/// schedule) and follows it once it is up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_waits_for_a_primary_that_starts_later() {
+    let mut primary = Compute::new("up-late-primary");
+    let mut replica = Compute::new("up-early-replica");
+    replica.start_with_spec(&standby_spec(primary.pg_port, json!("Replica")));
+    let deadline = Instant::now() + STATUS_TIMEOUT;
+    while !replica.log().contains("attempt 1/10") {
+        assert!(
+            Instant::now() < deadline,
+            "the first pg_basebackup did not fail\n{}",
+            replica.log_tail(40)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    primary.start_with_spec(&spec(vec![], vec![], vec![]));
+    primary.wait_for_status("running").await;
+    replica.wait_for_status("running").await;
+    let mut conn = replica.connect("postgres").await;
+    assert!(scalar::<bool>(&mut conn, "SELECT pg_is_in_recovery()").await);
+    conn.close().await.ok();
+    let metrics: Value = replica
+        .http()
+        .get(replica.url("/metrics.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(metrics["basebackup_ms"].as_u64().unwrap() > 0, "{metrics}");
 }
 
 async fn wait_failed(c: &mut Compute) -> Value {

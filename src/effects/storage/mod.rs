@@ -12,6 +12,7 @@
 pub mod initdb;
 pub mod neon;
 pub mod persistent;
+pub mod retries;
 pub mod template;
 pub mod upstream;
 

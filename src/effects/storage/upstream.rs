@@ -8,6 +8,9 @@
 //!   LSN is refused with an error that says so. (Neon's pageserver can serve any past LSN; a
 //!   stock server cannot without a WAL archive.)
 //!
+//! A failed `pg_basebackup` is tried again on Neon's base backup schedule (see [`super::retries`]),
+//! so a replica started beside its primary waits for it.
+//!
 //! `postgresql.conf` (written after this backend by the caller) carries `primary_conninfo`
 //! from the spec's settings, so `pg_basebackup -R` is not needed; `standby.signal` is written
 //! here.
@@ -16,12 +19,15 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 
+use super::retries::Retries;
 use super::{Backend, BoxFuture, Prepare};
 use crate::effects::node::Node;
 use crate::effects::{pgdata, process};
+use crate::engine::millis;
 use crate::spec::{ComputeMode, ComputeSpec, Lsn};
 
 /// Where `pg_basebackup` writes inside PGDATA (it needs an empty directory, and PGDATA holds
@@ -56,7 +62,21 @@ impl Backend for Upstream {
                 .context("the primary_conninfo setting has no value")?;
             let node = cx.node.clone();
             tokio::task::spawn_blocking(move || pgdata::claim(&node)).await??;
-            base_backup(cx.node, conninfo).await?;
+            let began = Instant::now();
+            let mut retries = Retries::from_env()?;
+            while let Err(error) = base_backup(cx.node, conninfo).await {
+                let Some(pause) = retries.failed() else {
+                    return Err(error.context(format!(
+                        "no base backup from the upstream primary ({})",
+                        retries.attempts()
+                    )));
+                };
+                tracing::warn!("{error:#} ({}, next in {pause:?})", retries.progress());
+                tokio::time::sleep(pause).await;
+            }
+            let took = began.elapsed();
+            tracing::info!("pg_basebackup done in {took:?}");
+            cx.reporter.metrics(move |m| m.basebackup_ms = millis(took));
             let node = cx.node.clone();
             let mode = self.mode;
             tokio::task::spawn_blocking(move || {
@@ -73,7 +93,6 @@ impl Backend for Upstream {
 
 /// `pg_basebackup` into the staging directory, as the Postgres user.
 async fn base_backup(node: &Node, conninfo: &str) -> anyhow::Result<()> {
-    let began = std::time::Instant::now();
     let output = process::output(
         process::command(node, &node.tool("pg_basebackup"))
             .arg("-D")
@@ -103,7 +122,6 @@ async fn base_backup(node: &Node, conninfo: &str) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    tracing::info!("pg_basebackup done in {:?}", began.elapsed());
     Ok(())
 }
 

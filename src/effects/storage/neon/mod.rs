@@ -17,23 +17,17 @@ pub mod pageserver;
 pub mod safekeepers;
 pub mod untar;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use sqlx::postgres::PgConnectOptions;
 
+use super::retries::Retries;
 use super::{Backend, BoxFuture, Prepare};
 use crate::effects::node::Node;
 use crate::effects::pgdata;
 use crate::engine::millis;
 use crate::spec::{ComputeMode, ComputeSpec, Lsn};
-
-/// Retries after the first attempt (Neon's `DEFAULT_ATTEMPTS`).
-const BASEBACKUP_RETRIES: u32 = 10;
-/// Neon's variable for tests that want fewer retries.
-pub const RETRIES_ENV: &str = "NEON_COMPUTE_TESTING_BASEBACKUP_RETRIES";
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const BACKOFF_FACTOR: f64 = 1.5;
 
 #[derive(Debug)]
 pub struct Neon {
@@ -116,9 +110,7 @@ impl Neon {
         let options =
             pageserver::connect_options(&self.pageserver, self.token.as_deref(), self.mode)?;
         let command = pageserver::basebackup_command(&self.tenant, &self.timeline, lsn, self.mode);
-        let retries = retries_from_env()?;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 0;
+        let mut retries = Retries::from_env()?;
         loop {
             let began = Instant::now();
             match pageserver::fetch(&options, &command, &cx.node.pgdata).await {
@@ -137,22 +129,20 @@ impl Neon {
                 }
                 Err(failed) => {
                     claim(cx.node).await?;
-                    let last = failed.permanent || attempt >= retries;
-                    if last {
-                        let tried = attempt + 1;
+                    let pause = retries.failed().filter(|_| !failed.permanent);
+                    let Some(pause) = pause else {
                         return Err(failed.error.context(format!(
-                            "failed to get basebackup@{lsn} from pageserver {} ({tried} attempt{})",
+                            "failed to get basebackup@{lsn} from pageserver {} ({})",
                             describe(&options),
-                            if tried == 1 { "" } else { "s" }
+                            retries.attempts()
                         )));
-                    }
-                    attempt += 1;
+                    };
                     tracing::warn!(
-                        "failed to get basebackup (attempt {attempt}/{retries}, next in {backoff:?}): {:#}",
+                        "failed to get basebackup ({}, next in {pause:?}): {:#}",
+                        retries.progress(),
                         failed.error
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.mul_f64(BACKOFF_FACTOR);
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -202,15 +192,6 @@ fn finish(node: &Node, mode: ComputeMode) -> anyhow::Result<()> {
         super::upstream::write_standby_signal(node)?;
     }
     Ok(())
-}
-
-fn retries_from_env() -> anyhow::Result<u32> {
-    match std::env::var(RETRIES_ENV) {
-        Ok(value) => value
-            .parse()
-            .with_context(|| format!("{RETRIES_ENV}={value:?} is not a number of retries")),
-        Err(_) => Ok(BASEBACKUP_RETRIES),
-    }
 }
 
 /// `host:port` of the pageserver, for errors (the connection string may hold a password).
