@@ -3,6 +3,7 @@
 //! of `$NEON_CONTROL_PLANE_TOKEN`. Transport errors (timeouts included), 502, 503 and bodies
 //! that do not decode are retried with exponential backoff; any other answer is final.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -28,7 +29,15 @@ enum Failure {
     Final(anyhow::Error),
 }
 
-pub async fn fetch_config(base: &str, compute_id: &str) -> anyhow::Result<ComputeConfig> {
+/// Requests made, by HTTP status (`"200 OK"`, `"502 Bad Gateway"`, `"unknown"` when no answer
+/// came): Neon's `compute_ctl_cplane_requests_total{rpc="GetConfig"}`.
+pub type Requests = BTreeMap<String, u64>;
+
+pub async fn fetch_config(
+    base: &str,
+    compute_id: &str,
+    requests: &mut Requests,
+) -> anyhow::Result<ComputeConfig> {
     let url = spec_url(base, compute_id)?;
     let token = std::env::var(TOKEN_ENV).ok();
     let client = reqwest::Client::builder()
@@ -37,7 +46,7 @@ pub async fn fetch_config(base: &str, compute_id: &str) -> anyhow::Result<Comput
         .map_err(|e| anyhow!("building the HTTP client: {e}"))?;
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match fetch_once(&client, &url, token.as_deref()).await {
+        match fetch_once(&client, &url, token.as_deref(), requests).await {
             Ok(config) => {
                 tracing::info!(
                     attempt,
@@ -80,15 +89,19 @@ async fn fetch_once(
     client: &reqwest::Client,
     url: &reqwest::Url,
     token: Option<&str>,
+    requests: &mut Requests,
 ) -> Result<ComputeConfig, Failure> {
     let mut request = client.get(url.clone());
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| Failure::Transient(anyhow!("{}", error_chain(&e))))?;
+    let response = request.send().await;
+    let label = match &response {
+        Ok(response) => response.status().to_string(),
+        Err(_) => "unknown".to_owned(),
+    };
+    *requests.entry(label).or_default() += 1;
+    let response = response.map_err(|e| Failure::Transient(anyhow!("{}", error_chain(&e))))?;
     let status = response.status();
     let body = response
         .bytes()

@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub terminate_mode: Option<TerminateMode>,
     /// What the vm-monitor reported (inactive unless `AUTOSCALING` is set).
     pub vm_monitor: vm_monitor::Figures,
+    /// Requests for the startup config, by HTTP status (empty without `--control-plane-uri`).
+    pub cplane_requests: crate::control_plane::Requests,
 }
 
 /// What can be sent to the engine.
@@ -81,6 +83,8 @@ pub enum Input {
     Warnings(Vec<String>),
     /// What the vm-monitor learned (memory figures, upscale requests, downscale decisions).
     VmMonitor(vm_monitor::Report),
+    /// The control-plane requests made before the engine started.
+    CplaneRequests(crate::control_plane::Requests),
 }
 
 struct Request {
@@ -168,6 +172,10 @@ impl Reporter {
         self.send(Input::VmMonitor(report));
     }
 
+    pub fn cplane_requests(&self, requests: crate::control_plane::Requests) {
+        self.send(Input::CplaneRequests(requests));
+    }
+
     fn send(&self, input: Input) {
         // After the engine stopped nobody listens; the result is moot.
         let _ = self.tx.send(Request {
@@ -201,6 +209,7 @@ pub fn channel() -> (EngineHandle, Reporter, Inbox) {
         warnings: Vec::new(),
         terminate_mode: None,
         vm_monitor: vm_monitor::Figures::default(),
+        cplane_requests: Default::default(),
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
     (
@@ -274,6 +283,11 @@ impl Engine {
                 }
                 Input::VmMonitor(report) => {
                     report.apply(&mut self.snapshot.vm_monitor);
+                    self.publish();
+                    continue;
+                }
+                Input::CplaneRequests(requests) => {
+                    self.snapshot.cplane_requests = requests;
                     self.publish();
                     continue;
                 }

@@ -95,11 +95,12 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let compute_id = args.compute_id.context("--compute-id is required")?;
 
     // A ComputeConfig from a file or from the control plane; clap lets only one through.
+    let mut cplane_requests = control_plane::Requests::new();
     let config = match (&args.config, &args.control_plane_uri) {
         (Some(path), _) => Some(spec::load_config(path)?),
         // As PID 1 an unhandled SIGTERM is ignored: `docker stop` must not wait for retries.
         (None, Some(uri)) => tokio::select! {
-            config = control_plane::fetch_config(uri, &compute_id) => Some(config?),
+            config = control_plane::fetch_config(uri, &compute_id, &mut cplane_requests) => Some(config?),
             signal = signals::first_termination() => {
                 tracing::info!("received {}: exiting before the compute started", signal?);
                 return Ok(0);
@@ -142,6 +143,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let auth = http::auth::Auth::new(&compute_id, &jwks);
     let (handle, reporter, inbox) = engine::channel();
+    reporter.cplane_requests(cplane_requests);
     let effects = Effects::new(node.clone(), reporter)
         .with_monitor_period(Duration::from_millis(args.monitor_period_ms))
         .with_storage(StorageOptions {

@@ -152,6 +152,26 @@ async fn flapping_and_malformed_answers_are_retried() {
     ] {
         assert!(log.contains(expected), "no {expected:?} in the log\n{log}");
     }
+    // Every request is counted by its answer, under Neon's metric name.
+    let metrics = c
+        .http()
+        .get(c.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (status, count) in [
+        ("200 OK", 3),
+        ("502 Bad Gateway", 1),
+        ("503 Service Unavailable", 1),
+    ] {
+        let line = format!(
+            "compute_ctl_cplane_requests_total{{http_status=\"{status}\",rpc=\"GetConfig\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
 
     let (code, _) = c.terminate(None).await;
     assert_eq!(code, reqwest::StatusCode::OK);

@@ -39,6 +39,23 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
     registry.register(Box::new(total.clone()))?;
     total.inc_by(snapshot.total_downtime_ms as f64);
 
+    // Only with --control-plane-uri (Neon omits a family without samples).
+    if !snapshot.cplane_requests.is_empty() {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "compute_ctl_cplane_requests_total",
+                "Requests to the control plane, by rpc and HTTP status (unknown: no answer)",
+            ),
+            &["rpc", "http_status"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        for (status, count) in &snapshot.cplane_requests {
+            requests
+                .with_label_values(&["GetConfig", status])
+                .inc_by(*count);
+        }
+    }
+
     if snapshot.vm_monitor.active {
         vm_monitor(&registry, &snapshot.vm_monitor)?;
     }
