@@ -212,7 +212,7 @@ impl Work {
                 return;
             }
         };
-        let (postmaster, took) = started;
+        let (postmaster, took, backend) = started;
         self.reporter
             .metrics(move |m| m.start_postgres_ms = millis(took));
         postmaster.announce();
@@ -223,14 +223,19 @@ impl Work {
             return;
         }
         self.reporter.event(Event::PostgresStarted);
-        self.apply(&spec, crate::reconcile::startup_concurrency(&spec))
+        let applied = self
+            .apply(&spec, crate::reconcile::startup_concurrency(&spec))
             .await;
+        if applied {
+            // After everything the start reports; a termination cancels it with this effect.
+            backend.after_start(&self.node).await;
+        }
     }
 
     async fn start_postgres(
         &self,
         spec: &ComputeSpec,
-    ) -> anyhow::Result<(Postmaster, std::time::Duration)> {
+    ) -> anyhow::Result<(Postmaster, std::time::Duration, Box<dyn storage::Backend>)> {
         let backend = storage::choose(&self.storage, spec)?;
         let cx = storage::Prepare {
             node: &self.node,
@@ -249,7 +254,7 @@ impl Work {
         *lock(&self.postmaster) = Some(postmaster.clone());
         tracing::info!(pid = postmaster.pid.as_raw(), "postmaster started");
         postgres::wait_ready(&self.node, &postmaster).await?;
-        Ok((postmaster, began.elapsed()))
+        Ok((postmaster, began.elapsed(), backend))
     }
 
     /// Rewrite postgresql.conf, reload, apply the spec.
@@ -280,7 +285,8 @@ impl Work {
         }
     }
 
-    async fn apply(&self, spec: &ComputeSpec, concurrency: usize) {
+    /// Apply the spec; whether it was (`ConfigurationApplied`).
+    async fn apply(&self, spec: &ComputeSpec, concurrency: usize) -> bool {
         let began = Instant::now();
         // As on Neon: roles and databases only on a primary, and not when the control plane
         // says the catalog is already in place.
@@ -301,10 +307,14 @@ impl Work {
                 tracing::info!(statements, "spec applied in {took:?}");
                 self.reporter.metrics(move |m| m.config_ms = millis(took));
                 self.reporter.event(Event::ConfigurationApplied);
+                true
             }
-            Err(error) => self.reporter.event(Event::ConfigurationFailed {
-                error: format!("{error:#}"),
-            }),
+            Err(error) => {
+                self.reporter.event(Event::ConfigurationFailed {
+                    error: format!("{error:#}"),
+                });
+                false
+            }
         }
     }
 

@@ -13,6 +13,7 @@ pub mod initdb;
 pub mod neon;
 pub mod persistent;
 pub mod retries;
+pub mod spares;
 pub mod template;
 pub mod upstream;
 
@@ -71,6 +72,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Leave PGDATA holding a cluster `postgres` can start, owned by the Postgres user.
     /// Never deletes a directory compute_ctl did not create (see [`super::pgdata::claim`]).
     fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// Work for the next start, done once this compute is running with its spec applied
+    /// (`template`: a spare copy of the template). It runs inside the start's cancellable
+    /// effect, after everything the start reports, so a termination stops it.
+    fn after_start<'a>(&'a self, _node: &'a Node) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The backend for this spec and command line.

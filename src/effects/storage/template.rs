@@ -38,7 +38,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use super::{Backend, BoxFuture, Prepare};
+use super::{Backend, BoxFuture, Prepare, spares};
 use crate::effects::node::Node;
 use crate::effects::{pgdata, process};
 use crate::engine::millis;
@@ -81,35 +81,63 @@ impl Backend for Template {
                 match checked {
                     Ok(manifest) => {
                         tracing::info!(template = %dir.display(), "using the cached template");
-                        Ok(manifest)
+                        Ok((manifest, true))
                     }
-                    Err(why) => build(node, &self.cache, &key, &dir, &why).await,
+                    Err(why) => build(node, &self.cache, &key, &dir, &why)
+                        .await
+                        .map(|manifest| (manifest, false)),
                 }
             };
             let (claimed, manifest) = tokio::join!(claim, template);
             claimed??;
-            let manifest = manifest?;
+            let (manifest, verified) = manifest?;
             let began = Instant::now();
+            if verified {
+                // A spare (a copy made in the background after an earlier start) is only
+                // taken when the template it was copied from verified just now.
+                let (node, cache, key, tag) = (
+                    node.clone(),
+                    self.cache.clone(),
+                    key.clone(),
+                    spares::tag(&manifest)?,
+                );
+                let taken =
+                    tokio::task::spawn_blocking(move || spares::take(&node, &cache, &key, &tag))
+                        .await??;
+                if taken {
+                    let took = began.elapsed();
+                    tracing::info!("took a spare copy of the template in {took:?}");
+                    cx.reporter
+                        .metrics(move |m| m.template_copy_ms = millis(took));
+                    return Ok(());
+                }
+            }
             let (from, to, owner) = (dir.join("data"), node.pgdata.clone(), owner(node));
-            let copied =
-                tokio::task::spawn_blocking(move || copy_tree(&manifest, &from, &to, owner))
-                    .await??;
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+            let copied = tokio::task::spawn_blocking(move || {
+                copy_tree(&manifest, &from, &to, owner, workers, &AtomicBool::new(false))
+            })
+            .await??;
             let took = began.elapsed();
             tracing::info!(
                 files = copied.files,
                 reflinked = copied.reflinked,
-                "template copied into PGDATA in {took:?}"
+                "copied the template into PGDATA in {took:?}"
             );
             cx.reporter
                 .metrics(move |m| m.template_copy_ms = millis(took));
             Ok(())
         })
     }
+
+    fn after_start<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, ()> {
+        Box::pin(spares::replenish(node, &self.cache))
+    }
 }
 
 /// The uid and gid the files of PGDATA belong to: the Postgres user's when compute_ctl is root,
 /// else compute_ctl's own (and nothing is changed).
-fn owner(node: &Node) -> Option<(u32, u32)> {
+pub(super) fn owner(node: &Node) -> Option<(u32, u32)> {
     node.os_user
         .as_ref()
         .map(|user| (user.uid.as_raw(), user.gid.as_raw()))
@@ -170,6 +198,8 @@ async fn build(
     if dir.exists() {
         tracing::warn!(template = %dir.display(), "the cached template is unusable ({why:#}): building it again");
         remove_aside(cache, dir)?;
+        // Spares were copied from the unusable template: they go with it.
+        spares::discard_all(cache, key);
     } else {
         tracing::info!(template = %dir.display(), "building the template (first start with this key)");
     }
@@ -296,6 +326,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The SHA-256 of the manifest's body, as in the stamp: it changes whenever the template
+    /// is rebuilt (every file has a new mtime), so it names one build of a template.
+    pub(super) fn sum(&self) -> String {
+        hex(&Sha256::digest(self.body().as_bytes()))
+    }
+
     fn scan(data: &Path) -> anyhow::Result<Self> {
         let mut entries = Vec::new();
         let mut pending = vec![PathBuf::new()];
@@ -334,7 +370,7 @@ impl Manifest {
 
     fn write(&self, dir: &Path, key: &str, version: &str) -> anyhow::Result<()> {
         let body = self.body();
-        let sum = hex(&Sha256::digest(body.as_bytes()));
+        let sum = self.sum();
         let text = format!(
             "{STAMP_HEADER}\nkey {key}\nversion {version}\nentries {}\nsha256 {sum}\n{body}",
             self.entries.len()
@@ -474,9 +510,9 @@ fn parse_entry(line: &str) -> anyhow::Result<Entry> {
 
 /// What [`copy_tree`] did.
 #[derive(Debug, Default)]
-struct Copied {
-    files: usize,
-    reflinked: bool,
+pub(super) struct Copied {
+    pub(super) files: usize,
+    pub(super) reflinked: bool,
 }
 
 // FICLONE = _IOW(0x94, 9, int): make the destination share the source's blocks (btrfs, XFS).
@@ -485,12 +521,15 @@ nix::ioctl_write_int!(ficlone, 0x94, 9);
 /// Copy the template's entries into `to` (an empty directory but for the marker), with their
 /// modes, owned by `owner`. Directories first, then the files on a few threads: the cost is
 /// creating ~1,000 files, which parallelises. Each file is reflinked when the filesystem can
-/// (tried once), else copied in the kernel (`copy_file_range`).
-fn copy_tree(
+/// (tried once), else copied in the kernel (`copy_file_range`). `cancel` is checked between
+/// files: once set, the copy stops with an error and leaves what it made.
+pub(super) fn copy_tree(
     manifest: &Manifest,
     from: &Path,
     to: &Path,
     owner: Option<(u32, u32)>,
+    workers: usize,
+    cancel: &AtomicBool,
 ) -> anyhow::Result<Copied> {
     let chown = |path: &Path| -> io::Result<()> {
         match owner {
@@ -500,6 +539,9 @@ fn copy_tree(
     };
     let mut files = Vec::new();
     for entry in &manifest.entries {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("copy cancelled");
+        }
         let target = to.join(&entry.path);
         match entry.kind {
             Kind::Dir => {
@@ -522,7 +564,6 @@ fn copy_tree(
     let reflink = AtomicBool::new(true);
     let reflinked = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
     let copy_one = |entry: &Entry| -> anyhow::Result<()> {
         let source = from.join(&entry.path);
         let target = to.join(&entry.path);
@@ -564,6 +605,9 @@ fn copy_tree(
             .map(|_| {
                 scope.spawn(|| -> anyhow::Result<()> {
                     loop {
+                        if cancel.load(Ordering::Relaxed) {
+                            bail!("copy cancelled");
+                        }
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(entry) = files.get(i) else {
                             return Ok(());

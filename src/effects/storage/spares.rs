@@ -1,0 +1,334 @@
+//! Spares: a complete copy of a template, made in the background after a start, that the next
+//! start renames into PGDATA instead of copying the template on its critical path.
+//!
+//! Copying a template means creating some 1,000 files: 20–30 ms on tmpfs, but ~300 ms on a
+//! journalled disk under load. A rename costs the same on any filesystem, so once a compute is
+//! running (spec applied), it copies the template once more, at low CPU and I/O priority, into
+//! the cache, for whoever starts next.
+//!
+//! Cache layout, beside the templates (see [`super::template`]):
+//!
+//! ```text
+//! <cache>/spare-<key>-<unique>/                 a complete spare, root-only (0700) when we are
+//!          spare.tag                            root: the Postgres user cannot reach it
+//!          data/                                the copy, owned by the Postgres user (as a
+//!                                               template copy leaves PGDATA)
+//! <cache>/.making-spare-<key>-<pid>-<unique>/   a spare being made, renamed to spare-… only
+//!                                               when complete: a partial one is never used
+//! <cache>/spare-<key>.lock                      held (flock) while a spare of <key> is made
+//! <cache>/.trash-spare-<pid>-<unique>/          an unusable spare, being deleted
+//! ```
+//!
+//! A start takes a spare with one `rename` into PGDATA: among concurrent starts exactly one
+//! wins it, the others find it gone and copy the template. A spare is taken only when the
+//! template of its key verified at this start and its tag names that very build of the template
+//! (the SHA-256 of its manifest) and this boot of the machine (spares are not synced: after a
+//! crash of the machine their contents are not trusted). At most one spare per key waits.
+//! When the cache and PGDATA lie on different filesystems the rename cannot work: spares are
+//! then neither made nor taken.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use super::template::{self, Manifest};
+use crate::effects::node::Node;
+use crate::effects::pgdata;
+
+const SPARE: &str = "spare-";
+const MAKING: &str = ".making-spare-";
+const TRASH: &str = ".trash-spare-";
+const TAG: &str = "spare.tag";
+/// Where a taken spare lands inside PGDATA before its data moves up (a crash in between
+/// leaves it under the marker: the next start wipes it).
+const STAGING: &str = ".compute_ctl-spare";
+
+/// Set once a rename from the cache into PGDATA failed with EXDEV (or the two are on
+/// different devices): spares are then neither taken nor made by this process.
+static CROSS_DEVICE: AtomicBool = AtomicBool::new(false);
+
+/// What a spare of the template with this manifest must say to be used.
+pub fn tag(manifest: &Manifest) -> anyhow::Result<String> {
+    Ok(format!(
+        "compute_ctl spare 1\ntemplate {}\nboot {}\n",
+        manifest.sum(),
+        boot_id()?
+    ))
+}
+
+fn boot_id() -> anyhow::Result<String> {
+    let path = "/proc/sys/kernel/random/boot_id";
+    Ok(fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .to_owned())
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{nanos:x}")
+}
+
+/// The spares of `key` in the cache (complete ones: `.making-…` never matches).
+fn spares_of(cache: &Path, key: &str) -> Vec<PathBuf> {
+    let prefix = format!("{SPARE}{key}-");
+    let Ok(entries) = fs::read_dir(cache) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&prefix) && !name.ends_with(".lock")
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Move a spare out of the way (one rename: no start takes it half-deleted), then delete it
+/// in the background. A spare another start took meanwhile is not there any more: fine.
+fn discard(cache: &Path, spare: &Path) {
+    let aside = cache.join(format!("{TRASH}{}-{}", std::process::id(), unique()));
+    if fs::rename(spare, &aside).is_ok() {
+        std::thread::spawn(move || {
+            if let Err(e) = fs::remove_dir_all(&aside) {
+                tracing::warn!("deleting the unusable spare {}: {e}", aside.display());
+            }
+        });
+    }
+}
+
+/// Discard every spare of `key` (its template is being rebuilt).
+pub fn discard_all(cache: &Path, key: &str) {
+    for spare in spares_of(cache, key) {
+        discard(cache, &spare);
+    }
+}
+
+/// Try to take a spare of `key` whose tag is `tag` into PGDATA (claimed, empty but for the
+/// marker). `Ok(false)`: none was there (or none can be used); the caller copies the template.
+pub fn take(node: &Node, cache: &Path, key: &str, tag: &str) -> anyhow::Result<bool> {
+    if CROSS_DEVICE.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    for spare in spares_of(cache, key) {
+        match fs::read_to_string(spare.join(TAG)) {
+            Ok(found) if found == tag => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !spare.exists() => continue,
+            _ => {
+                tracing::info!(spare = %spare.display(), "discarding a spare of another build of the template (or another boot)");
+                discard(cache, &spare);
+                continue;
+            }
+        }
+        let staging = node.pgdata.join(STAGING);
+        match fs::rename(&spare, &staging) {
+            Ok(()) => {}
+            // Another start took it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+                cross_device(cache, &node.pgdata);
+                return Ok(false);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "moving the spare {} into {}",
+                        spare.display(),
+                        staging.display()
+                    )
+                });
+            }
+        }
+        pgdata::move_up(node, &staging.join("data"))?;
+        fs::remove_file(staging.join(TAG))?;
+        fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))?;
+        fs::set_permissions(
+            &node.pgdata,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Say once why spares are not used, and stop using them.
+fn cross_device(cache: &Path, pgdata: &Path) {
+    if !CROSS_DEVICE.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            cache = %cache.display(),
+            pgdata = %pgdata.display(),
+            "the template cache and PGDATA are on different filesystems: no spare copies of the template \
+             (a spare is renamed into PGDATA); every start copies the template"
+        );
+    }
+}
+
+/// Sets the flag when dropped: the start's effect was cancelled (or finished).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// After a start: make a spare of this node's template for the next start, unless one waits
+/// already. Runs on its own thread at the lowest CPU and I/O priority; dropping the future
+/// (termination cancels the start's effect) stops the copy between two files.
+pub async fn replenish(node: &Node, cache: &Path) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancel.clone());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (node, cache) = (node.clone(), cache.to_owned());
+    let spawned = std::thread::Builder::new()
+        .name("template-spare".into())
+        .spawn(move || {
+            lower_priority();
+            let _ = done_tx.send(make(&node, &cache, &cancel));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the thread that makes a spare of the template: {e}");
+        return;
+    }
+    match done_rx.await {
+        Ok(Ok(Some((spare, took)))) => {
+            tracing::info!(spare = %spare.display(), "made a spare copy of the template for the next start in {took:?}")
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!("making a spare copy of the template: {e:#}"),
+        Err(_) => tracing::warn!("the thread making a spare copy of the template died"),
+    }
+}
+
+/// Nice 19 and the idle I/O class for the calling thread only (Linux keeps both per thread;
+/// the copying threads it starts inherit them). Best effort: a failure changes only speed.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread (who = 0), no memory passed.
+    unsafe {
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19);
+        // IOPRIO_WHO_PROCESS = 1, IOPRIO_CLASS_IDLE = 3 << IOPRIO_CLASS_SHIFT (13).
+        nix::libc::syscall(nix::libc::SYS_ioprio_set, 1, 0, 3 << 13);
+    }
+}
+
+/// Make one spare of the node's template (blocking). `None`: not needed or not possible now.
+fn make(
+    node: &Node,
+    cache: &Path,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Option<(PathBuf, std::time::Duration)>> {
+    sweep(cache);
+    if CROSS_DEVICE.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let device = |path: &Path| fs::metadata(path).map(|m| m.dev());
+    if device(cache)? != device(&node.pgdata)? {
+        cross_device(cache, &node.pgdata);
+        return Ok(None);
+    }
+    let key = template::key(node)?;
+    let Some(_lock) = try_lock(cache, &key)? else {
+        return Ok(None); // another compute makes this key's spare right now
+    };
+    let dir = cache.join(format!("pg-{key}"));
+    let manifest = match Manifest::verify(&dir) {
+        Ok(manifest) => manifest,
+        // Being rebuilt, or damaged: the next start rebuilds it, then spares resume.
+        Err(_) => return Ok(None),
+    };
+    let tag = tag(&manifest)?;
+    if spares_of(cache, &key)
+        .iter()
+        .any(|s| fs::read_to_string(s.join(TAG)).is_ok_and(|t| t == tag))
+    {
+        return Ok(None);
+    }
+    let began = Instant::now();
+    let unique = unique();
+    let making = cache.join(format!("{MAKING}{key}-{}-{unique}", std::process::id()));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&making)
+        .with_context(|| format!("creating {}", making.display()))?;
+    let data = making.join("data");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&data)
+        .with_context(|| format!("creating {}", data.display()))?;
+    pgdata::give_to_postgres(node, &data)?;
+    // One copying thread: this runs beside a live compute, and nobody waits for it.
+    template::copy_tree(
+        &manifest,
+        &dir.join("data"),
+        &data,
+        template::owner(node),
+        1,
+        cancel,
+    )?;
+    fs::write(making.join(TAG), &tag)?;
+    let spare = cache.join(format!("{SPARE}{key}-{unique}"));
+    fs::rename(&making, &spare)
+        .with_context(|| format!("renaming {} to {}", making.display(), spare.display()))?;
+    Ok(Some((spare, began.elapsed())))
+}
+
+/// Take the lock of `key`'s spare without waiting; `None` when another process holds it.
+fn try_lock(cache: &Path, key: &str) -> anyhow::Result<Option<nix::fcntl::Flock<fs::File>>> {
+    let path = cache.join(format!("{SPARE}{key}.lock"));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => bail!("locking {}: {e}", path.display()),
+    }
+}
+
+/// Delete what dead processes left: partial spares (`.making-spare-<key>-<pid>-…`) and spares
+/// they were deleting (`.trash-spare-<pid>-…`). Those of live processes are theirs.
+fn sweep(cache: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let pid = if let Some(rest) = name.strip_prefix(MAKING) {
+            rest.split('-').nth(1)
+        } else if let Some(rest) = name.strip_prefix(TRASH) {
+            rest.split('-').next()
+        } else {
+            continue;
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()).filter(|&p| p > 0) else {
+            continue;
+        };
+        let dead = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if dead {
+            let path = entry.path();
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a partial spare left by a dead process")
+                }
+                Err(e) => tracing::warn!("removing {}: {e}", path.display()),
+            }
+        }
+    }
+}
