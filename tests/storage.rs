@@ -1,7 +1,8 @@
 //! Storage backends against the real binary and PostgreSQL 15: the template cache (built once,
 //! reused, rebuilt when its key changes or it is damaged, never corrupted by racing starts),
 //! the persistent backend (data survives fast, immediate and SIGKILL stops; leftover
-//! postmasters and stale lock files), and the safety rules of the PGDATA marker.
+//! postmasters and stale lock files), the safety rules of the PGDATA marker, and the spare copies
+//! of a template (made after a start, taken by the next with a rename, never across keys).
 
 mod common;
 
@@ -56,6 +57,24 @@ fn start_template(c: &mut Compute, cache: &Path) {
         "template",
         &["--template-cache", cache.to_str().unwrap()],
     );
+}
+
+/// Start `c` on the template backend with another superuser (another template key).
+fn start_template_as(c: &mut Compute, cache: &Path, superuser: &str) {
+    let mut config = common::config(Some(&small_spec()));
+    config["compute_ctl_config"]["jwks"] = c.jwks();
+    let path = c.write_file("config.json", &config.to_string());
+    let mut args = c.base_args();
+    args[3] = format!("postgresql://{superuser}@127.0.0.1:{}/postgres", c.pg_port).into();
+    args.extend([
+        "-c".into(),
+        path.into(),
+        "--storage".into(),
+        "template".into(),
+        "--template-cache".into(),
+        cache.into(),
+    ]);
+    c.start_raw(args);
 }
 
 /// The template directories in the cache.
@@ -194,34 +213,7 @@ async fn template_is_built_once_reused_and_rebuilt_when_damaged_or_rekeyed() {
 
     // A changed key (another superuser): a second template beside the first.
     let mut other = Compute::new("tpl-other-key");
-    let mut config = common::config(Some(&small_spec()));
-    config["compute_ctl_config"]["jwks"] = other.jwks();
-    let path = other.write_file("config.json", &config.to_string());
-    let args: Vec<OsString> = vec![
-        "-D".into(),
-        other.pgdata.clone().into(),
-        "-C".into(),
-        format!(
-            "postgresql://other_admin@127.0.0.1:{}/postgres",
-            other.pg_port
-        )
-        .into(),
-        "-i".into(),
-        other.compute_id().into(),
-        "--external-http-port".into(),
-        other.external_port.to_string().into(),
-        "--internal-http-port".into(),
-        other.internal_port.to_string().into(),
-        "--terminate-linger".into(),
-        "100ms".into(),
-        "-c".into(),
-        path.into(),
-        "--storage".into(),
-        "template".into(),
-        "--template-cache".into(),
-        cache.clone().into(),
-    ];
-    other.start_raw(args);
+    start_template_as(&mut other, &cache, "other_admin");
     other.wait_for_status("running").await;
     assert!(
         other
@@ -259,10 +251,199 @@ async fn racing_starts_build_one_template() {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
+        // Spares being made by the running computes are theirs.
+        .filter(|n| n.starts_with('.') && !n.starts_with(".making-spare-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     for c in computes.iter_mut() {
+        stop_immediately(c).await;
+    }
+}
+
+/// The complete spares in the cache (`spare-<key>-<unique>` directories).
+fn spares(cache: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(cache)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("spare-")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// The key of a template directory (`pg-<key>`).
+fn key_of(template: &Path) -> String {
+    template.file_name().unwrap().to_string_lossy()["pg-".len()..].to_owned()
+}
+
+/// Wait (with a generous deadline: the copy runs at idle priority) until a spare of `key`
+/// other than those in `except` is in the cache.
+async fn wait_for_spare(cache: &Path, key: &str, except: &[PathBuf]) -> PathBuf {
+    let prefix = format!("spare-{key}-");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(found) = spares(cache).into_iter().find(|s| {
+            s.file_name().unwrap().to_string_lossy().starts_with(&prefix) && !except.contains(s)
+        }) {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare of {key} appeared in {}",
+            cache.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pid of a process that has exited (and was reaped).
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_compute_leaves_a_spare_that_the_next_start_takes() {
+    let cache_dir = shared_dir("compute-ctl-test-cache-spare-");
+    let cache = cache_dir.path().join("templates");
+
+    // First start: no spare yet, so it copies; once running it makes one.
+    let mut first = Compute::new("spare-first");
+    start_template(&mut first, &cache);
+    first.wait_for_status("running").await;
+    assert!(
+        first.log().contains("copied the template"),
+        "{}",
+        first.log_tail(40)
+    );
+    let key = key_of(&templates(&cache)[0]);
+    let spare = wait_for_spare(&cache, &key, &[]).await;
+    // Root-only, so the Postgres user cannot tamper with what the next compute runs on.
+    let meta = fs::metadata(&spare).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o700, 0));
+    assert_eq!(
+        fs::metadata(spare.join("data/base/1")).unwrap().uid(),
+        postgres_uid()
+    );
+    // A partial spare left by a dead process: never used, removed by a later start.
+    let partial = cache.join(format!(".making-spare-{key}-{}-x", dead_pid()));
+    fs::create_dir_all(partial.join("data")).unwrap();
+    fs::write(partial.join("data/PLANTED"), "partial").unwrap();
+    stop_immediately(&mut first).await;
+
+    // Second start: takes the spare with a rename, then makes the next one.
+    let mut second = Compute::new("spare-second");
+    start_template(&mut second, &cache);
+    second.wait_for_status("running").await;
+    assert!(
+        second.log().contains("took a spare copy of the template"),
+        "{}",
+        second.log_tail(40)
+    );
+    assert!(!second.log().contains("copied the template"));
+    assert!(!spare.exists(), "the spare taken is gone from the cache");
+    assert!(!second.pgdata.join("PLANTED").exists());
+    assert!(!second.pgdata.join(".compute_ctl-spare").exists());
+    assert!(second.pgdata.join("initdb.conf").exists());
+    let meta = fs::metadata(&second.pgdata).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o700, postgres_uid()));
+    let metrics: Value = reqwest::get(second.internal_url("/metrics.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(metrics["template_copy_ms"].is_u64(), "{metrics}");
+    second.connect("app").await;
+    let next = wait_for_spare(&cache, &key, &[]).await;
+    assert_ne!(next, spare);
+    assert!(!partial.exists(), "the dead process's partial spare was removed");
+    assert_eq!(spares(&cache), vec![next], "one spare per key");
+    stop_immediately(&mut second).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spare_is_not_used_for_another_key() {
+    let cache_dir = shared_dir("compute-ctl-test-cache-spare-key-");
+    let cache = cache_dir.path().join("templates");
+    let mut a = Compute::new("spare-key-a");
+    start_template(&mut a, &cache);
+    a.wait_for_status("running").await;
+    let key_a = key_of(&templates(&cache)[0]);
+    let spare_a = wait_for_spare(&cache, &key_a, &[]).await;
+    stop_immediately(&mut a).await;
+
+    // Another superuser, another key: its own template, the spare of the first left alone.
+    let mut b = Compute::new("spare-key-b");
+    start_template_as(&mut b, &cache, "other_admin");
+    b.wait_for_status("running").await;
+    assert!(b.log().contains("copied the template"), "{}", b.log_tail(40));
+    assert!(spare_a.exists());
+    let key_b = templates(&cache)
+        .iter()
+        .map(|t| key_of(t))
+        .find(|k| *k != key_a)
+        .expect("a second template");
+    let spare_b = wait_for_spare(&cache, &key_b, &[]).await;
+    stop_immediately(&mut b).await;
+
+    // The first key's spare renamed as the second's: discarded, never used.
+    fs::remove_dir_all(&spare_b).unwrap();
+    let planted = cache.join(format!("spare-{key_b}-planted"));
+    fs::rename(&spare_a, &planted).unwrap();
+    let mut b2 = Compute::new("spare-key-b2");
+    start_template_as(&mut b2, &cache, "other_admin");
+    b2.wait_for_status("running").await;
+    let log = b2.log();
+    assert!(log.contains("copied the template"), "{}", b2.log_tail(40));
+    assert!(!log.contains("took a spare"));
+    assert!(log.contains("discarding a spare"));
+    assert!(!planted.exists());
+    stop_immediately(&mut b2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_starts_racing_for_one_spare_both_run() {
+    let cache_dir = shared_dir("compute-ctl-test-cache-spare-race-");
+    let cache = cache_dir.path().join("templates");
+    let mut first = Compute::new("spare-race-0");
+    start_template(&mut first, &cache);
+    first.wait_for_status("running").await;
+    let key = key_of(&templates(&cache)[0]);
+    wait_for_spare(&cache, &key, &[]).await;
+    stop_immediately(&mut first).await;
+
+    let mut racers = [Compute::new("spare-race-1"), Compute::new("spare-race-2")];
+    for c in racers.iter_mut() {
+        start_template(c, &cache);
+    }
+    for c in racers.iter_mut() {
+        c.wait_for_status("running").await;
+        c.assert_postgres_answers().await;
+        c.connect("app").await;
+    }
+    let took = racers
+        .iter()
+        .filter(|c| c.log().contains("took a spare copy of the template"))
+        .count();
+    let copied = racers
+        .iter()
+        .filter(|c| c.log().contains("copied the template"))
+        .count();
+    assert_eq!((took, copied), (1, 1), "one takes the spare, one copies");
+    for c in racers.iter_mut() {
         stop_immediately(c).await;
     }
 }

@@ -12,6 +12,7 @@
 //!                                   initdb.conf, as the initdb backend leaves it)
 //! <cache>/pg-<key>.lock             held (flock) while the template for <key> is built
 //! <cache>/.build-pg-<key>/          the template being built (under the lock)
+//! <cache>/spare-<key>-<unique>/      a ready copy for the next start (see [`super::spares`])
 //! ```
 //!
 //! The key is a hash of what decides initdb's output: the `postgres` and `initdb` binaries
@@ -26,6 +27,9 @@
 //! filesystem's business: hashing the 40 MB of a template at every start would cost more than
 //! the copy. Concurrent starts that find no template take the key's lock in turn: the first
 //! builds, the others find the template complete once they hold the lock.
+//!
+//! Once a compute runs, it makes a spare copy of its template in the background; the next
+//! start renames that spare into PGDATA instead of copying (see [`super::spares`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
