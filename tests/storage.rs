@@ -293,7 +293,11 @@ async fn wait_for_spare(cache: &Path, key: &str, except: &[PathBuf]) -> PathBuf 
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(found) = spares(cache).into_iter().find(|s| {
-            s.file_name().unwrap().to_string_lossy().starts_with(&prefix) && !except.contains(s)
+            s.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+                && !except.contains(s)
         }) {
             return found;
         }
@@ -369,7 +373,10 @@ async fn a_running_compute_leaves_a_spare_that_the_next_start_takes() {
     second.connect("app").await;
     let next = wait_for_spare(&cache, &key, &[]).await;
     assert_ne!(next, spare);
-    assert!(!partial.exists(), "the dead process's partial spare was removed");
+    assert!(
+        !partial.exists(),
+        "the dead process's partial spare was removed"
+    );
     assert_eq!(spares(&cache), vec![next], "one spare per key");
     stop_immediately(&mut second).await;
 }
@@ -389,7 +396,11 @@ async fn a_spare_is_not_used_for_another_key() {
     let mut b = Compute::new("spare-key-b");
     start_template_as(&mut b, &cache, "other_admin");
     b.wait_for_status("running").await;
-    assert!(b.log().contains("copied the template"), "{}", b.log_tail(40));
+    assert!(
+        b.log().contains("copied the template"),
+        "{}",
+        b.log_tail(40)
+    );
     assert!(spare_a.exists());
     let key_b = templates(&cache)
         .iter()

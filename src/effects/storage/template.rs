@@ -119,7 +119,14 @@ impl Backend for Template {
             let (from, to, owner) = (dir.join("data"), node.pgdata.clone(), owner(node));
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
             let copied = tokio::task::spawn_blocking(move || {
-                copy_tree(&manifest, &from, &to, owner, workers, &AtomicBool::new(false))
+                copy_tree(
+                    &manifest,
+                    &from,
+                    &to,
+                    owner,
+                    workers,
+                    &AtomicBool::new(false),
+                )
             })
             .await??;
             let took = began.elapsed();
