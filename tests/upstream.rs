@@ -227,11 +227,7 @@ async fn unreachable_primary_fails_the_start_clearly() {
         "{error}"
     );
     // Claimed, and nothing but the marker left.
-    let left: Vec<_> = std::fs::read_dir(&replica.pgdata)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(left, [".compute_ctl"]);
+    wait_only_marker(&replica.pgdata).await;
 }
 
 /// A replica started before its primary waits for it (the base backup is retried on Neon's

@@ -756,3 +756,29 @@ pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
         .and_then(|d| d.code())
         .map(|c| c.into_owned())
 }
+
+/// Wait until `pgdata` holds nothing but the marker: a failed start wipes what it fetched by
+/// renaming it into a `.compute_ctl-trash-*` directory that is deleted in the background.
+pub async fn wait_only_marker(pgdata: &Path) {
+    let deadline = Instant::now() + STATUS_TIMEOUT;
+    loop {
+        let mut names: Vec<String> = fs::read_dir(pgdata)
+            .expect("read PGDATA")
+            .map(|e| {
+                e.expect("PGDATA entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        if names == [".compute_ctl"] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PGDATA still holds more than the marker: {names:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
