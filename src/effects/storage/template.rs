@@ -282,15 +282,19 @@ fn lock(cache: &Path, key: &str) -> anyhow::Result<nix::fcntl::Flock<File>> {
         .create(cache)
         .with_context(|| format!("creating the template cache {}", cache.display()))?;
     let path = cache.join(format!("pg-{key}.lock"));
-    let file = fs::OpenOptions::new()
+    nix::fcntl::Flock::lock(lock_file(&path)?, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+}
+
+/// A lock file of the cache (created if missing, never truncated: only its `flock` matters).
+pub(super) fn lock_file(path: &Path) -> anyhow::Result<File> {
+    fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 /// Move an unusable template out of the way (one rename, so no start sees it half-deleted),
