@@ -226,6 +226,67 @@ async fn template_is_built_once_reused_and_rebuilt_when_damaged_or_rekeyed() {
     stop_immediately(&mut other).await;
 }
 
+/// Building a template removes those of a `postgres` binary since replaced at the same path
+/// (their keys named the old binary), with their spares; templates of another installation,
+/// and those without an `origin`, are left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_removes_the_templates_of_a_replaced_binary() {
+    let cache_dir = shared_dir("compute-ctl-test-tpl-prune-");
+    let cache = cache_dir.path().join("templates");
+    let mut first = Compute::new("tpl-prune-first");
+    start_template(&mut first, &cache);
+    first.wait_for_status("running").await;
+    stop_immediately(&mut first).await;
+    let ours = templates(&cache);
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let origin = fs::read_to_string(ours[0].join("origin")).expect("origin");
+    let binary_line = origin.lines().next().unwrap().to_owned();
+    assert!(binary_line.starts_with("postgres /"), "{origin}");
+
+    let forge = |key: &str, origin: Option<&str>| {
+        let dir = cache.join(format!("pg-{key}"));
+        fs::create_dir_all(dir.join("data")).unwrap();
+        fs::write(dir.join("template.stamp"), "forged").unwrap();
+        if let Some(origin) = origin {
+            fs::write(dir.join("origin"), origin).unwrap();
+        }
+        dir
+    };
+    let replaced = forge(
+        "00000000000000aa",
+        Some(&format!("{binary_line}\nidentity 0\n")),
+    );
+    let replaced_spare = cache.join("spare-00000000000000aa-x");
+    fs::create_dir_all(replaced_spare.join("data")).unwrap();
+    let elsewhere = forge(
+        "00000000000000bb",
+        Some("postgres /opt/elsewhere/bin/postgres\nidentity 0\n"),
+    );
+    let unknown = forge("00000000000000cc", None);
+
+    // Damage our template: the next start rebuilds it, and the build prunes.
+    fs::remove_file(ours[0].join("data/PG_VERSION")).unwrap();
+    let mut second = Compute::new("tpl-prune-second");
+    start_template(&mut second, &cache);
+    second.wait_for_status("running").await;
+    assert!(
+        second
+            .log()
+            .contains("removed the template of a replaced postgres binary"),
+        "{}",
+        second.log_tail(40)
+    );
+    assert!(!replaced.exists(), "the replaced binary's template is gone");
+    assert!(!replaced_spare.exists(), "and its spare");
+    assert!(
+        elsewhere.exists(),
+        "another installation's template is kept"
+    );
+    assert!(unknown.exists(), "a template without origin is kept");
+    assert!(ours[0].join("data/PG_VERSION").exists(), "ours was rebuilt");
+    stop_immediately(&mut second).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_starts_build_one_template() {
     let cache_dir = shared_dir("compute-ctl-test-cache-race-");

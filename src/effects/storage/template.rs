@@ -8,6 +8,7 @@
 //! <cache>/pg-<key>/                 a complete template, never modified once renamed into place
 //!          template.stamp           the manifest: key, server version, every entry with its
 //!                                   type, mode, size and mtime, and a SHA-256 of all that
+//!          origin                   the postgres binary it was built with: path, identity
 //!          data/                    the data directory initdb made (postgresql.conf kept as
 //!                                   initdb.conf, as the initdb backend leaves it)
 //! <cache>/pg-<key>.lock             held (flock) while the template for <key> is built
@@ -48,6 +49,8 @@ use crate::effects::{pgdata, process};
 use crate::engine::millis;
 
 const STAMP: &str = "template.stamp";
+/// Which `postgres` binary a template was built with (see [`origin`]).
+const ORIGIN: &str = "origin";
 const STAMP_HEADER: &str = "compute_ctl template 1";
 /// Bump when the layout of a template changes, so old caches are not mistaken for new ones.
 const LAYOUT: &str = "layout 1";
@@ -159,18 +162,7 @@ pub fn key(node: &Node) -> anyhow::Result<String> {
     let mut hash = Sha256::new();
     hash.update(format!("{LAYOUT}\n"));
     for binary in [node.postgres.clone(), node.tool("initdb")] {
-        let real =
-            fs::canonicalize(&binary).with_context(|| format!("reading {}", binary.display()))?;
-        let meta = fs::metadata(&real).with_context(|| format!("reading {}", real.display()))?;
-        hash.update(format!(
-            "binary {} dev {} ino {} size {} mtime {}.{}\n",
-            real.display(),
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime(),
-            meta.mtime_nsec()
-        ));
+        hash.update(binary_identity(&binary)?.1);
     }
     let (uid, gid) = owner(node).unwrap_or_else(|| {
         (
@@ -184,6 +176,77 @@ pub fn key(node: &Node) -> anyhow::Result<String> {
         pgdata::INITDB_OPTIONS
     ));
     Ok(hex(&hash.finalize()[..8]))
+}
+
+/// A binary's real path, and a line naming that file's identity (an upgrade changes it).
+fn binary_identity(binary: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let real = fs::canonicalize(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let meta = fs::metadata(&real).with_context(|| format!("reading {}", real.display()))?;
+    let line = format!(
+        "binary {} dev {} ino {} size {} mtime {}.{}\n",
+        real.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    Ok((real, line))
+}
+
+/// What `<cache>/pg-<key>/origin` says: the `postgres` binary a template was built with, by
+/// path and by identity. Two lines, so a later start can tell a template whose binary was
+/// replaced (an upgrade: same path, another identity) from one of another installation.
+fn origin(node: &Node) -> anyhow::Result<String> {
+    let (path, identity) = binary_identity(&node.postgres)?;
+    Ok(format!(
+        "postgres {}\nidentity {}\n",
+        path.display(),
+        hex(&Sha256::digest(identity.as_bytes()))
+    ))
+}
+
+/// After `key` was built: remove the templates (and their spares) built with a `postgres`
+/// binary that has since been replaced at the same path. Their keys named the old binary, so no
+/// start can use them again. One whose lock is held (being rebuilt) is left for a later start.
+fn prune(cache: &Path, key: &str, ours: &str) {
+    let Some(our_path) = ours.lines().next() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(other) = name
+            .strip_prefix("pg-")
+            .filter(|k| *k != key && !k.contains('.'))
+        else {
+            continue;
+        };
+        let Ok(theirs) = fs::read_to_string(entry.path().join(ORIGIN)) else {
+            continue; // built before origins were recorded, or not a template: left alone
+        };
+        if theirs.lines().next() != Some(our_path) || theirs == ours {
+            continue;
+        }
+        let lock_path = cache.join(format!("pg-{other}.lock"));
+        let Ok(file) = lock_file(&lock_path) else {
+            continue;
+        };
+        let Ok(_held) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            continue;
+        };
+        match remove_aside(cache, &entry.path()) {
+            Ok(()) => {
+                spares::discard_all(cache, other);
+                let _ = fs::remove_file(&lock_path);
+                tracing::info!(template = %entry.path().display(), "removed the template of a replaced postgres binary");
+            }
+            Err(e) => tracing::warn!("removing an outdated template: {e:#}"),
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -238,6 +301,9 @@ async fn build(
     }
     fs::rename(data.join("postgresql.conf"), data.join(pgdata::INITDB_CONF))?;
     let version = server_version(node).await?;
+    let origin = origin(node)?;
+    fs::write(staging.join(ORIGIN), &origin)
+        .with_context(|| format!("writing {}", staging.join(ORIGIN).display()))?;
     let (staging_dir, dir_final, key_owned) = (staging.clone(), dir.to_owned(), key.to_owned());
     let manifest = tokio::task::spawn_blocking(move || -> anyhow::Result<Manifest> {
         let manifest = Manifest::scan(&staging_dir.join("data"))?;
@@ -259,6 +325,8 @@ async fn build(
     .await??;
     tracing::info!(template = %dir.display(), files = manifest.entries.len(), "template built in {:?}", began.elapsed());
     drop(lock);
+    let (cache, key) = (cache.to_owned(), key.to_owned());
+    tokio::task::spawn_blocking(move || prune(&cache, &key, &origin)).await?;
     Ok(manifest)
 }
 
