@@ -263,6 +263,13 @@ async fn a_build_removes_the_templates_of_a_replaced_binary() {
         Some("postgres /opt/elsewhere/bin/postgres\nidentity 0\n"),
     );
     let unknown = forge("00000000000000cc", None);
+    // A replaced binary's template that a start is still reading (it holds the read lock).
+    let in_use = forge(
+        "00000000000000dd",
+        Some(&format!("{binary_line}\nidentity 0\n")),
+    );
+    let reader = fs::File::create(cache.join("pg-00000000000000dd.lock")).unwrap();
+    let _reading = nix::fcntl::Flock::lock(reader, nix::fcntl::FlockArg::LockShared).unwrap();
 
     // Damage our template: the next start rebuilds it, and the build prunes.
     fs::remove_file(ours[0].join("data/PG_VERSION")).unwrap();
@@ -283,6 +290,10 @@ async fn a_build_removes_the_templates_of_a_replaced_binary() {
         "another installation's template is kept"
     );
     assert!(unknown.exists(), "a template without origin is kept");
+    assert!(
+        in_use.exists(),
+        "a template being read is left for a later build"
+    );
     assert!(ours[0].join("data/PG_VERSION").exists(), "ours was rebuilt");
     stop_immediately(&mut second).await;
 }

@@ -242,6 +242,8 @@ fn make(
         return Ok(None); // another compute makes this key's spare right now
     };
     let dir = cache.join(format!("pg-{key}"));
+    // Held while copying from the template (see `template::read_lock`).
+    let _reading = template::read_lock(cache, &key)?;
     let manifest = match Manifest::verify(&dir) {
         Ok(manifest) => manifest,
         // Being rebuilt, or damaged: the next start rebuilds it, then spares resume.

@@ -81,23 +81,30 @@ impl Backend for Template {
                 tokio::task::spawn_blocking(move || pgdata::claim(&node))
             };
             let template = async {
-                let checked = {
-                    let dir = dir.clone();
-                    tokio::task::spawn_blocking(move || Manifest::verify(&dir)).await?
-                };
+                let (cache, key_owned, dir_owned) = (self.cache.clone(), key.clone(), dir.clone());
+                let (checked, reading) = tokio::task::spawn_blocking(move || {
+                    let reading = read_lock(&cache, &key_owned)?;
+                    anyhow::Ok((Manifest::verify(&dir_owned), reading))
+                })
+                .await??;
                 match checked {
                     Ok(manifest) => {
                         tracing::info!(template = %dir.display(), "using the cached template");
-                        Ok((manifest, true))
+                        Ok((manifest, true, reading))
                     }
-                    Err(why) => build(node, &self.cache, &key, &dir, &why)
-                        .await
-                        .map(|manifest| (manifest, false)),
+                    Err(why) => {
+                        // A shared lock cannot become the builder's exclusive one in place.
+                        drop(reading);
+                        build(node, &self.cache, &key, &dir, &why)
+                            .await
+                            .map(|manifest| (manifest, false, None))
+                    }
                 }
             };
             let (claimed, manifest) = tokio::join!(claim, template);
             claimed??;
-            let (manifest, verified) = manifest?;
+            // `_reading` is held until the template is copied (dropped at the end of scope).
+            let (manifest, verified, _reading) = manifest?;
             let began = Instant::now();
             if verified {
                 // A spare (a copy made in the background after an earlier start) is only
@@ -351,6 +358,22 @@ fn lock(cache: &Path, key: &str) -> anyhow::Result<nix::fcntl::Flock<File>> {
         .with_context(|| format!("creating the template cache {}", cache.display()))?;
     let path = cache.join(format!("pg-{key}.lock"));
     nix::fcntl::Flock::lock(lock_file(&path)?, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+}
+
+/// Held while a start or a spare reads the template of `key`: a rebuild of that key waits for
+/// the readers, a prune skips a template being read. `None` while the cache does not exist
+/// (there is no template to read yet).
+pub(super) fn read_lock(
+    cache: &Path,
+    key: &str,
+) -> anyhow::Result<Option<nix::fcntl::Flock<File>>> {
+    if !cache.is_dir() {
+        return Ok(None);
+    }
+    let path = cache.join(format!("pg-{key}.lock"));
+    nix::fcntl::Flock::lock(lock_file(&path)?, nix::fcntl::FlockArg::LockShared)
+        .map(Some)
         .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
 }
 
