@@ -239,7 +239,6 @@ impl Work {
         let backend = storage::choose(&self.storage, spec)?;
         let cx = storage::Prepare {
             node: &self.node,
-            options: &self.storage,
             spec,
             reporter: &self.reporter,
         };

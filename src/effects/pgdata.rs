@@ -100,8 +100,14 @@ impl Marker {
 }
 
 /// Make PGDATA an empty directory that carries the ephemeral marker, owned by the Postgres
-/// user: the start of every ephemeral backend.
-pub fn claim(node: &Node) -> anyhow::Result<()> {
+/// user: the start of every backend whose data is fetched or made afresh. Runs off the async
+/// threads (it may wait for a leftover postmaster).
+pub async fn claim(node: &Node) -> anyhow::Result<()> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || claim_blocking(&node)).await?
+}
+
+fn claim_blocking(node: &Node) -> anyhow::Result<()> {
     let pgdata = &node.pgdata;
     let marker = open(node)?;
     if marker == Some(Marker::Persistent { initialized: true }) {

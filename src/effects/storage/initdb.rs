@@ -17,8 +17,7 @@ impl Backend for Initdb {
 
     fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let node = cx.node.clone();
-            tokio::task::spawn_blocking(move || pgdata::claim(&node)).await??;
+            pgdata::claim(cx.node).await?;
             pgdata::initdb(cx.node).await
         })
     }

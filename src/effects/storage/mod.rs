@@ -48,7 +48,6 @@ pub struct StorageOptions {
 /// What a backend may use while it fills PGDATA.
 pub struct Prepare<'a> {
     pub node: &'a Node,
-    pub options: &'a StorageOptions,
     pub spec: &'a ComputeSpec,
     /// For startup timings (`basebackup_ms`, ...), reported as they are measured.
     pub reporter: &'a Reporter,

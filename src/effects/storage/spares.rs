@@ -16,7 +16,7 @@
 //! <cache>/.making-spare-<key>-<pid>-<unique>/   a spare being made, renamed to spare-… only
 //!                                               when complete: a partial one is never used
 //! <cache>/spare-<key>.lock                      held (flock) while a spare of <key> is made
-//! <cache>/.trash-spare-<pid>-<unique>/          an unusable spare, being deleted
+//! <cache>/.trash-<pid>-<unique>/                an unusable spare or template, being deleted
 //! ```
 //!
 //! A start takes a spare with one `rename` into PGDATA: among concurrent starts exactly one
@@ -43,7 +43,7 @@ use crate::effects::pgdata;
 
 const SPARE: &str = "spare-";
 const MAKING: &str = ".making-spare-";
-const TRASH: &str = ".trash-spare-";
+const TRASH: &str = ".trash-";
 const TAG: &str = "spare.tag";
 /// Where a taken spare lands inside PGDATA before its data moves up (a crash in between
 /// leaves it under the marker: the next start wipes it).
@@ -95,23 +95,31 @@ fn spares_of(cache: &Path, key: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Move a spare out of the way (one rename: no start takes it half-deleted), then delete it
-/// in the background. A spare another start took meanwhile is not there any more: fine.
-fn discard(cache: &Path, spare: &Path) {
+/// Move a directory of the cache (a spare, a template) out of the way with one rename, so no
+/// start uses it half-deleted, then delete it in the background; should this process die
+/// first, [`sweep`] finishes the job. One that is gone already (a spare another start took) is
+/// fine.
+pub(super) fn discard(cache: &Path, dir: &Path) -> anyhow::Result<()> {
     let aside = cache.join(format!("{TRASH}{}-{}", std::process::id(), unique()));
-    if fs::rename(spare, &aside).is_ok() {
-        std::thread::spawn(move || {
-            if let Err(e) = fs::remove_dir_all(&aside) {
-                tracing::warn!("deleting the unusable spare {}: {e}", aside.display());
-            }
-        });
+    match fs::rename(dir, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("moving {} aside", dir.display())),
     }
+    std::thread::spawn(move || {
+        if let Err(e) = fs::remove_dir_all(&aside) {
+            tracing::warn!("deleting {}: {e}", aside.display());
+        }
+    });
+    Ok(())
 }
 
 /// Discard every spare of `key` (its template is being rebuilt).
 pub fn discard_all(cache: &Path, key: &str) {
     for spare in spares_of(cache, key) {
-        discard(cache, &spare);
+        if let Err(e) = discard(cache, &spare) {
+            tracing::warn!("discarding a spare: {e:#}");
+        }
     }
 }
 
@@ -127,7 +135,9 @@ pub fn take(node: &Node, cache: &Path, key: &str, tag: &str) -> anyhow::Result<b
             Err(e) if e.kind() == io::ErrorKind::NotFound && !spare.exists() => continue,
             _ => {
                 tracing::info!(spare = %spare.display(), "discarding a spare of another build of the template (or another boot)");
-                discard(cache, &spare);
+                if let Err(e) = discard(cache, &spare) {
+                    tracing::warn!("discarding a spare: {e:#}");
+                }
                 continue;
             }
         }
@@ -297,7 +307,7 @@ fn try_lock(cache: &Path, key: &str) -> anyhow::Result<Option<nix::fcntl::Flock<
 }
 
 /// Delete what dead processes left: partial spares (`.making-spare-<key>-<pid>-…`) and spares
-/// they were deleting (`.trash-spare-<pid>-…`). Those of live processes are theirs.
+/// spares or templates they were deleting (`.trash-<pid>-…`). Those of live processes are theirs.
 fn sweep(cache: &Path) {
     let Ok(entries) = fs::read_dir(cache) else {
         return;
@@ -321,7 +331,7 @@ fn sweep(cache: &Path) {
             let path = entry.path();
             match fs::remove_dir_all(&path) {
                 Ok(()) => {
-                    tracing::info!(path = %path.display(), "removed a partial spare left by a dead process")
+                    tracing::info!(path = %path.display(), "removed a partial spare or a half-deleted directory left by a dead process")
                 }
                 Err(e) => tracing::warn!("removing {}: {e}", path.display()),
             }

@@ -76,10 +76,7 @@ impl Backend for Template {
             let dir = self.cache.join(format!("pg-{key}"));
             // Claiming PGDATA (wiping the previous start's files) and finding the template
             // are independent: they run together.
-            let claim = {
-                let node = node.clone();
-                tokio::task::spawn_blocking(move || pgdata::claim(&node))
-            };
+            let claim = pgdata::claim(node);
             let template = async {
                 let (cache, key_owned, dir_owned) = (self.cache.clone(), key.clone(), dir.clone());
                 let (checked, reading) = tokio::task::spawn_blocking(move || {
@@ -102,7 +99,7 @@ impl Backend for Template {
                 }
             };
             let (claimed, manifest) = tokio::join!(claim, template);
-            claimed??;
+            claimed?;
             // `_reading` is held until the template is copied (dropped at the end of scope).
             let (manifest, verified, _reading) = manifest?;
             let began = Instant::now();
@@ -245,7 +242,7 @@ fn prune(cache: &Path, key: &str, ours: &str) {
         else {
             continue;
         };
-        match remove_aside(cache, &entry.path()) {
+        match spares::discard(cache, &entry.path()) {
             Ok(()) => {
                 spares::discard_all(cache, other);
                 let _ = fs::remove_file(&lock_path);
@@ -278,7 +275,7 @@ async fn build(
     }
     if dir.exists() {
         tracing::warn!(template = %dir.display(), "the cached template is unusable ({why:#}): building it again");
-        remove_aside(cache, dir)?;
+        spares::discard(cache, dir)?;
         // Spares were copied from the unusable template: they go with it.
         spares::discard_all(cache, key);
     } else {
@@ -386,15 +383,6 @@ pub(super) fn lock_file(path: &Path) -> anyhow::Result<File> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))
-}
-
-/// Move an unusable template out of the way (one rename, so no start sees it half-deleted),
-/// then delete it.
-fn remove_aside(cache: &Path, dir: &Path) -> anyhow::Result<()> {
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let aside = cache.join(format!(".trash-{name}-{}", std::process::id()));
-    fs::rename(dir, &aside).with_context(|| format!("moving {} aside", dir.display()))?;
-    fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))
 }
 
 /// One entry of a template's data directory.

@@ -60,8 +60,7 @@ impl Backend for Upstream {
                 .spec
                 .setting("primary_conninfo")
                 .context("the primary_conninfo setting has no value")?;
-            let node = cx.node.clone();
-            tokio::task::spawn_blocking(move || pgdata::claim(&node)).await??;
+            pgdata::claim(cx.node).await?;
             let began = Instant::now();
             let mut retries = Retries::from_env()?;
             while let Err(error) = base_backup(cx.node, conninfo).await {

@@ -128,7 +128,7 @@ impl Neon {
                     return Ok(());
                 }
                 Err(failed) => {
-                    claim(cx.node).await?;
+                    pgdata::claim(cx.node).await?;
                     let pause = retries.failed().filter(|_| !failed.permanent);
                     let Some(pause) = pause else {
                         return Err(failed.error.context(format!(
@@ -156,7 +156,7 @@ impl Backend for Neon {
 
     fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            claim(cx.node).await?;
+            pgdata::claim(cx.node).await?;
             pgdata::write_postgresql_conf(cx.node, cx.spec)?;
             let lsn = self.lsn(cx).await?;
             tracing::info!("getting basebackup@{lsn} from pageserver");
@@ -166,11 +166,6 @@ impl Backend for Neon {
             tokio::task::spawn_blocking(move || finish(&node, mode)).await?
         })
     }
-}
-
-async fn claim(node: &Node) -> anyhow::Result<()> {
-    let node = node.clone();
-    tokio::task::spawn_blocking(move || pgdata::claim(&node)).await?
 }
 
 /// What follows the unpacking: ownership, Neon's signal file, standby mode.
@@ -184,9 +179,7 @@ fn finish(node: &Node, mode: ComputeMode) -> anyhow::Result<()> {
     let neon = node.pgdata.join("neon.signal");
     if zenith.exists() && !neon.exists() {
         std::fs::copy(&zenith, &neon).context("copying zenith.signal to neon.signal")?;
-        if let Some(user) = &node.os_user {
-            std::os::unix::fs::chown(&neon, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
-        }
+        pgdata::give_to_postgres(node, &neon)?;
     }
     if mode != ComputeMode::Primary {
         super::upstream::write_standby_signal(node)?;
