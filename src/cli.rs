@@ -30,7 +30,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the compute state machine as a mermaid stateDiagram-v2.
-    Diagram,
+    Diagram {
+        /// Print the whole committed document (diagrams/compute-states.md) instead.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Print the OpenAPI 3 document of the external HTTP API.
     Openapi,
     /// Make an Ed25519 key pair for signing API tokens: writes the private key (PKCS#8 PEM,

@@ -1,42 +1,25 @@
 //! The engine: one task owns the state machine.
 //!
-//! Requests (HTTP, signals, the startup config) and effect results arrive on one channel; each
-//! is fed to the machine, the commands it decides are handed to [`Effects`], and an immutable
-//! [`Snapshot`] is published on a `watch` channel. Readers never lock anything, and nothing but
-//! this loop changes a status.
+//! Requests (HTTP, signals, the startup config, the vm-monitor) and effect results arrive on
+//! one channel; each is fed to the machine, the commands it decides are handed as [`Job`]s to a
+//! [`Runner`] (the effects), and an immutable [`Snapshot`] is published on a `watch` channel.
+//! Readers never lock anything, and nothing but this loop changes a status or the trusted keys.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use compute_states::{Command, Compute, ComputeStatus, Event, Rejection, SpecRef, TerminateMode};
-use serde::Serialize;
+use compute_states::{
+    Command, Compute, ComputeStatus, Event, OpRef, Rejection, SpecRef, TerminateMode,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::effects::Effects;
-use crate::spec::ComputeSpec;
-use crate::vm_monitor;
-
-/// Startup timings, with Neon's field names and order (all milliseconds unless named).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ComputeMetrics {
-    pub wait_for_spec_ms: u64,
-    pub sync_sk_check_ms: u64,
-    pub sync_safekeepers_ms: u64,
-    pub pageserver_connect_micros: u64,
-    pub basebackup_ms: u64,
-    pub basebackup_bytes: u64,
-    pub start_postgres_ms: u64,
-    pub config_ms: u64,
-    pub total_startup_ms: u64,
-    pub load_ext_ms: u64,
-    pub num_ext_downloaded: u64,
-    pub largest_ext_size: u64,
-    pub total_ext_download_size: u64,
-    /// Ours, not Neon's: copying the cached template into PGDATA (`--storage template`).
-    pub template_copy_ms: u64,
-}
+use crate::operation::{Operation, Reply};
+pub use crate::report::{
+    ComputeMetrics, Configuration, Input, Job, OperateError, RequestError, Runner,
+};
+use crate::report::{Envelope, Reporter, millis, vm};
+use crate::spec::{ComputeSpec, JwkSet};
 
 /// What the compute looks like after the latest event.
 #[derive(Debug, Clone)]
@@ -62,50 +45,18 @@ pub struct Snapshot {
     /// The mode of the termination under way or done (the latest, after an escalation).
     pub terminate_mode: Option<TerminateMode>,
     /// What the vm-monitor reported (inactive unless `AUTOSCALING` is set).
-    pub vm_monitor: vm_monitor::Figures,
+    pub vm_monitor: vm::Figures,
     /// Requests for the startup config, by HTTP status (empty without `--control-plane-uri`).
     pub cplane_requests: crate::control_plane::Requests,
-}
-
-/// What can be sent to the engine.
-pub enum Input {
-    Event(Event),
-    /// The spec of the startup config.
-    LoadSpec(Arc<ComputeSpec>),
-    /// A validated spec from `POST /configure`.
-    Configure(Arc<ComputeSpec>),
-    /// A timing measured by an effect.
-    Metrics(Box<dyn FnOnce(&mut ComputeMetrics) + Send>),
-    /// The final WAL position, read by the stop effect after the postmaster stopped.
-    Lsn(String),
-    /// What the latest reload of postgresql.conf did not apply (e.g. a setting that needs a
-    /// restart); replaces the previous list.
-    Warnings(Vec<String>),
-    /// What the vm-monitor learned (memory figures, upscale requests, downscale decisions).
-    VmMonitor(vm_monitor::Report),
-    /// The control-plane requests made before the engine started.
-    CplaneRequests(crate::control_plane::Requests),
-}
-
-struct Request {
-    input: Input,
-    reply: Option<oneshot::Sender<Result<u64, Rejection>>>,
-    /// The requester's span: the event's span is its child, so traces cross the channel.
-    span: tracing::Span,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    #[error("compute_ctl is shutting down")]
-    Gone,
+    /// The JWT keys in force: the startup config's, then those of the latest `/configure`
+    /// that reached `running` with keys.
+    pub jwks: Arc<JwkSet>,
 }
 
 /// For HTTP handlers and signal handlers: send requests, read snapshots.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: mpsc::UnboundedSender<Request>,
+    reporter: Reporter,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
@@ -113,15 +64,15 @@ impl EngineHandle {
     /// Send an input and wait until the machine accepted or rejected it. Returns the sequence
     /// number of the snapshot that reflects it.
     pub async fn request(&self, input: Input) -> Result<u64, RequestError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Request {
-                input,
-                reply: Some(reply),
-                span: tracing::Span::current(),
-            })
-            .map_err(|_| RequestError::Gone)?;
-        Ok(answer.await.map_err(|_| RequestError::Gone)??)
+        self.reporter.request(input).await
+    }
+
+    /// Ask the machine to run an operation and wait for its answer.
+    pub async fn operate<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Operation,
+    ) -> Result<T, OperateError> {
+        self.reporter.operate(make).await
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -145,54 +96,14 @@ impl EngineHandle {
     }
 }
 
-/// For effects: report results back to the engine. Sending never blocks.
-#[derive(Clone)]
-pub struct Reporter {
-    tx: mpsc::UnboundedSender<Request>,
-}
-
-impl Reporter {
-    pub fn event(&self, event: Event) {
-        self.send(Input::Event(event));
-    }
-
-    pub fn metrics(&self, update: impl FnOnce(&mut ComputeMetrics) + Send + 'static) {
-        self.send(Input::Metrics(Box::new(update)));
-    }
-
-    pub fn lsn(&self, lsn: String) {
-        self.send(Input::Lsn(lsn));
-    }
-
-    pub fn warnings(&self, warnings: Vec<String>) {
-        self.send(Input::Warnings(warnings));
-    }
-
-    pub fn vm_monitor(&self, report: vm_monitor::Report) {
-        self.send(Input::VmMonitor(report));
-    }
-
-    pub fn cplane_requests(&self, requests: crate::control_plane::Requests) {
-        self.send(Input::CplaneRequests(requests));
-    }
-
-    fn send(&self, input: Input) {
-        // After the engine stopped nobody listens; the result is moot.
-        let _ = self.tx.send(Request {
-            input,
-            reply: None,
-            span: tracing::Span::current(),
-        });
-    }
-}
-
 /// The receiving end, to be turned into an [`Engine`].
 pub struct Inbox {
-    rx: mpsc::UnboundedReceiver<Request>,
+    rx: mpsc::UnboundedReceiver<Envelope>,
     snapshots: watch::Sender<Arc<Snapshot>>,
 }
 
-pub fn channel() -> (EngineHandle, Reporter, Inbox) {
+/// The engine's channel. `jwks` are the keys of the startup config, trusted from the start.
+pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let first = Snapshot {
         seq: 0,
@@ -208,16 +119,18 @@ pub fn channel() -> (EngineHandle, Reporter, Inbox) {
         lsn: None,
         warnings: Vec::new(),
         terminate_mode: None,
-        vm_monitor: vm_monitor::Figures::default(),
+        vm_monitor: vm::Figures::default(),
         cplane_requests: Default::default(),
+        jwks: Arc::new(jwks),
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
+    let reporter = Reporter::new(tx);
     (
         EngineHandle {
-            tx: tx.clone(),
+            reporter: reporter.clone(),
             snapshots: snapshots_rx,
         },
-        Reporter { tx },
+        reporter,
         Inbox {
             rx,
             snapshots: snapshots_tx,
@@ -225,46 +138,57 @@ pub fn channel() -> (EngineHandle, Reporter, Inbox) {
     )
 }
 
-pub struct Engine {
+/// What an accepted event brought along, until the command that names it is dispatched.
+enum Attached {
+    None,
+    Spec(SpecRef, Configuration),
+    Operation(OpRef, Operation),
+}
+
+pub struct Engine<R: Runner> {
     machine: Compute,
-    effects: Effects,
+    runner: R,
     inbox: Inbox,
-    /// Specs that arrived with an event, until the command that applies them is issued.
-    specs: HashMap<SpecRef, Arc<ComputeSpec>>,
-    next_spec: u64,
+    next_ref: u64,
+    /// The keys of the configuration being applied: trusted once it reaches `running`.
+    keys_in_waiting: Option<JwkSet>,
     snapshot: Snapshot,
     process_start: Instant,
     spec_arrived: Option<Instant>,
 }
 
-impl Engine {
-    pub fn new(inbox: Inbox, effects: Effects) -> Self {
+impl<R: Runner> Engine<R> {
+    pub fn new(inbox: Inbox, runner: R) -> Self {
         let snapshot = (**inbox.snapshots.borrow()).clone();
         Self {
             machine: Compute::new(),
-            effects,
+            runner,
             inbox,
-            specs: HashMap::new(),
-            next_spec: 0,
+            next_ref: 0,
+            keys_in_waiting: None,
             snapshot,
             process_start: Instant::now(),
             spec_arrived: None,
         }
     }
 
-    /// Run until the machine decides to exit; returns the exit code. The effects are handed
+    /// Run until the machine decides to exit; returns the exit code. The runner is handed
     /// back so the caller can make sure nothing is left running.
-    pub async fn run(mut self) -> (i32, Effects) {
-        while let Some(request) = self.inbox.rx.recv().await {
-            let (event, spec) = match request.input {
-                Input::Event(event) => (event, None),
-                Input::LoadSpec(spec) => {
-                    let id = self.spec_ref();
-                    (Event::SpecLoaded { spec: id }, Some((id, spec)))
+    pub async fn run(mut self) -> (i32, R) {
+        while let Some(envelope) = self.inbox.rx.recv().await {
+            let (event, attached) = match envelope.input {
+                Input::Event(event) => (event, Attached::None),
+                Input::Spec(configuration) => {
+                    let spec = SpecRef(self.next_ref());
+                    let event = Event::SpecReceived {
+                        spec,
+                        source: configuration.source,
+                    };
+                    (event, Attached::Spec(spec, configuration))
                 }
-                Input::Configure(spec) => {
-                    let id = self.spec_ref();
-                    (Event::ConfigureRequested { spec: id }, Some((id, spec)))
+                Input::Operation(operation) => {
+                    let op = OpRef(self.next_ref());
+                    (operation.event(op), Attached::Operation(op, operation))
                 }
                 Input::Metrics(update) => {
                     update(&mut self.snapshot.metrics);
@@ -293,78 +217,114 @@ impl Engine {
                 }
             };
             let _span =
-                tracing::info_span!(parent: &request.span, "event", kind = event.kind().name())
+                tracing::info_span!(parent: &envelope.span, "event", kind = event.kind().name())
                     .entered();
-            let before = self.machine.status();
-            let was_reachable = self.machine.monitoring().reachable_now();
-            match self.machine.handle(&event) {
-                // Observations in flight when termination begins are expected: no log spam.
-                Err(rejection) if event.kind().is_observation() => {
-                    tracing::debug!("{} rejected: {rejection}", event.kind().name());
-                }
-                Err(rejection) => {
-                    tracing::info!("{} rejected: {rejection}", event.kind().name());
-                    if let Some(reply) = request.reply {
-                        let _ = reply.send(Err(rejection));
-                    }
-                }
-                Ok(handled) => {
-                    if let Some((id, spec)) = spec {
-                        self.specs.insert(id, spec);
-                    }
-                    let mut exit = None;
-                    for command in handled.commands {
-                        match command {
-                            Command::Exit { code } => exit = Some(code),
-                            command => self.dispatch(command),
-                        }
-                    }
-                    let after = self.machine.status();
-                    if handled.transition.is_some() {
-                        match self.machine.error() {
-                            Some(error) if after == ComputeStatus::Failed => {
-                                tracing::error!("compute status {before} -> {after}: {error}")
-                            }
-                            _ => tracing::info!("compute status {before} -> {after}"),
-                        }
-                        if after == ComputeStatus::Running {
-                            self.on_running();
-                        }
-                    }
-                    self.log_reachability(was_reachable, &event);
-                    self.publish();
-                    if let Some(reply) = request.reply {
-                        let _ = reply.send(Ok(self.snapshot.seq));
-                    }
-                    if let Some(code) = exit {
-                        tracing::info!("exiting with code {code}");
-                        return (code, self.effects);
-                    }
-                }
+            if let Some(code) = self.handle(event, attached, envelope.reply) {
+                tracing::info!("exiting with code {code}");
+                return (code, self.runner);
             }
         }
-        (1, self.effects)
+        (1, self.runner)
     }
 
-    fn spec_ref(&mut self) -> SpecRef {
-        self.next_spec += 1;
-        SpecRef(self.next_spec)
+    /// Feed one event to the machine and carry out its decision; `Some(code)` to exit.
+    fn handle(
+        &mut self,
+        event: Event,
+        mut attached: Attached,
+        reply: Option<oneshot::Sender<Result<u64, Rejection>>>,
+    ) -> Option<i32> {
+        let before = self.machine.status();
+        let was_reachable = self.machine.monitoring().reachable_now();
+        let handled = match self.machine.handle(&event) {
+            // Observations in flight when termination begins are expected: no log spam.
+            Err(rejection) if event.kind().is_observation() => {
+                tracing::debug!("{} rejected: {rejection}", event.kind().name());
+                return None;
+            }
+            Err(rejection) => {
+                tracing::info!("{} rejected: {rejection}", event.kind().name());
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(rejection));
+                }
+                return None;
+            }
+            Ok(handled) => handled,
+        };
+        let mut exit = None;
+        for command in handled.commands {
+            match command {
+                Command::Exit { code } => exit = Some(code),
+                command => self.dispatch(command, &mut attached),
+            }
+        }
+        let after = self.machine.status();
+        if handled.transition.is_some() {
+            match self.machine.error() {
+                Some(error) if after == ComputeStatus::Failed => {
+                    tracing::error!("compute status {before} -> {after}: {error}")
+                }
+                _ => tracing::info!("compute status {before} -> {after}"),
+            }
+            match after {
+                ComputeStatus::Running => self.on_running(),
+                // The configuration the keys came with did not reach `running`.
+                ComputeStatus::Failed
+                | ComputeStatus::TerminationPendingFast
+                | ComputeStatus::TerminationPendingImmediate => self.keys_in_waiting = None,
+                _ => {}
+            }
+        }
+        self.log_reachability(was_reachable, &event);
+        self.publish();
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(self.snapshot.seq));
+        }
+        exit
     }
 
-    fn dispatch(&mut self, command: Command) {
-        let spec = match &command {
+    fn next_ref(&mut self) -> u64 {
+        self.next_ref += 1;
+        self.next_ref
+    }
+
+    fn dispatch(&mut self, command: Command, attached: &mut Attached) {
+        tracing::debug!("running {command:?}");
+        let job = match command {
             Command::StartCompute { spec } | Command::Configure { spec, .. } => {
-                let Some(spec) = self.specs.remove(spec) else {
+                let Attached::Spec(id, configuration) = std::mem::replace(attached, Attached::None)
+                else {
                     tracing::error!("no spec for {command:?}");
                     return;
                 };
-                self.on_spec(&spec);
-                Some(spec)
+                debug_assert_eq!(id, spec);
+                self.on_spec(&configuration.spec);
+                self.keys_in_waiting = Some(configuration.jwks);
+                match command {
+                    Command::Configure {
+                        postgres_running, ..
+                    } => Job::Configure {
+                        spec: configuration.spec,
+                        postgres_running,
+                    },
+                    _ => Job::Start(configuration.spec),
+                }
             }
-            _ => None,
+            Command::RunOperation { op } => {
+                let Attached::Operation(id, operation) =
+                    std::mem::replace(attached, Attached::None)
+                else {
+                    tracing::error!("no operation for {command:?}");
+                    return;
+                };
+                debug_assert_eq!(id, op);
+                Job::Operation(operation)
+            }
+            Command::StartMonitor => Job::StartMonitor,
+            Command::Stop { mode } => Job::Stop(mode),
+            Command::Exit { .. } => unreachable!("the engine exits itself"),
         };
-        tracing::debug!("running {command:?}");
-        self.effects.run(command, spec);
+        self.runner.run(job);
     }
 
     fn on_spec(&mut self, spec: &ComputeSpec) {
@@ -379,6 +339,17 @@ impl Engine {
     }
 
     fn on_running(&mut self) {
+        if let Some(jwks) = self.keys_in_waiting.take() {
+            if jwks.keys.is_empty() {
+                // An empty set would lock the control plane out for good.
+                if !self.snapshot.jwks.keys.is_empty() {
+                    tracing::info!("compute_ctl_config has no keys: the trusted keys stay");
+                }
+            } else if *self.snapshot.jwks != jwks {
+                tracing::info!(keys = jwks.keys.len(), "trusted JWT keys replaced");
+                self.snapshot.jwks = Arc::new(jwks);
+            }
+        }
         let metrics = &mut self.snapshot.metrics;
         if metrics.total_startup_ms == 0
             && let Some(arrived) = self.spec_arrived
@@ -445,6 +416,5 @@ impl Engine {
     }
 }
 
-pub fn millis(duration: Duration) -> u64 {
-    duration.as_millis().try_into().unwrap_or(u64::MAX)
-}
+#[cfg(test)]
+mod tests;

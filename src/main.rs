@@ -6,13 +6,13 @@ use anyhow::Context;
 use clap::Parser;
 use compute_ctl::cli::{Cli, Command, RunArgs};
 use compute_ctl::effects::Effects;
-use compute_ctl::effects::node::Node;
 use compute_ctl::effects::storage::StorageOptions;
-use compute_ctl::engine::{self, Engine, Input};
+use compute_ctl::engine::{self, Configuration, Engine, Input, Runner};
+use compute_ctl::node::Node;
 use compute_ctl::vm_monitor::cgroup::{CGROUP_ROOT, MemorySource};
 use compute_ctl::vm_monitor::{self, VmMonitor};
 use compute_ctl::{control_plane, http, signals, spec, systemd, telemetry, tokens};
-use compute_states::{ComputeStatus, TerminateMode};
+use compute_states::{ComputeStatus, SpecSource, TerminateMode};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -46,7 +46,10 @@ async fn main() {
 
 fn subcommand(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Diagram => print!("{}", compute_states::mermaid::state_diagram()),
+        Command::Diagram { markdown: false } => {
+            print!("{}", compute_states::mermaid::state_diagram())
+        }
+        Command::Diagram { markdown: true } => print!("{}", compute_states::mermaid::document()),
         Command::Openapi => print!("{}", http::openapi_text()),
         Command::Keygen { key, config } => {
             if !key.exists() {
@@ -108,6 +111,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         },
         (None, None) => None,
     };
+    let source = match &args.control_plane_uri {
+        Some(_) => SpecSource::ControlPlane,
+        None => SpecSource::File,
+    };
     let (spec, jwks) = match (config, &args.spec_path) {
         (Some(config), _) => (config.spec, config.compute_ctl_config.jwks),
         // A bare spec has no compute_ctl_config, hence no keys: the API refuses every token.
@@ -141,8 +148,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         None
     };
 
-    let auth = http::auth::Auth::new(&compute_id, &jwks);
-    let (handle, reporter, inbox) = engine::channel();
+    let (handle, reporter, inbox) = engine::channel(jwks);
     reporter.cplane_requests(cplane_requests);
     let effects = Effects::new(node.clone(), reporter)
         .with_monitor_period(Duration::from_millis(args.monitor_period_ms))
@@ -159,8 +165,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let internal = http::bind(internal_addr).await?;
     let stop_serving = CancellationToken::new();
     let servers = [
-        (external, http::external(handle.clone(), auth, node.clone())),
-        (internal, http::internal(handle.clone(), node.clone())),
+        (external, http::external(handle.clone(), &compute_id)),
+        (internal, http::internal(handle.clone())),
     ]
     .map(|(listener, router)| {
         let stop = stop_serving.clone();
@@ -177,8 +183,14 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     match spec {
         Some(spec) => {
             let handle = handle.clone();
+            // Its keys are in force already (the engine's first snapshot has them).
+            let configuration = Configuration {
+                spec: Arc::new(spec),
+                jwks: Default::default(),
+                source,
+            };
             tokio::spawn(
-                async move { handle.request(Input::LoadSpec(Arc::new(spec))).await }
+                async move { handle.request(Input::Spec(configuration)).await }
                     .instrument(telemetry::startup_span()),
             );
         }

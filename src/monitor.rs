@@ -20,8 +20,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::time::{MissedTickBehavior, timeout};
 
-use crate::effects::node::Node;
-use crate::engine::Reporter;
+use crate::node::Node;
+use crate::report::Reporter;
 
 /// The default check period (Neon's).
 pub const DEFAULT_PERIOD: Duration = Duration::from_millis(500);

@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::node::Node;
+use crate::node::Node;
 use crate::reconcile::options::{DatabaseAttrs, RoleAttrs};
 use crate::reconcile::{self, Catalog, DatabaseState, Phase, RoleState, Statement};
 use crate::spec::ComputeSpec;

@@ -9,14 +9,16 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use serde::{Deserialize, Serialize};
+use bytes::Bytes;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::node::Node;
 use super::process;
+use crate::node::Node;
+use crate::operation::{Catalog, Insights, OperationError as CatalogError, Privilege, SchemaDump};
 use crate::quote;
 use crate::spec::{Database, MAX_NAME_BYTES, Role};
 
@@ -29,52 +31,29 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The largest piece of `pg_dump`'s stderr kept for an error message.
 const STDERR_LIMIT: usize = 16 * 1024;
 
-/// Why a catalog operation did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    /// A database, schema, role, extension or extension version named in the request does
-    /// not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// Postgres refused the request as such (e.g. a privilege that does not apply to a
-    /// schema); retrying it unchanged cannot succeed.
-    #[error("{0}")]
-    Rejected(String),
-    /// Postgres accepts no writes (it is in recovery, or the transaction is read-only).
-    #[error("{0}")]
-    ReadOnly(String),
-    /// Postgres cannot be reached.
-    #[error("{0}")]
-    Unreachable(String),
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl CatalogError {
-    /// Sort a Postgres error by its SQLSTATE; `doing` says what was being done.
-    fn from_sqlx(doing: &str, error: sqlx::Error) -> Self {
-        let Some(db) = error.as_database_error() else {
-            return match error {
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
-                    CatalogError::Unreachable(format!("{doing}: postgres is unreachable: {error}"))
-                }
-                other => CatalogError::Failed(format!("{doing}: {other}")),
-            };
+/// Sort a Postgres error by its SQLSTATE; `doing` says what was being done.
+fn from_sqlx(doing: &str, error: sqlx::Error) -> CatalogError {
+    let Some(db) = error.as_database_error() else {
+        return match error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+                CatalogError::Unreachable(format!("{doing}: postgres is unreachable: {error}"))
+            }
+            other => CatalogError::Failed(format!("{doing}: {other}")),
         };
-        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-        let message = format!("{doing}: {} (SQLSTATE {code})", db.message());
-        match code.as_str() {
-            // invalid_catalog_name (database), invalid_schema_name, undefined_object (role,
-            // extension), undefined_file (PG 15: no control file for the extension).
-            "3D000" | "3F000" | "42704" | "58P01" => CatalogError::NotFound(message),
-            // invalid_grant_operation: e.g. `GRANT SELECT ON SCHEMA`.
-            "0LP01" => CatalogError::Rejected(message),
-            // read_only_sql_transaction: a hot standby, or a read-only transaction.
-            "25006" => CatalogError::ReadOnly(message),
-            // cannot_connect_now (starting up / shutting down), too_many_connections.
-            "57P03" | "53300" => CatalogError::Unreachable(message),
-            _ => CatalogError::Failed(message),
-        }
+    };
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    let message = format!("{doing}: {} (SQLSTATE {code})", db.message());
+    match code.as_str() {
+        // invalid_catalog_name (database), invalid_schema_name, undefined_object (role,
+        // extension), undefined_file (PG 15: no control file for the extension).
+        "3D000" | "3F000" | "42704" | "58P01" => CatalogError::NotFound(message),
+        // invalid_grant_operation: e.g. `GRANT SELECT ON SCHEMA`.
+        "0LP01" => CatalogError::Rejected(message),
+        // read_only_sql_transaction: a hot standby, or a read-only transaction.
+        "25006" => CatalogError::ReadOnly(message),
+        // cannot_connect_now (starting up / shutting down), too_many_connections.
+        "57P03" | "53300" => CatalogError::Unreachable(message),
+        _ => CatalogError::Failed(message),
     }
 }
 
@@ -87,7 +66,7 @@ async fn connect(
     let options = node.connect_options(database, application_name);
     let doing = format!("connecting to database {database:?}");
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
-        Ok(result) => result.map_err(|e| CatalogError::from_sqlx(&doing, e)),
+        Ok(result) => result.map_err(|e| from_sqlx(&doing, e)),
         Err(_) => Err(CatalogError::Unreachable(format!(
             "{doing}: no connection within {CONNECT_TIMEOUT:?}"
         ))),
@@ -109,21 +88,15 @@ fn quoted(what: &str, name: &str) -> Result<String, CatalogError> {
 // GET /dbs_and_roles
 // ---------------------------------------------------------------------------------------------
 
-/// Neon's `CatalogObjects`: every role of `pg_authid` and every database of `pg_database`,
-/// as Postgres has them now (not as the spec asks), sorted by name.
-#[derive(Debug, Serialize)]
-pub struct DbsAndRoles {
-    pub roles: Vec<Role>,
-    pub databases: Vec<Database>,
-}
-
-pub async fn dbs_and_roles(node: &Node) -> Result<DbsAndRoles, CatalogError> {
+/// Every role of `pg_authid` and every database of `pg_database`, as Postgres has them now
+/// (not as the spec asks), sorted by name.
+pub async fn dbs_and_roles(node: &Node) -> Result<Catalog, CatalogError> {
     let mut conn = connect(node, node.default_database(), "compute_ctl:dbs_and_roles").await?;
     let roles =
         sqlx::query("SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid ORDER BY rolname")
             .fetch_all(&mut conn)
             .await
-            .map_err(|e| CatalogError::from_sqlx("reading pg_authid", e))?
+            .map_err(|e| from_sqlx("reading pg_authid", e))?
             .into_iter()
             .map(|row| {
                 Ok(Role {
@@ -133,7 +106,7 @@ pub async fn dbs_and_roles(node: &Node) -> Result<DbsAndRoles, CatalogError> {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(|e| CatalogError::from_sqlx("reading pg_authid", e))?;
+            .map_err(|e| from_sqlx("reading pg_authid", e))?;
     // The owner by name through a join, not `datdba::regrole::text`, which would quote names
     // with special characters.
     let databases = sqlx::query(
@@ -145,7 +118,7 @@ pub async fn dbs_and_roles(node: &Node) -> Result<DbsAndRoles, CatalogError> {
     )
     .fetch_all(&mut conn)
     .await
-    .map_err(|e| CatalogError::from_sqlx("reading pg_database", e))?
+    .map_err(|e| from_sqlx("reading pg_database", e))?
     .into_iter()
     .map(|row| {
         Ok(Database {
@@ -157,21 +130,14 @@ pub async fn dbs_and_roles(node: &Node) -> Result<DbsAndRoles, CatalogError> {
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()
-    .map_err(|e| CatalogError::from_sqlx("reading pg_database", e))?;
+    .map_err(|e| from_sqlx("reading pg_database", e))?;
     conn.close().await.ok();
-    Ok(DbsAndRoles { roles, databases })
+    Ok(Catalog { roles, databases })
 }
 
 // ---------------------------------------------------------------------------------------------
 // GET /database_schema
 // ---------------------------------------------------------------------------------------------
-
-/// A schema dump under way: the first piece of output has arrived (so `pg_dump` connected
-/// and read the catalog), the rest follows on `rest`. Dropping it kills `pg_dump`.
-pub struct SchemaDump {
-    pub first: Bytes,
-    pub rest: mpsc::Receiver<std::io::Result<Bytes>>,
-}
 
 /// Start `pg_dump --schema-only` of `database` and wait for its first output.
 ///
@@ -184,7 +150,14 @@ pub struct SchemaDump {
 /// `pg_dump` runs as the Postgres OS user and connects like compute_ctl (same superuser and
 /// port), through the Unix socket when there is one: the database name is passed in
 /// `PGDATABASE`, which libpq never parses as a connection string (`-d` would).
-pub async fn schema_dump(node: &Node, database: &str) -> Result<SchemaDump, CatalogError> {
+///
+/// Returns with the first output; the rest is pumped by the returned task, which stops
+/// `pg_dump` when `cancel` fires (a termination) and then ends the stream with an error.
+pub async fn schema_dump(
+    node: &Node,
+    database: &str,
+    cancel: CancellationToken,
+) -> Result<(SchemaDump, JoinHandle<()>), CatalogError> {
     // Empty, too long or with a NUL byte: no database can have that name.
     quoted("database", database)?;
     let mut conn = connect(node, node.default_database(), "compute_ctl:database_schema").await?;
@@ -193,7 +166,7 @@ pub async fn schema_dump(node: &Node, database: &str) -> Result<SchemaDump, Cata
             .bind(database)
             .fetch_optional(&mut conn)
             .await
-            .map_err(|e| CatalogError::from_sqlx("looking up the database", e))?;
+            .map_err(|e| from_sqlx("looking up the database", e))?;
     conn.close().await.ok();
     if exists.is_none() {
         return Err(CatalogError::NotFound(format!(
@@ -223,25 +196,30 @@ pub async fn schema_dump(node: &Node, database: &str) -> Result<SchemaDump, Cata
     let child = process::spawn(&mut cmd)
         .map_err(|e| CatalogError::Failed(format!("cannot run {}: {e}", pg_dump.display())))?;
     let (tx, mut rx) = mpsc::channel(8);
-    tokio::spawn(pump(child, database.to_owned(), tx));
+    let rest = tokio::spawn(pump(child, database.to_owned(), tx, cancel));
     match rx.recv().await {
-        Some(Ok(first)) => Ok(SchemaDump { first, rest: rx }),
+        Some(Ok(first)) => Ok((SchemaDump { first, rest: rx }, rest)),
         Some(Err(error)) => Err(CatalogError::Failed(error.to_string())),
         // Finished without output and without error.
-        None => Ok(SchemaDump {
-            first: Bytes::new(),
-            rest: rx,
-        }),
+        None => Ok((
+            SchemaDump {
+                first: Bytes::new(),
+                rest: rx,
+            },
+            rest,
+        )),
     }
 }
 
 /// Copy `pg_dump`'s stdout into `tx` until it ends, then report a failed exit as an error
-/// item. If the receiver goes away (the client disconnected) `pg_dump` is killed. Either way
+/// item. If the receiver goes away (the client disconnected) `pg_dump` is stopped; if
+/// `cancel` fires (a termination) it is stopped and the stream ends with an error. Either way
 /// its exit status is collected here, so no zombie is left for the reaper.
 async fn pump(
     mut child: tokio::process::Child,
     database: String,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
+    cancel: CancellationToken,
 ) {
     let pid = child.id();
     let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -260,13 +238,21 @@ async fn pump(
         }
         String::from_utf8_lossy(&kept).trim_end().to_owned()
     });
-    let mut disconnected = false;
+    // Why the dump stopped before its end, if it did.
+    let mut stopped: Option<&str> = None;
     loop {
         let mut buf = Vec::with_capacity(64 * 1024);
         let read = tokio::select! {
             read = stdout.read_buf(&mut buf) => read,
             _ = tx.closed() => {
-                disconnected = true;
+                stopped = Some("the client went away");
+                break;
+            }
+            _ = cancel.cancelled() => {
+                let _ = tx.try_send(Err(std::io::Error::other(
+                    "the compute is terminating: schema dump cancelled",
+                )));
+                stopped = Some("the compute is terminating");
                 break;
             }
         };
@@ -274,7 +260,7 @@ async fn pump(
             Ok(0) => break,
             Ok(_) => {
                 if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                    disconnected = true;
+                    stopped = Some("the client went away");
                     break;
                 }
             }
@@ -284,21 +270,21 @@ async fn pump(
                         "reading pg_dump's output: {e}"
                     ))))
                     .await;
-                disconnected = true;
+                stopped = Some("its output could not be read");
                 break;
             }
         }
     }
     drop(stdout);
-    let status = if disconnected {
+    let status = if stopped.is_some() {
         stop(&mut child).await
     } else {
         child.wait().await
     };
     process::forget(pid);
     let stderr = stderr.await.unwrap_or_default();
-    if disconnected {
-        tracing::info!(database, "schema dump stopped: the client went away");
+    if let Some(why) = stopped {
+        tracing::info!(database, "schema dump stopped: {why}");
         return;
     }
     match status {
@@ -357,7 +343,7 @@ pub async fn check_writability(node: &Node) -> Result<(), CatalogError> {
     let in_recovery: bool = sqlx::query_scalar("SELECT pg_catalog.pg_is_in_recovery()")
         .fetch_one(&mut conn)
         .await
-        .map_err(|e| CatalogError::from_sqlx("checking recovery", e))?;
+        .map_err(|e| from_sqlx("checking recovery", e))?;
     if in_recovery {
         return Err(CatalogError::ReadOnly(
             "postgres is in recovery (a standby): it accepts no writes".into(),
@@ -378,7 +364,7 @@ pub async fn check_writability(node: &Node) -> Result<(), CatalogError> {
             tracing::warn!("check_writability: disk full, counted as writable: {e}");
             Ok(())
         }
-        Err(e) => Err(CatalogError::from_sqlx("writing public.health_check", e)),
+        Err(e) => Err(from_sqlx("writing public.health_check", e)),
     }
 }
 
@@ -393,20 +379,6 @@ fn sqlstate(error: &sqlx::Error) -> Option<String> {
 // GET /insights
 // ---------------------------------------------------------------------------------------------
 
-/// What `/insights` answers: the top statements of `pg_stat_statements`, or why there are none.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Insights {
-    /// Up to 100 rows of the `pg_stat_statements` view (each as `row_to_json` makes it), by
-    /// mean planning + execution time, slowest first, leaving out compute_ctl's own
-    /// statements. `null` when the view cannot be read.
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub pg_stat_statements: Option<Vec<serde_json::Value>>,
-    /// Why `pg_stat_statements` is `null`: the extension is not installed in the default
-    /// database, or it is not in `shared_preload_libraries` (Postgres's message).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unavailable: Option<String>,
-}
-
 pub async fn insights(node: &Node) -> Result<Insights, CatalogError> {
     let database = node.default_database();
     let mut conn = connect(node, database, "compute_ctl:insights").await?;
@@ -417,14 +389,11 @@ pub async fn insights(node: &Node) -> Result<Insights, CatalogError> {
     )
     .fetch_optional(&mut conn)
     .await
-    .map_err(|e| CatalogError::from_sqlx("looking up pg_stat_statements", e))?;
+    .map_err(|e| from_sqlx("looking up pg_stat_statements", e))?;
     let Some(schema) = schema else {
-        return Ok(Insights {
-            pg_stat_statements: None,
-            unavailable: Some(format!(
-                "the pg_stat_statements extension is not installed in database {database:?}"
-            )),
-        });
+        return Ok(Insights::Unavailable(format!(
+            "the pg_stat_statements extension is not installed in database {database:?}"
+        )));
     };
     // Ordered through the JSON so that it works with every version of the view
     // (`mean_time` before 1.8, `mean_exec_time` + `mean_plan_time` since).
@@ -447,46 +416,25 @@ pub async fn insights(node: &Node) -> Result<Insights, CatalogError> {
         Ok(rows) => rows,
         // object_not_in_prerequisite_state: not in shared_preload_libraries.
         Err(e) if sqlstate(&e).as_deref() == Some("55000") => {
-            return Ok(Insights {
-                pg_stat_statements: None,
-                unavailable: Some(
-                    e.as_database_error()
-                        .map(|d| d.message().to_owned())
-                        .unwrap_or_else(|| e.to_string()),
-                ),
-            });
+            return Ok(Insights::Unavailable(
+                e.as_database_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string()),
+            ));
         }
-        Err(e) => return Err(CatalogError::from_sqlx("reading pg_stat_statements", e)),
+        Err(e) => return Err(from_sqlx("reading pg_stat_statements", e)),
     };
     let rows = rows
         .iter()
         .map(|text| serde_json::from_str(text))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CatalogError::Failed(format!("pg_stat_statements row is not JSON: {e}")))?;
-    Ok(Insights {
-        pg_stat_statements: Some(rows),
-        unavailable: None,
-    })
+    Ok(Insights::Statements(rows))
 }
 
 // ---------------------------------------------------------------------------------------------
 // POST /extensions
 // ---------------------------------------------------------------------------------------------
-
-/// Neon's `ExtensionInstallRequest`.
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct ExtensionRequest {
-    pub extension: String,
-    pub database: String,
-    pub version: String,
-}
-
-/// Neon's `ExtensionInstallResponse`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ExtensionResponse {
-    pub extension: String,
-    pub version: String,
-}
 
 /// Make `extension` be at `version` in `database`: nothing if it already is, `ALTER
 /// EXTENSION … UPDATE TO` if another version is installed, else `CREATE EXTENSION … WITH
@@ -494,13 +442,10 @@ pub struct ExtensionResponse {
 /// [`CatalogError::NotFound`] with Postgres's message.
 pub async fn install_extension(
     node: &Node,
-    request: &ExtensionRequest,
-) -> Result<ExtensionResponse, CatalogError> {
-    let ExtensionRequest {
-        extension,
-        database,
-        version,
-    } = request;
+    database: &str,
+    extension: &str,
+    version: &str,
+) -> Result<(), CatalogError> {
     let name = quoted("extension", extension)?;
     quoted("database", database)?;
     let to = quote::literal(version).map_err(|e| CatalogError::Rejected(format!("version {e}")))?;
@@ -511,9 +456,9 @@ pub async fn install_extension(
     .bind(extension)
     .fetch_optional(&mut conn)
     .await
-    .map_err(|e| CatalogError::from_sqlx("reading pg_extension", e))?;
+    .map_err(|e| from_sqlx("reading pg_extension", e))?;
     let sql = match installed {
-        Some(current) if current == *version => None,
+        Some(current) if current == version => None,
         Some(_) => Some(format!("ALTER EXTENSION {name} UPDATE TO {to}")),
         None => Some(format!(
             "CREATE EXTENSION IF NOT EXISTS {name} WITH SCHEMA public VERSION {to}"
@@ -527,95 +472,45 @@ pub async fn install_extension(
             return Err(match sqlstate(&e).as_deref() {
                 // invalid_parameter_value: no script or update path for that version;
                 // feature_not_supported: PG 16+ "extension is not available".
-                Some("22023" | "0A000") => {
-                    CatalogError::NotFound(CatalogError::from_sqlx(&doing, e).to_string())
-                }
-                _ => CatalogError::from_sqlx(&doing, e),
+                Some("22023" | "0A000") => CatalogError::NotFound(from_sqlx(&doing, e).to_string()),
+                _ => from_sqlx(&doing, e),
             });
         }
     }
     conn.close().await.ok();
-    Ok(ExtensionResponse {
-        extension: extension.clone(),
-        version: version.clone(),
-    })
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // POST /grants
 // ---------------------------------------------------------------------------------------------
 
-/// Neon's `Privilege`: the privilege keywords of `GRANT`, upper case. Only `USAGE` and
-/// `CREATE` apply to a schema; Postgres refuses the others (answered as a 400).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Privilege {
-    Select,
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-    References,
-    Trigger,
-    Usage,
-    Create,
-    Connect,
-    Temporary,
-    Execute,
-}
-
-impl Privilege {
-    /// The SQL keyword, as `aclexplode` also names it.
-    pub fn keyword(self) -> &'static str {
-        match self {
-            Privilege::Select => "SELECT",
-            Privilege::Insert => "INSERT",
-            Privilege::Update => "UPDATE",
-            Privilege::Delete => "DELETE",
-            Privilege::Truncate => "TRUNCATE",
-            Privilege::References => "REFERENCES",
-            Privilege::Trigger => "TRIGGER",
-            Privilege::Usage => "USAGE",
-            Privilege::Create => "CREATE",
-            Privilege::Connect => "CONNECT",
-            Privilege::Temporary => "TEMPORARY",
-            Privilege::Execute => "EXECUTE",
-        }
-    }
-}
-
-/// Neon's `SetRoleGrantsRequest` (and, echoed, its `SetRoleGrantsResponse`).
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
-pub struct GrantsRequest {
-    pub database: String,
-    pub schema: String,
-    pub privileges: Vec<Privilege>,
-    pub role: String,
-}
-
 /// Grant `privileges` on `schema` to `role` in `database`, leaving out those the schema's
 /// ACL already gives that role directly (so a repeated request writes nothing). Unlike
 /// Neon's, the lookup sees every role, not only those that can log in.
-pub async fn grant(node: &Node, request: &GrantsRequest) -> Result<(), CatalogError> {
-    let schema = quoted("schema", &request.schema)?;
-    let role = quoted("role", &request.role)?;
-    quoted("database", &request.database)?;
-    let mut conn = connect(node, &request.database, "compute_ctl:grants").await?;
+pub async fn grant(
+    node: &Node,
+    database: &str,
+    schema_name: &str,
+    privileges: &[Privilege],
+    role_name: &str,
+) -> Result<(), CatalogError> {
+    let schema = quoted("schema", schema_name)?;
+    let role = quoted("role", role_name)?;
+    quoted("database", database)?;
+    let mut conn = connect(node, database, "compute_ctl:grants").await?;
     let held: Vec<String> = sqlx::query_scalar(
         "SELECT a.privilege_type::text FROM pg_catalog.pg_namespace n, \
          LATERAL pg_catalog.aclexplode(n.nspacl) a \
          WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND a.grantee OPERATOR(pg_catalog.=) \
          (SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $2)",
     )
-    .bind(&request.schema)
-    .bind(&request.role)
+    .bind(schema_name)
+    .bind(role_name)
     .fetch_all(&mut conn)
     .await
-    .map_err(|e| CatalogError::from_sqlx("reading the schema's privileges", e))?;
-    let mut missing: Vec<&str> = request
-        .privileges
+    .map_err(|e| from_sqlx("reading the schema's privileges", e))?;
+    let mut missing: Vec<&str> = privileges
         .iter()
         .map(|p| p.keyword())
         .filter(|k| !held.iter().any(|h| h == k))
@@ -624,17 +519,17 @@ pub async fn grant(node: &Node, request: &GrantsRequest) -> Result<(), CatalogEr
     missing.dedup();
     if !missing.is_empty() {
         let sql = format!("GRANT {} ON SCHEMA {schema} TO {role}", missing.join(", "));
-        tracing::info!(database = request.database, "{sql}");
+        tracing::info!(database, "{sql}");
         sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut conn)
             .await
             .map_err(|e| {
-                CatalogError::from_sqlx(
+                from_sqlx(
                     &format!(
                         "granting {} on schema {:?} to role {:?}",
                         missing.join(", "),
-                        request.schema,
-                        request.role
+                        schema_name,
+                        role_name
                     ),
                     e,
                 )
@@ -642,24 +537,4 @@ pub async fn grant(node: &Node, request: &GrantsRequest) -> Result<(), CatalogEr
     }
     conn.close().await.ok();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Privilege;
-
-    /// The JSON names (Neon's) are the SQL keywords `GRANT` is built from.
-    #[test]
-    fn privilege_names_are_their_keywords() {
-        let all: Vec<Privilege> = serde_json::from_str(
-            r#"["SELECT","INSERT","UPDATE","DELETE","TRUNCATE","REFERENCES","TRIGGER",
-                "USAGE","CREATE","CONNECT","TEMPORARY","EXECUTE"]"#,
-        )
-        .unwrap();
-        for p in all {
-            assert_eq!(serde_json::to_value(p).unwrap(), p.keyword());
-        }
-        let err = serde_json::from_str::<Privilege>(r#""usage""#).unwrap_err();
-        assert!(err.to_string().contains("unknown variant `usage`"), "{err}");
-    }
 }

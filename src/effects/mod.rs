@@ -1,13 +1,13 @@
 //! Effects: how a command from the machine touches the world.
 //!
-//! Each command runs as a spawned task that reports its result as events through the
-//! [`Reporter`]. Start, configuration and monitor tasks share one cancellation token, so a
-//! termination request cancels them (dropping a child process kills it) before Postgres is
-//! stopped.
+//! [`Effects`] is the engine's [`Runner`]: each job runs as a spawned task that reports its
+//! result as events through the [`Reporter`]. Start, configuration, monitor and operation tasks
+//! share one cancellation token, so a termination request cancels them (dropping a child
+//! process kills it) before Postgres is stopped.
 
 pub mod apply;
 pub mod catalog;
-pub mod node;
+mod operate;
 pub mod pgdata;
 pub mod postgres;
 pub mod process;
@@ -19,17 +19,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use compute_states::{Command, Event, TerminateMode};
+use compute_states::{Event, TerminateMode};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
-use crate::engine::{Reporter, millis};
 use crate::monitor::{self, Monitor};
+use crate::node::Node;
+use crate::report::{Job, Runner};
+use crate::report::{Reporter, millis};
 use crate::spec::{ComputeFeature, ComputeMode, ComputeSpec};
 use crate::vm_monitor::VmMonitor;
-use node::Node;
 use postgres::Postmaster;
 
 pub struct Effects {
@@ -86,15 +87,15 @@ impl Effects {
         self
     }
 
-    /// Start the effect for `command`. `spec` is the spec a start or configure command names.
-    pub fn run(&mut self, command: Command, spec: Option<Arc<ComputeSpec>>) {
+    /// Start the effect of `job`.
+    fn start(&mut self, job: Job) {
         let work = Work {
             node: self.node.clone(),
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
         };
-        if let Some(spec) = &spec {
+        if let Job::Start(spec) | Job::Configure { spec, .. } = &job {
             self.mode = Some(spec.mode);
             let experimental = spec
                 .features
@@ -104,16 +105,14 @@ impl Effects {
             self.lfc_resizing_disabled
                 .store(spec.disable_lfc_resizing == Some(true), Ordering::Relaxed);
         }
-        match (command, spec) {
-            (Command::StartCompute { .. }, Some(spec)) => self.spawn_cancellable(
+        match job {
+            Job::Start(spec) => self.spawn_cancellable(
                 async move { work.start(spec).await }.instrument(info_span!("start_postgres")),
             ),
-            (
-                Command::Configure {
-                    postgres_running, ..
-                },
-                Some(spec),
-            ) => self.spawn_cancellable(
+            Job::Configure {
+                spec,
+                postgres_running,
+            } => self.spawn_cancellable(
                 async move {
                     work.reporter.event(Event::ConfigurationStarted);
                     if postgres_running {
@@ -124,7 +123,7 @@ impl Effects {
                 }
                 .instrument(info_span!("configure", postgres_running)),
             ),
-            (Command::StartMonitor, _) => {
+            Job::StartMonitor => {
                 let monitor = Monitor::new(
                     work.node,
                     work.reporter,
@@ -143,7 +142,17 @@ impl Effects {
                     self.spawn_cancellable(run.instrument(info_span!("vm_monitor")));
                 }
             }
-            (Command::Stop { mode }, _) => {
+            Job::Operation(operation) => {
+                // It watches the token itself: a schema dump's stream must end with an error,
+                // not cleanly, when a termination cuts it.
+                let cancel = self.cancel.clone();
+                let node = work.node;
+                let task = async move { operate::run(&node, operation, cancel).await };
+                self.tasks.retain(|task| !task.is_finished());
+                self.tasks
+                    .push(tokio::spawn(task.instrument(info_span!("operation"))));
+            }
+            Job::Stop(mode) => {
                 self.cancel.cancel();
                 let running = std::mem::take(&mut self.tasks);
                 let primary = self.mode == Some(ComputeMode::Primary);
@@ -157,7 +166,6 @@ impl Effects {
                     .instrument(info_span!("stop_postgres", mode = mode.as_str())),
                 );
             }
-            (command, _) => tracing::error!("effects cannot run {command:?}"),
         }
     }
 
@@ -173,7 +181,7 @@ impl Effects {
     }
 
     /// The last word before the process exits: cancel what runs and leave no postmaster behind.
-    pub async fn shutdown(self) {
+    async fn stop_all(self) {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
@@ -185,6 +193,17 @@ impl Effects {
             tracing::warn!("postmaster still running at exit; stopping it (immediate)");
             postgres::stop(&postmaster, TerminateMode::Immediate).await;
         }
+    }
+}
+
+impl Runner for Effects {
+    fn run(&mut self, job: Job) {
+        tracing::debug!("running {}", job.name());
+        self.start(job);
+    }
+
+    fn shutdown(self) -> impl Future<Output = ()> + Send {
+        self.stop_all()
     }
 }
 

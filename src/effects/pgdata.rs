@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::node::Node;
 use super::process;
+use crate::node::Node;
 use crate::spec::ComputeSpec;
 use crate::{pgconf, quote};
 

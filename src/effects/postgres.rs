@@ -17,9 +17,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
-use super::node::Node;
 use super::process;
-use crate::engine::Reporter;
+use crate::node::Node;
+use crate::report::Reporter;
 use crate::spec::Lsn;
 
 /// How long Postgres may take to become ready before the start counts as failed.

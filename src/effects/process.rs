@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
-use super::node::Node;
+use crate::node::Node;
 
 pub fn command(node: &Node, program: &Path) -> Command {
     let mut cmd = Command::new(program);

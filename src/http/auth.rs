@@ -1,8 +1,9 @@
 //! JWT authentication of the external API (Neon's rules, reference §4), as one middleware.
 //!
-//! The trusted keys are compute_ctl's own setting, not a compute status, so they live here
-//! rather than in the state machine: loaded from the startup `compute_ctl_config`, replaced as
-//! a whole by a verified `/configure` (rotation). No keys means every request is refused.
+//! The trusted keys are the engine's to decide (the startup config's, then those of a
+//! `/configure` once it reached `running`); the snapshot carries the set in force, and this
+//! layer derives the verifying keys from it when it changes. No keys means every request is
+//! refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,6 +16,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::ApiError;
+use crate::engine::EngineHandle;
 use crate::spec::{JwkSet, VerifyingKey};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds (Neon uses 60 for `exp`).
@@ -26,10 +28,12 @@ const ALGORITHMS: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorith
 /// How many verified tokens [`KeySet`] remembers (it forgets them all when full).
 const VERIFIED_CACHE: usize = 1024;
 
-/// What the middleware needs: the compute's identity and the current key set.
+/// What the middleware needs: the compute's identity, the engine's snapshots (for the key set
+/// in force) and the verifying keys derived from the latest set.
 #[derive(Clone)]
 pub struct Auth {
     compute_id: Arc<str>,
+    engine: EngineHandle,
     keys: Arc<RwLock<Arc<KeySet>>>,
 }
 
@@ -38,46 +42,45 @@ pub struct Auth {
 /// Only verified tokens enter, so a stranger cannot fill it; it goes with its keys on rotation.
 #[derive(Default)]
 struct KeySet {
+    /// The set these keys were derived from.
+    jwks: Arc<JwkSet>,
     keys: Vec<VerifyingKey>,
     verified: Mutex<HashMap<String, Claims>>,
 }
 
 impl Auth {
-    pub fn new(compute_id: &str, jwks: &JwkSet) -> Self {
-        let auth = Auth {
+    pub fn new(compute_id: &str, engine: EngineHandle) -> Self {
+        Auth {
             compute_id: compute_id.into(),
+            engine,
             keys: Arc::default(),
-        };
-        auth.replace(jwks);
-        auth
+        }
     }
 
-    /// Installs `jwks` as the trusted set, atomically: a request sees the old or the new set.
-    /// An empty set is ignored: it would lock the control plane out for good.
-    pub fn replace(&self, jwks: &JwkSet) {
-        if jwks.keys.is_empty() && !self.current().keys.is_empty() {
-            tracing::info!("compute_ctl_config has no keys: the trusted key set is unchanged");
-            return;
+    /// The verifying keys of the set in force, derived again when the engine replaced it.
+    fn current(&self) -> Arc<KeySet> {
+        let jwks = self.engine.snapshot().jwks.clone();
+        let current = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if Arc::ptr_eq(&current.jwks, &jwks) {
+            return current;
         }
         let keys = jwks.verifying_keys();
-        let kids: Vec<&str> = keys
-            .iter()
-            .map(|k| k.kid.as_deref().unwrap_or("(no kid)"))
-            .collect();
         if keys.is_empty() {
             tracing::warn!("no JWT keys: every authenticated route answers 401");
         } else {
+            let kids: Vec<&str> = keys
+                .iter()
+                .map(|k| k.kid.as_deref().unwrap_or("(no kid)"))
+                .collect();
             tracing::info!(keys = ?kids, "trusted JWT keys installed");
         }
-        let set = KeySet {
+        let set = Arc::new(KeySet {
+            jwks,
             keys,
             verified: Mutex::default(),
-        };
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
-    }
-
-    fn current(&self) -> Arc<KeySet> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        });
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = set.clone();
+        set
     }
 
     /// Neon's decision (§4), with its status codes and texts.

@@ -1,59 +1,72 @@
-//! Catalog routes: read or change what is inside Postgres. The work is in
-//! `effects::catalog`; these handlers check the compute's status, parse the request and turn
-//! the outcome into a status code.
+//! Catalog routes: read or change what is inside Postgres. Each handler parses the request,
+//! hands it to the machine as an [`Operation`] and turns the answer into a status code; the
+//! work runs as the effect of the machine's `RunOperation` command.
 //!
 //! Status rules, as Neon's: `/insights`, `/check_writability`, `/extensions` and `/grants`
 //! answer 412 unless the compute is `running`. `/dbs_and_roles` and `/database_schema` have
 //! no status rule (they read whatever Postgres there is, e.g. in `failed`, where Postgres
-//! keeps serving); when no Postgres answers they say so with a 503.
+//! keeps serving); when no Postgres answers they say so with a 503. All of them answer 412
+//! once a termination has begun, including when it cancels them half-way.
 
-use std::sync::Arc;
-
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use compute_states::ComputeStatus;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, ErrorBody};
-use crate::effects::catalog::{
-    self, CatalogError, ExtensionRequest, ExtensionResponse, GrantsRequest, Insights,
-};
-use crate::effects::node::Node;
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, OperateError, RequestError};
+use crate::operation::{self, Operation, OperationError, Privilege};
+use crate::spec::{Database, Role};
 
 /// The content type of `/database_schema`: `pg_dump` writes SQL text. (Neon's OpenAPI
 /// document says `text/plain` too; its server sends `application/json`.)
 pub const SCHEMA_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
-impl From<CatalogError> for ApiError {
-    fn from(error: CatalogError) -> Self {
-        let status = match &error {
-            CatalogError::NotFound(_) => StatusCode::NOT_FOUND,
-            CatalogError::Rejected(_) => StatusCode::BAD_REQUEST,
-            CatalogError::ReadOnly(_) => StatusCode::CONFLICT,
-            CatalogError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            CatalogError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, error.to_string())
-    }
+/// The answer of an operation, or the status code that says why there is none.
+fn answered<T>(engine: &EngineHandle, result: Result<T, OperateError>) -> Result<T, ApiError> {
+    let error = match result {
+        Ok(answer) => return Ok(answer),
+        Err(error) => error,
+    };
+    let status = match &error {
+        OperateError::Refused(RequestError::Rejected(_)) => StatusCode::PRECONDITION_FAILED,
+        OperateError::Refused(RequestError::Gone) => StatusCode::SERVICE_UNAVAILABLE,
+        // A termination cut it: the status it is in now says so.
+        OperateError::Cancelled => {
+            let status = engine.snapshot().status;
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("invalid compute status: {status}"),
+            ));
+        }
+        OperateError::Failed(failure) => match failure {
+            OperationError::NotFound(_) => StatusCode::NOT_FOUND,
+            OperationError::Rejected(_) => StatusCode::BAD_REQUEST,
+            OperationError::ReadOnly(_) => StatusCode::CONFLICT,
+            OperationError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OperationError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+    };
+    Err(ApiError::new(status, error.to_string()))
 }
 
-/// 412 unless the compute is `running`, with Neon's message.
-fn require_running(engine: &EngineHandle) -> Result<(), ApiError> {
-    let status = engine.snapshot().status;
-    if status == ComputeStatus::Running {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        format!("invalid compute status: {status}"),
-    ))
+/// The body of a route that needs a running compute. A compute that is not running answers
+/// 412 whatever the body (so a caller learns the status first); otherwise [`json_body`].
+/// Only the error's code depends on the snapshot: nothing runs on a bad body.
+fn running_body<T: DeserializeOwned>(engine: &EngineHandle, body: &Bytes) -> Result<T, ApiError> {
+    json_body(body).map_err(|error| match engine.snapshot().status {
+        ComputeStatus::Running => error,
+        status => ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!("invalid compute status: {status}"),
+        ),
+    })
 }
 
 /// A JSON body: 400 when it is not JSON, 422 naming the JSON path when its shape is wrong
@@ -83,12 +96,24 @@ fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             `options: null`) and every database of `pg_database` (`name`, `owner`, \
             `options: null`, `restrict_conn`, `invalid`) as Postgres has them, sorted by name \
             (Neon's `CatalogObjects`)", body = Object),
+        (status = 412, description = "A termination has begun", body = ErrorBody),
         (status = 503, description = "Postgres cannot be reached", body = ErrorBody),
         (status = 500, description = "Postgres failed the query", body = ErrorBody)))]
 pub async fn dbs_and_roles(
-    Extension(node): Extension<Arc<Node>>,
-) -> Result<Json<catalog::DbsAndRoles>, ApiError> {
-    Ok(Json(catalog::dbs_and_roles(&node).await?))
+    State(engine): State<EngineHandle>,
+) -> Result<Json<DbsAndRoles>, ApiError> {
+    let catalog = answered(&engine, engine.operate(Operation::DbsAndRoles).await)?;
+    Ok(Json(DbsAndRoles {
+        roles: catalog.roles,
+        databases: catalog.databases,
+    }))
+}
+
+/// Neon's `CatalogObjects`.
+#[derive(Debug, Serialize)]
+pub struct DbsAndRoles {
+    roles: Vec<Role>,
+    databases: Vec<Database>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,15 +131,20 @@ pub struct SchemaQuery {
         (status = 400, description = "No `database` parameter, or one that no database can \
             have (empty, a NUL byte, over 63 bytes)", body = ErrorBody),
         (status = 404, description = "No such database (checked before `pg_dump` starts)", body = ErrorBody),
+        (status = 412, description = "A termination has begun", body = ErrorBody),
         (status = 500, description = "`pg_dump` failed before writing anything (its stderr)", body = ErrorBody),
         (status = 503, description = "Postgres cannot be reached", body = ErrorBody)))]
 pub async fn database_schema(
-    Extension(node): Extension<Arc<Node>>,
+    State(engine): State<EngineHandle>,
     query: Result<Query<SchemaQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text().to_lowercase()))?;
-    let dump = catalog::schema_dump(&node, &query.database).await?;
+    let database = query.database;
+    let dump = engine
+        .operate(|reply| Operation::DatabaseSchema { database, reply })
+        .await;
+    let dump = answered(&engine, dump)?;
     let first = first_chunk(dump.first);
     let body = Body::from_stream(tokio_stream::StreamExt::chain(
         first,
@@ -140,12 +170,8 @@ fn first_chunk(
         (status = 412, description = "The compute is not running", body = ErrorBody),
         (status = 500, description = "The write failed (Postgres's message and SQLSTATE)", body = ErrorBody),
         (status = 503, description = "Postgres cannot be reached", body = ErrorBody)))]
-pub async fn check_writability(
-    State(engine): State<EngineHandle>,
-    Extension(node): Extension<Arc<Node>>,
-) -> Result<Json<bool>, ApiError> {
-    require_running(&engine)?;
-    catalog::check_writability(&node).await?;
+pub async fn check_writability(State(engine): State<EngineHandle>) -> Result<Json<bool>, ApiError> {
+    answered(&engine, engine.operate(Operation::CheckWritability).await)?;
     Ok(Json(true))
 }
 
@@ -158,12 +184,32 @@ pub async fn check_writability(
         (status = 412, description = "The compute is not running", body = ErrorBody),
         (status = 500, description = "Postgres failed the query", body = ErrorBody),
         (status = 503, description = "Postgres cannot be reached", body = ErrorBody)))]
-pub async fn insights(
-    State(engine): State<EngineHandle>,
-    Extension(node): Extension<Arc<Node>>,
-) -> Result<Json<Insights>, ApiError> {
-    require_running(&engine)?;
-    Ok(Json(catalog::insights(&node).await?))
+pub async fn insights(State(engine): State<EngineHandle>) -> Result<Json<Insights>, ApiError> {
+    let insights = answered(&engine, engine.operate(Operation::Insights).await)?;
+    Ok(Json(match insights {
+        operation::Insights::Statements(rows) => Insights {
+            pg_stat_statements: Some(rows),
+            unavailable: None,
+        },
+        operation::Insights::Unavailable(why) => Insights {
+            pg_stat_statements: None,
+            unavailable: Some(why),
+        },
+    }))
+}
+
+/// What `/insights` answers: the top statements of `pg_stat_statements`, or why there are none.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Insights {
+    /// Up to 100 rows of the `pg_stat_statements` view (each as `row_to_json` makes it), by
+    /// mean planning + execution time, slowest first, leaving out compute_ctl's own
+    /// statements. `null` when the view cannot be read.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pg_stat_statements: Option<Vec<serde_json::Value>>,
+    /// Why `pg_stat_statements` is `null`: the extension is not installed in the default
+    /// database, or it is not in `shared_preload_libraries` (Postgres's message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unavailable: Option<String>,
 }
 
 /// `POST /extensions` (internal port): install or update an extension to a version.
@@ -177,13 +223,42 @@ pub async fn insights(
         (status = 422, description = "Wrong JSON shape (named by its path)", body = ErrorBody)))]
 pub async fn extensions(
     State(engine): State<EngineHandle>,
-    Extension(node): Extension<Arc<Node>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ExtensionResponse>), ApiError> {
-    require_running(&engine)?;
-    let request: ExtensionRequest = json_body(&body)?;
-    let installed = catalog::install_extension(&node, &request).await?;
-    Ok((StatusCode::CREATED, Json(installed)))
+    let ExtensionRequest {
+        extension,
+        database,
+        version,
+    } = running_body(&engine, &body)?;
+    let response = ExtensionResponse {
+        extension: extension.clone(),
+        version: version.clone(),
+    };
+    let installed = engine
+        .operate(|reply| Operation::InstallExtension {
+            database,
+            extension,
+            version,
+            reply,
+        })
+        .await;
+    answered(&engine, installed)?;
+    Ok((StatusCode::CREATED, Json(response)))
+}
+
+/// Neon's `ExtensionInstallRequest`.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct ExtensionRequest {
+    extension: String,
+    database: String,
+    version: String,
+}
+
+/// Neon's `ExtensionInstallResponse`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ExtensionResponse {
+    extension: String,
+    version: String,
 }
 
 /// `POST /grants` (internal port): grant privileges on a schema to a role.
@@ -198,11 +273,28 @@ pub async fn extensions(
         (status = 422, description = "Wrong JSON shape, e.g. an unknown privilege (named by its path)", body = ErrorBody)))]
 pub async fn grants(
     State(engine): State<EngineHandle>,
-    Extension(node): Extension<Arc<Node>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<GrantsRequest>), ApiError> {
-    require_running(&engine)?;
-    let request: GrantsRequest = json_body(&body)?;
-    catalog::grant(&node, &request).await?;
-    Ok((StatusCode::CREATED, Json(request)))
+    let request: GrantsRequest = running_body(&engine, &body)?;
+    let echo = request.clone();
+    let granted = engine
+        .operate(|reply| Operation::Grant {
+            database: request.database,
+            schema: request.schema,
+            privileges: request.privileges,
+            role: request.role,
+            reply,
+        })
+        .await;
+    answered(&engine, granted)?;
+    Ok((StatusCode::CREATED, Json(echo)))
+}
+
+/// Neon's `SetRoleGrantsRequest` (and, echoed, its `SetRoleGrantsResponse`).
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct GrantsRequest {
+    database: String,
+    schema: String,
+    privileges: Vec<Privilege>,
+    role: String,
 }

@@ -7,7 +7,7 @@ use prometheus::{
 };
 
 use crate::engine::Snapshot;
-use crate::vm_monitor::Figures;
+use crate::report::vm::Figures;
 
 /// The build label of `compute_ctl_up`: `BUILD_TAG` at compile time, else `latest` (as Neon).
 pub const BUILD_TAG: &str = match option_env!("BUILD_TAG") {

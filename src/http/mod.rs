@@ -8,10 +8,10 @@ mod metrics;
 mod routes;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
+use axum::Router;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tower_http::LatencyUnit;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -20,7 +20,6 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::effects::node::Node;
 use crate::engine::EngineHandle;
 use auth::Auth;
 pub use error::{ApiError, ErrorBody};
@@ -104,9 +103,9 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
 }
 
 /// The control plane's API (Neon's external port). Every route but `/metrics`, the probes and
-/// `/openapi.json` needs a token that `auth` verifies. The catalog routes reach Postgres
-/// through `node`.
-pub fn external(engine: EngineHandle, auth: Auth, node: Arc<Node>) -> Router {
+/// `/openapi.json` needs a token that `auth` verifies against the keys in force.
+pub fn external(engine: EngineHandle, compute_id: &str) -> Router {
+    let auth = Auth::new(compute_id, engine.clone());
     let (authenticated, open) = external_routes();
     let (authenticated, _) = authenticated.split_for_parts();
     let (open, _) = open.split_for_parts();
@@ -114,25 +113,18 @@ pub fn external(engine: EngineHandle, auth: Auth, node: Arc<Node>) -> Router {
         auth.clone(),
         auth::require_token,
     ));
-    with_request_log(
-        authenticated
-            .merge(open)
-            .layer(Extension(auth))
-            .layer(Extension(node))
-            .with_state(engine),
-    )
+    with_request_log(authenticated.merge(open).with_state(engine))
 }
 
 /// The on-box API, bound to loopback and without auth, as Neon's: read-only views for local
 /// tools, and the catalog changes of `/extensions` and `/grants`.
-pub fn internal(engine: EngineHandle, node: Arc<Node>) -> Router {
+pub fn internal(engine: EngineHandle) -> Router {
     with_request_log(
         Router::new()
             .route("/status", get(routes::status))
             .route("/metrics.json", get(routes::metrics_json))
             .route("/extensions", post(catalog::extensions))
             .route("/grants", post(catalog::grants))
-            .layer(Extension(node))
             .with_state(engine),
     )
 }

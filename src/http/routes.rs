@@ -2,19 +2,18 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::{Extension, Json};
 use chrono::{DateTime, SecondsFormat, Utc};
-use compute_states::{ComputeStatus, Event, TerminateMode};
+use compute_states::{ComputeStatus, Event, SpecSource, TerminateMode};
 use serde::{Deserialize, Serialize};
 
-use super::auth::Auth;
 use super::{ApiError, ErrorBody};
-use crate::engine::{ComputeMetrics, EngineHandle, Input, RequestError, Snapshot};
+use crate::engine::{ComputeMetrics, Configuration, EngineHandle, Input, RequestError, Snapshot};
 use crate::spec;
 
 /// Neon's `ComputeStatusResponse`, field for field.
@@ -93,7 +92,7 @@ pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMet
 }
 
 /// `POST /configure`: validate, hand the spec to the machine, answer with the outcome. The
-/// body's key set, once the machine has accepted the spec, replaces the trusted keys.
+/// body's key set goes with the spec: the engine trusts it once the spec reaches `running`.
 #[utoipa::path(post, path = "/configure", tag = "compute", security(("bearer" = [])),
     request_body(content = Object, content_type = "application/json",
         description = "`{\"spec\": ComputeSpec, \"compute_ctl_config\": {\"jwks\": JwkSet}}` (Neon's `ConfigurationRequest`)"),
@@ -105,7 +104,6 @@ pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMet
         (status = 500, description = "The configuration failed", body = ErrorBody)))]
 pub async fn configure(
     State(engine): State<EngineHandle>,
-    Extension(auth): Extension<Auth>,
     body: Bytes,
 ) -> Result<Json<StatusResponse>, ApiError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
@@ -121,11 +119,15 @@ pub async fn configure(
         };
         ApiError::new(status, e.to_string())
     })?;
+    let configuration = Configuration {
+        spec: Arc::new(request.spec),
+        jwks: request.compute_ctl_config.jwks,
+        source: SpecSource::Configure,
+    };
     let seq = engine
-        .request(Input::Configure(Arc::new(request.spec)))
+        .request(Input::Spec(configuration))
         .await
         .map_err(request_error)?;
-    auth.replace(&request.compute_ctl_config.jwks);
     let outcome = engine.wait_for(seq, |s| !s.status.is_transient()).await;
     match outcome.status {
         ComputeStatus::Running => Ok(Json(StatusResponse::from(&*outcome))),

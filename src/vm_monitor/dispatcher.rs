@@ -18,12 +18,13 @@ use axum::routing::get;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::filecache::{FileCache, MIB};
+use super::filecache::MIB;
 use super::protocol::{
     Inbound, InboundMessage, Outbound, OutboundMessage, Resources, VersionAnswer, id_of, negotiate,
 };
 use super::{Config, MemoryStats, Outcome, Report, Size, Tunables};
-use crate::engine::Reporter;
+use crate::operation::Operation;
+use crate::report::Reporter;
 
 /// The agent sends its version range at once; Neon gives the whole setup 4 s.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -36,7 +37,8 @@ pub struct Shared {
     reporter: Reporter,
     stats: watch::Receiver<MemoryStats>,
     size: watch::Sender<Size>,
-    file_cache: Option<FileCache>,
+    /// Whether Postgres has a Neon file cache to resize.
+    file_cache: bool,
     /// `disable_lfc_resizing` of the spec in force.
     lfc_disabled: Arc<AtomicBool>,
     /// Scaling decisions one at a time (health checks do not wait for it).
@@ -52,7 +54,7 @@ impl Shared {
         reporter: Reporter,
         stats: watch::Receiver<MemoryStats>,
         size: watch::Sender<Size>,
-        file_cache: Option<FileCache>,
+        file_cache: bool,
         lfc_disabled: Arc<AtomicBool>,
         cancel: CancellationToken,
     ) -> Self {
@@ -81,17 +83,22 @@ impl Shared {
 
     /// Resize the LFC for `usable` bytes of memory, if there is one to resize.
     async fn resize_file_cache(&self, usable: u64) -> anyhow::Result<String> {
-        let Some(cache) = &self.file_cache else {
+        if !self.file_cache {
             return Ok("file cache not resized (not a Neon Postgres)".into());
-        };
+        }
         if self.lfc_disabled.load(Ordering::Relaxed) {
             return Ok("file cache not resized (disable_lfc_resizing)".into());
         }
         let wanted = self.tunables.cache.cache_size(usable);
-        let set = cache
-            .set_size(wanted)
+        // The machine decides whether the compute may be changed now; the effect resizes.
+        let set = self
+            .reporter
+            .operate(|reply| Operation::ResizeFileCache {
+                bytes: wanted,
+                reply,
+            })
             .await
-            .map_err(|e| e.context("failed to resize the file cache"))?;
+            .map_err(|e| anyhow::anyhow!("failed to resize the file cache: {e}"))?;
         self.reporter.vm_monitor(Report::FileCacheSize(set));
         if set != wanted {
             tracing::warn!(

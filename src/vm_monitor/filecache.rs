@@ -47,13 +47,18 @@ impl CacheSizing {
     }
 }
 
-/// A connection target for the file cache's settings.
+/// A connection target for the file cache's settings. The vm-monitor only detects it; the
+/// resize runs as the effect of the machine's command (`effects::operate`).
 #[derive(Debug, Clone)]
 pub struct FileCache {
     options: PgConnectOptions,
 }
 
 impl FileCache {
+    pub fn new(options: PgConnectOptions) -> Self {
+        Self { options }
+    }
+
     /// `Some` when Postgres has the neon extension's `neon.file_cache_size_limit`.
     pub async fn detect(options: PgConnectOptions) -> anyhow::Result<Option<Self>> {
         let mut conn = PgConnection::connect_with(&options)

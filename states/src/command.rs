@@ -1,7 +1,7 @@
 //! Commands: the effects a decision asks for. The runtime executes them outside the machine
 //! and reports their results as events.
 
-use crate::event::{SpecRef, TerminateMode};
+use crate::event::{OpRef, SpecRef, TerminateMode};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -17,11 +17,50 @@ pub enum Command {
     },
     /// Start the compute monitor; it reports `ActivityObserved`, `PostgresReachable` and
     /// `PostgresUnreachable` until `Stop` cancels it. Issued once, at the first `Running`.
-    /// With autoscaling the runtime starts the vm-monitor with it (its reports are figures for
-    /// the metrics, not events: the machine decides nothing from them).
+    /// With autoscaling the runtime starts the vm-monitor with it.
     StartMonitor,
+    /// Run a request (catalog query or change, file-cache resize); its effect answers the
+    /// requester directly. `Stop` cancels it.
+    RunOperation { op: OpRef },
     /// Cancel every running effect, stop Postgres if it runs, then report `Stopped`.
     Stop { mode: TerminateMode },
     /// Leave the process with this code once the final status has been published.
     Exit { code: i32 },
+}
+
+/// The data-free name of a [`Command`], used by the transition table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CommandKind {
+    StartCompute,
+    Configure,
+    StartMonitor,
+    RunOperation,
+    Stop,
+    Exit,
+}
+
+impl CommandKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandKind::StartCompute => "StartCompute",
+            CommandKind::Configure => "Configure",
+            CommandKind::StartMonitor => "StartMonitor",
+            CommandKind::RunOperation => "RunOperation",
+            CommandKind::Stop => "Stop",
+            CommandKind::Exit => "Exit",
+        }
+    }
+}
+
+impl Command {
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            Command::StartCompute { .. } => CommandKind::StartCompute,
+            Command::Configure { .. } => CommandKind::Configure,
+            Command::StartMonitor => CommandKind::StartMonitor,
+            Command::RunOperation { .. } => CommandKind::RunOperation,
+            Command::Stop { .. } => CommandKind::Stop,
+            Command::Exit { .. } => CommandKind::Exit,
+        }
+    }
 }

@@ -7,6 +7,30 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SpecRef(pub u64);
 
+/// An opaque handle to a request the runtime holds (a catalog query, a file-cache resize) with
+/// the reply its requester waits for. The machine decides *whether* it runs, never *what* it
+/// does, and passes the handle on in [`crate::Command::RunOperation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OpRef(pub u64);
+
+/// Where a spec came from. A spec of the startup config (a file or the control plane) starts
+/// the compute (`init`); one from `POST /configure` configures it (`configuration_pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpecSource {
+    /// `--config` or `--spec-path`.
+    File,
+    /// `--control-plane-uri`.
+    ControlPlane,
+    /// `POST /configure`.
+    Configure,
+}
+
+impl SpecSource {
+    pub fn at_startup(self) -> bool {
+        !matches!(self, SpecSource::Configure)
+    }
+}
+
 /// How to stop Postgres: `fast` (SIGINT, shutdown checkpoint) or `immediate` (SIGQUIT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum TerminateMode {
@@ -56,12 +80,18 @@ impl fmt::Display for PostmasterExit {
 /// config; results come from effects; observations come from watchers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A spec came with the startup config (`--config`, `--spec-path`).
-    SpecLoaded { spec: SpecRef },
-    /// `POST /configure` with a spec that passed validation.
-    ConfigureRequested { spec: SpecRef },
+    /// A validated spec, from the startup config or from `POST /configure`.
+    SpecReceived { spec: SpecRef, source: SpecSource },
     /// The configuration effect took the pending spec and began to apply it.
     ConfigurationStarted,
+    /// A request that reads whatever Postgres there is (`/dbs_and_roles`, `/database_schema`):
+    /// it runs in every live status and answers 503 itself when no Postgres answers.
+    InspectRequested { op: OpRef },
+    /// A request that needs a running compute (`/insights`, `/check_writability`,
+    /// `/extensions`, `/grants`).
+    CatalogRequested { op: OpRef },
+    /// The vm-monitor asks to resize the file cache; it runs wherever Postgres is supervised.
+    FileCacheResizeRequested { op: OpRef },
     /// The postmaster wrote `ready` into `postmaster.pid`.
     PostgresStarted,
     /// Postgres could not be started (PGDATA, initdb, spawn, readiness).
@@ -88,9 +118,14 @@ pub enum Event {
 /// The data-free name of an [`Event`], used by the transition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
-    SpecLoaded,
-    ConfigureRequested,
+    /// Split by where the spec came from: the two start the compute differently.
+    SpecReceived {
+        at_startup: bool,
+    },
     ConfigurationStarted,
+    InspectRequested,
+    CatalogRequested,
+    FileCacheResizeRequested,
     PostgresStarted,
     StartFailed,
     ConfigurationApplied,
@@ -104,10 +139,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
-        EventKind::SpecLoaded,
-        EventKind::ConfigureRequested,
+    pub const ALL: [EventKind; 16] = [
+        EventKind::SpecReceived { at_startup: true },
+        EventKind::SpecReceived { at_startup: false },
         EventKind::ConfigurationStarted,
+        EventKind::InspectRequested,
+        EventKind::CatalogRequested,
+        EventKind::FileCacheResizeRequested,
         EventKind::PostgresStarted,
         EventKind::StartFailed,
         EventKind::ConfigurationApplied,
@@ -122,8 +160,10 @@ impl EventKind {
 
     pub fn name(self) -> &'static str {
         match self {
-            EventKind::SpecLoaded => "SpecLoaded",
-            EventKind::ConfigureRequested => "ConfigureRequested",
+            EventKind::SpecReceived { .. } => "SpecReceived",
+            EventKind::InspectRequested => "InspectRequested",
+            EventKind::CatalogRequested => "CatalogRequested",
+            EventKind::FileCacheResizeRequested => "FileCacheResizeRequested",
             EventKind::ConfigurationStarted => "ConfigurationStarted",
             EventKind::PostgresStarted => "PostgresStarted",
             EventKind::StartFailed => "StartFailed",
@@ -153,8 +193,12 @@ impl EventKind {
 impl Event {
     pub fn kind(&self) -> EventKind {
         match self {
-            Event::SpecLoaded { .. } => EventKind::SpecLoaded,
-            Event::ConfigureRequested { .. } => EventKind::ConfigureRequested,
+            Event::SpecReceived { source, .. } => EventKind::SpecReceived {
+                at_startup: source.at_startup(),
+            },
+            Event::InspectRequested { .. } => EventKind::InspectRequested,
+            Event::CatalogRequested { .. } => EventKind::CatalogRequested,
+            Event::FileCacheResizeRequested { .. } => EventKind::FileCacheResizeRequested,
             Event::ConfigurationStarted => EventKind::ConfigurationStarted,
             Event::PostgresStarted => EventKind::PostgresStarted,
             Event::StartFailed { .. } => EventKind::StartFailed,

@@ -6,7 +6,8 @@
 //! drives it from one task and runs the commands as async effects.
 //!
 //! [`table::TRANSITIONS`] is the declarative copy of the machine: the diagram is generated
-//! from it, and the tests check that the statig handlers agree with it pair by pair.
+//! from it, and the tests check that the statig handlers agree with it pair by pair, target
+//! state and commands alike.
 
 mod command;
 mod event;
@@ -16,8 +17,8 @@ mod monitoring;
 mod status;
 pub mod table;
 
-pub use command::Command;
-pub use event::{Event, EventKind, PostmasterExit, SpecRef, TerminateMode};
+pub use command::{Command, CommandKind};
+pub use event::{Event, EventKind, OpRef, PostmasterExit, SpecRef, SpecSource, TerminateMode};
 pub use machine::{Compute, Handled, Rejection};
 pub use monitoring::Monitoring;
 pub use status::{ComputeStatus, StateKind};

@@ -48,11 +48,11 @@ impl Logic {
     #[state(superstate = "live")]
     fn empty(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
         match event {
-            Event::SpecLoaded { spec } => {
+            Event::SpecReceived { spec, source } if source.at_startup() => {
                 context.commands.push(Command::StartCompute { spec: *spec });
                 Transition(State::init())
             }
-            Event::ConfigureRequested { spec } => self.configure(*spec, context),
+            Event::SpecReceived { spec, .. } => self.configure(*spec, context),
             _ => Super,
         }
     }
@@ -78,7 +78,10 @@ impl Logic {
     #[state(superstate = "supervising", entry_action = "enter_running")]
     fn running(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
         match event {
-            Event::ConfigureRequested { spec } => self.configure(*spec, context),
+            Event::SpecReceived { spec, source } if !source.at_startup() => {
+                self.configure(*spec, context)
+            }
+            Event::CatalogRequested { op } => run(*op, context),
             _ => Super,
         }
     }
@@ -86,11 +89,14 @@ impl Logic {
     #[state(superstate = "live")]
     fn failed(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
         match event {
-            Event::ConfigureRequested { spec } => self.configure(*spec, context),
+            Event::SpecReceived { spec, source } if !source.at_startup() => {
+                self.configure(*spec, context)
+            }
             // A failed reconfiguration leaves Postgres running, and the monitor with it.
             Event::ActivityObserved { .. }
             | Event::PostgresReachable { .. }
             | Event::PostgresUnreachable { .. } => self.observe(event),
+            Event::FileCacheResizeRequested { op } => run(*op, context),
             Event::PostmasterExited { exit } => {
                 self.postmaster_alive = false;
                 self.error = Some(match self.error.take() {
@@ -159,6 +165,7 @@ impl Logic {
             Event::ActivityObserved { .. }
             | Event::PostgresReachable { .. }
             | Event::PostgresUnreachable { .. } => self.observe(event),
+            Event::FileCacheResizeRequested { op } => run(*op, context),
             _ => Super,
         }
     }
@@ -171,6 +178,8 @@ impl Logic {
                 context.commands.push(Command::Stop { mode: *mode });
                 Transition(State::termination_pending(*mode))
             }
+            // Whatever Postgres there is answers (or the effect says none does).
+            Event::InspectRequested { op } => run(*op, context),
             _ => Super,
         }
     }
@@ -192,6 +201,12 @@ impl Logic {
             context.commands.push(Command::StartMonitor);
         }
     }
+}
+
+/// Accept a request: its effect runs, the state stays.
+fn run(op: crate::OpRef, context: &mut Decisions) -> Outcome<State> {
+    context.commands.push(Command::RunOperation { op });
+    Handled
 }
 
 impl Logic {

@@ -1,6 +1,7 @@
 //! The declarative transition table: the single source of the diagram, checked against the
 //! statig handlers by the tests.
 
+use crate::command::CommandKind;
 use crate::event::EventKind;
 use crate::status::StateKind;
 
@@ -19,170 +20,99 @@ pub struct Edge {
     pub from: StateKind,
     pub on: EventKind,
     pub target: Target,
+    /// The commands the handler may issue, in order. Some are conditional (an escalation's
+    /// `Stop`, the first `Running`'s `StartMonitor`); the tests check a handler never issues
+    /// one that is not listed, and issues all of them for the sample event.
+    pub commands: &'static [CommandKind],
     /// What happens besides the state change, for readers of the diagram.
     pub note: &'static str,
 }
 
-const fn edge(from: StateKind, on: EventKind, target: Target, note: &'static str) -> Edge {
+const fn edge(
+    from: StateKind,
+    on: EventKind,
+    target: Target,
+    commands: &'static [CommandKind],
+    note: &'static str,
+) -> Edge {
     Edge {
         from,
         on,
         target,
+        commands,
         note,
     }
 }
 
+use CommandKind as C;
 use EventKind as E;
 use StateKind as S;
 use Target::{Stay, To};
 
-/// Every accepted pair. Any pair not listed is rejected with `invalid compute status`.
+const STARTUP_SPEC: E = E::SpecReceived { at_startup: true };
+const CONFIGURE_SPEC: E = E::SpecReceived { at_startup: false };
+
+/// Every accepted pair, one edge per line. Any pair not listed is rejected with `invalid
+/// compute status`.
+#[rustfmt::skip]
 pub const TRANSITIONS: &[Edge] = &[
-    edge(S::Empty, E::SpecLoaded, To(S::Init), "spec at startup"),
-    edge(
-        S::Empty,
-        E::ConfigureRequested,
-        To(S::ConfigurationPending),
-        "POST /configure",
-    ),
-    edge(
-        S::Empty,
-        E::TerminateRequested,
-        To(S::TerminationPending),
-        "",
-    ),
-    edge(
-        S::ConfigurationPending,
-        E::ConfigurationStarted,
-        To(S::Configuration),
-        "",
-    ),
-    edge(
-        S::ConfigurationPending,
-        E::TerminateRequested,
-        To(S::TerminationPending),
-        "cancel",
-    ),
-    edge(
-        S::ConfigurationPending,
-        E::PostmasterExited,
-        To(S::Failed),
-        "exit",
-    ),
-    edge(S::Configuration, E::PostgresStarted, Stay, "first start"),
-    edge(
-        S::Configuration,
-        E::ConfigurationApplied,
-        To(S::Running),
-        "",
-    ),
-    edge(S::Configuration, E::StartFailed, To(S::Failed), "error set"),
-    edge(
-        S::Configuration,
-        E::ConfigurationFailed,
-        To(S::Failed),
-        "error set",
-    ),
-    edge(
-        S::Configuration,
-        E::PostmasterExited,
-        To(S::Failed),
-        "exit with its code",
-    ),
-    edge(
-        S::Configuration,
-        E::TerminateRequested,
-        To(S::TerminationPending),
-        "cancel",
-    ),
-    edge(S::Init, E::PostgresStarted, Stay, ""),
-    edge(S::Init, E::ConfigurationApplied, To(S::Running), ""),
-    edge(S::Init, E::StartFailed, To(S::Failed), "error set"),
-    edge(S::Init, E::ConfigurationFailed, To(S::Failed), "error set"),
-    edge(
-        S::Init,
-        E::PostmasterExited,
-        To(S::Failed),
-        "exit with its code",
-    ),
-    edge(
-        S::Init,
-        E::TerminateRequested,
-        To(S::TerminationPending),
-        "cancel",
-    ),
-    edge(
-        S::Running,
-        E::ConfigureRequested,
-        To(S::ConfigurationPending),
-        "reconfigure",
-    ),
-    edge(
-        S::Running,
-        E::PostmasterExited,
-        To(S::Failed),
-        "exit with its code",
-    ),
-    edge(
-        S::Running,
-        E::TerminateRequested,
-        To(S::TerminationPending),
-        "",
-    ),
-    edge(
-        S::Failed,
-        E::ConfigureRequested,
-        To(S::ConfigurationPending),
-        "retry",
-    ),
-    edge(S::Failed, E::PostmasterExited, Stay, "exit with its code"),
-    edge(
-        S::Failed,
-        E::TerminateRequested,
-        To(S::TerminationPending),
-        "",
-    ),
-    edge(
-        S::TerminationPending,
-        E::TerminateRequested,
-        Stay,
-        "escalate to immediate",
-    ),
-    edge(S::TerminationPending, E::PostmasterExited, Stay, ""),
-    edge(
-        S::TerminationPending,
-        E::Stopped,
-        To(S::Terminated),
-        "exit 0",
-    ),
+    edge(S::Empty, STARTUP_SPEC, To(S::Init), &[C::StartCompute], "startup config"),
+    edge(S::Empty, CONFIGURE_SPEC, To(S::ConfigurationPending), &[C::Configure], "POST /configure"),
+    edge(S::Empty, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Empty, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], ""),
+    edge(S::ConfigurationPending, E::ConfigurationStarted, To(S::Configuration), &[], ""),
+    edge(S::ConfigurationPending, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::ConfigurationPending, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
+    edge(S::ConfigurationPending, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], "cancel"),
+    edge(S::ConfigurationPending, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
+    edge(S::Configuration, E::PostgresStarted, Stay, &[], "first start"),
+    edge(S::Configuration, E::ConfigurationApplied, To(S::Running), &[C::StartMonitor], "monitor at the first running"),
+    edge(S::Configuration, E::StartFailed, To(S::Failed), &[], "error set"),
+    edge(S::Configuration, E::ConfigurationFailed, To(S::Failed), &[], "error set"),
+    edge(S::Configuration, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Configuration, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Configuration, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
+    edge(S::Configuration, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], "cancel"),
+    edge(S::Init, E::PostgresStarted, Stay, &[], ""),
+    edge(S::Init, E::ConfigurationApplied, To(S::Running), &[C::StartMonitor], ""),
+    edge(S::Init, E::StartFailed, To(S::Failed), &[], "error set"),
+    edge(S::Init, E::ConfigurationFailed, To(S::Failed), &[], "error set"),
+    edge(S::Init, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Init, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Init, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
+    edge(S::Init, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], "cancel"),
+    edge(S::Running, CONFIGURE_SPEC, To(S::ConfigurationPending), &[C::Configure], "reconfigure"),
+    edge(S::Running, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Running, E::CatalogRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Running, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Running, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
+    edge(S::Running, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], ""),
+    edge(S::Failed, CONFIGURE_SPEC, To(S::ConfigurationPending), &[C::Configure], "retry"),
+    edge(S::Failed, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Failed, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Failed, E::PostmasterExited, Stay, &[C::Exit], "exit with its code"),
+    edge(S::Failed, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], ""),
+    edge(S::TerminationPending, E::TerminateRequested, Stay, &[C::Stop], "escalate to immediate"),
+    edge(S::TerminationPending, E::PostmasterExited, Stay, &[], ""),
+    edge(S::TerminationPending, E::Stopped, To(S::Terminated), &[C::Exit], "exit 0"),
     // The monitor's observations: accepted wherever Postgres may run under supervision (the
     // monitor starts at the first Running and lives through reconfigurations, failed ones
     // included); rejected, quietly, once termination began.
-    edge(S::ConfigurationPending, E::ActivityObserved, Stay, OBSERVED),
-    edge(
-        S::ConfigurationPending,
-        E::PostgresReachable,
-        Stay,
-        OBSERVED,
-    ),
-    edge(
-        S::ConfigurationPending,
-        E::PostgresUnreachable,
-        Stay,
-        OBSERVED,
-    ),
-    edge(S::Configuration, E::ActivityObserved, Stay, OBSERVED),
-    edge(S::Configuration, E::PostgresReachable, Stay, OBSERVED),
-    edge(S::Configuration, E::PostgresUnreachable, Stay, OBSERVED),
-    edge(S::Init, E::ActivityObserved, Stay, OBSERVED),
-    edge(S::Init, E::PostgresReachable, Stay, OBSERVED),
-    edge(S::Init, E::PostgresUnreachable, Stay, OBSERVED),
-    edge(S::Running, E::ActivityObserved, Stay, OBSERVED),
-    edge(S::Running, E::PostgresReachable, Stay, OBSERVED),
-    edge(S::Running, E::PostgresUnreachable, Stay, OBSERVED),
-    edge(S::Failed, E::ActivityObserved, Stay, OBSERVED),
-    edge(S::Failed, E::PostgresReachable, Stay, OBSERVED),
-    edge(S::Failed, E::PostgresUnreachable, Stay, OBSERVED),
+    edge(S::ConfigurationPending, E::ActivityObserved, Stay, &[], OBSERVED),
+    edge(S::ConfigurationPending, E::PostgresReachable, Stay, &[], OBSERVED),
+    edge(S::ConfigurationPending, E::PostgresUnreachable, Stay, &[], OBSERVED),
+    edge(S::Configuration, E::ActivityObserved, Stay, &[], OBSERVED),
+    edge(S::Configuration, E::PostgresReachable, Stay, &[], OBSERVED),
+    edge(S::Configuration, E::PostgresUnreachable, Stay, &[], OBSERVED),
+    edge(S::Init, E::ActivityObserved, Stay, &[], OBSERVED),
+    edge(S::Init, E::PostgresReachable, Stay, &[], OBSERVED),
+    edge(S::Init, E::PostgresUnreachable, Stay, &[], OBSERVED),
+    edge(S::Running, E::ActivityObserved, Stay, &[], OBSERVED),
+    edge(S::Running, E::PostgresReachable, Stay, &[], OBSERVED),
+    edge(S::Running, E::PostgresUnreachable, Stay, &[], OBSERVED),
+    edge(S::Failed, E::ActivityObserved, Stay, &[], OBSERVED),
+    edge(S::Failed, E::PostgresReachable, Stay, &[], OBSERVED),
+    edge(S::Failed, E::PostgresUnreachable, Stay, &[], OBSERVED),
 ];
 
 /// The note of the observation self-loops; the diagram draws them as one edge per state.
@@ -190,10 +120,12 @@ pub const OBSERVED: &str = "last_active, downtime";
 
 /// What the table says a state does with an event: `None` means rejected.
 pub fn expected(from: StateKind, on: EventKind) -> Option<Target> {
-    TRANSITIONS
-        .iter()
-        .find(|e| e.from == from && e.on == on)
-        .map(|e| e.target)
+    find(from, on).map(|e| e.target)
+}
+
+/// The edge of an accepted pair.
+pub fn find(from: StateKind, on: EventKind) -> Option<&'static Edge> {
+    TRANSITIONS.iter().find(|e| e.from == from && e.on == on)
 }
 
 #[cfg(test)]

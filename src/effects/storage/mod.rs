@@ -21,8 +21,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use super::node::Node;
-use crate::engine::Reporter;
+use crate::node::Node;
+use crate::report::Reporter;
 use crate::spec::ComputeSpec;
 
 /// The `--storage` choices for a compute whose spec names no data source.

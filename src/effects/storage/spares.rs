@@ -38,8 +38,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 use super::template::{self, Manifest};
-use crate::effects::node::Node;
 use crate::effects::pgdata;
+use crate::node::Node;
 
 const SPARE: &str = "spare-";
 const MAKING: &str = ".making-spare-";

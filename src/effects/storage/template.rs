@@ -44,9 +44,9 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
 use super::{Backend, BoxFuture, Prepare, spares};
-use crate::effects::node::Node;
 use crate::effects::{pgdata, process};
-use crate::engine::millis;
+use crate::node::Node;
+use crate::report::millis;
 
 const STAMP: &str = "template.stamp";
 /// Which `postgres` binary a template was built with (see [`origin`]).

@@ -25,9 +25,9 @@ use anyhow::{Context, bail};
 
 use super::retries::Retries;
 use super::{Backend, BoxFuture, Prepare};
-use crate::effects::node::Node;
 use crate::effects::{pgdata, process};
-use crate::engine::millis;
+use crate::node::Node;
+use crate::report::millis;
 use crate::spec::{ComputeMode, ComputeSpec, Lsn};
 
 /// Where `pg_basebackup` writes inside PGDATA (it needs an empty directory, and PGDATA holds

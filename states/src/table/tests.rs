@@ -4,12 +4,31 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::machine::sample;
-use crate::{Command, Compute, Event, PostmasterExit, SpecRef, TerminateMode};
+use crate::{Command, Compute, Event, OpRef, PostmasterExit, SpecRef, SpecSource, TerminateMode};
 
+fn startup_spec(n: u64) -> Event {
+    Event::SpecReceived {
+        spec: SpecRef(n),
+        source: SpecSource::File,
+    }
+}
+
+fn configure_spec(n: u64) -> Event {
+    Event::SpecReceived {
+        spec: SpecRef(n),
+        source: SpecSource::Configure,
+    }
+}
+
+/// An event of each kind; in `TerminationPending` (fast) the sample termination is immediate,
+/// so that the escalation's conditional `Stop` is exercised.
 fn sample_event(kind: EventKind) -> Event {
     match kind {
-        EventKind::SpecLoaded => Event::SpecLoaded { spec: SpecRef(1) },
-        EventKind::ConfigureRequested => Event::ConfigureRequested { spec: SpecRef(2) },
+        EventKind::SpecReceived { at_startup: true } => startup_spec(1),
+        EventKind::SpecReceived { at_startup: false } => configure_spec(2),
+        EventKind::InspectRequested => Event::InspectRequested { op: OpRef(1) },
+        EventKind::CatalogRequested => Event::CatalogRequested { op: OpRef(2) },
+        EventKind::FileCacheResizeRequested => Event::FileCacheResizeRequested { op: OpRef(3) },
         EventKind::ConfigurationStarted => Event::ConfigurationStarted,
         EventKind::PostgresStarted => Event::PostgresStarted,
         EventKind::StartFailed => Event::StartFailed {
@@ -20,7 +39,7 @@ fn sample_event(kind: EventKind) -> Event {
             error: "role \"x\" does not exist".into(),
         },
         EventKind::TerminateRequested => Event::TerminateRequested {
-            mode: TerminateMode::Fast,
+            mode: TerminateMode::Immediate,
         },
         EventKind::PostmasterExited => Event::PostmasterExited {
             exit: PostmasterExit::Signal(9),
@@ -35,7 +54,8 @@ fn sample_event(kind: EventKind) -> Event {
     }
 }
 
-/// Every (state, event) pair: the statig handlers do what the table says, nothing more.
+/// Every (state, event) pair: the statig handlers do what the table says, nothing more: the
+/// target state, and the commands of the edge, in order.
 #[test]
 fn handlers_agree_with_table() {
     let mut mismatches = Vec::new();
@@ -43,13 +63,19 @@ fn handlers_agree_with_table() {
         for on in EventKind::ALL {
             let mut compute = sample::in_state(from);
             let got = compute.handle(&sample_event(on));
+            let commands = |handled: &crate::Handled| {
+                let kinds: Vec<_> = handled.commands.iter().map(Command::kind).collect();
+                find(from, on).is_some_and(|edge| edge.commands == kinds.as_slice())
+            };
             let ok = match (&got, expected(from, on)) {
                 (Err(rejection), None) => rejection.state == from && compute.state() == from,
                 (Ok(handled), Some(Target::Stay)) => {
-                    handled.transition.is_none() && compute.state() == from
+                    handled.transition.is_none() && compute.state() == from && commands(handled)
                 }
                 (Ok(handled), Some(Target::To(to))) => {
-                    handled.transition == Some((from, to)) && compute.state() == to
+                    handled.transition == Some((from, to))
+                        && compute.state() == to
+                        && commands(handled)
                 }
                 _ => false,
             };
@@ -199,10 +225,7 @@ fn a_crash_fails_the_compute_and_exits_with_postgres_code() {
 #[test]
 fn reconfigure_knows_postgres_runs_and_a_start_does_not() {
     let mut compute = Compute::new();
-    let cmds = compute
-        .handle(&Event::ConfigureRequested { spec: SpecRef(7) })
-        .unwrap()
-        .commands;
+    let cmds = compute.handle(&configure_spec(7)).unwrap().commands;
     assert_eq!(
         cmds,
         vec![Command::Configure {
@@ -213,10 +236,7 @@ fn reconfigure_knows_postgres_runs_and_a_start_does_not() {
     compute.handle(&Event::ConfigurationStarted).unwrap();
     compute.handle(&Event::PostgresStarted).unwrap();
     compute.handle(&Event::ConfigurationApplied).unwrap();
-    let cmds = compute
-        .handle(&Event::ConfigureRequested { spec: SpecRef(8) })
-        .unwrap()
-        .commands;
+    let cmds = compute.handle(&configure_spec(8)).unwrap().commands;
     assert_eq!(
         cmds,
         vec![Command::Configure {
@@ -229,9 +249,7 @@ fn reconfigure_knows_postgres_runs_and_a_start_does_not() {
 #[test]
 fn running_clears_the_error_of_a_failed_attempt() {
     let mut compute = sample::in_state(StateKind::Failed);
-    compute
-        .handle(&Event::ConfigureRequested { spec: SpecRef(1) })
-        .unwrap();
+    compute.handle(&configure_spec(1)).unwrap();
     compute.handle(&Event::ConfigurationStarted).unwrap();
     compute
         .handle(&Event::ConfigurationFailed {
@@ -239,9 +257,7 @@ fn running_clears_the_error_of_a_failed_attempt() {
         })
         .unwrap();
     assert_eq!(compute.error(), Some("bad"));
-    compute
-        .handle(&Event::ConfigureRequested { spec: SpecRef(2) })
-        .unwrap();
+    compute.handle(&configure_spec(2)).unwrap();
     compute.handle(&Event::ConfigurationStarted).unwrap();
     compute.handle(&Event::ConfigurationApplied).unwrap();
     assert_eq!(compute.state(), StateKind::Running);
@@ -263,8 +279,10 @@ fn diagram_has_every_edge() {
         TRANSITIONS.len() - observations + observing.len() + 3
     );
     assert!(diagram.contains("    Running --> Running: monitor (last_active, downtime)"));
-    assert!(diagram.contains("    Empty --> ConfigurationPending: ConfigureRequested"));
-    assert!(diagram.contains("    TerminationPending --> Terminated: Stopped"));
+    assert!(diagram.contains(
+        "    Empty --> ConfigurationPending: SpecReceived (POST /configure) / Configure\n"
+    ));
+    assert!(diagram.contains("    TerminationPending --> Terminated: Stopped (exit 0) / Exit\n"));
 }
 
 fn any_event() -> impl Strategy<Value = Event> {
@@ -274,8 +292,11 @@ fn any_event() -> impl Strategy<Value = Event> {
         (1..64i32).prop_map(PostmasterExit::Signal)
     ];
     prop_oneof![
-        any::<u64>().prop_map(|n| Event::SpecLoaded { spec: SpecRef(n) }),
-        any::<u64>().prop_map(|n| Event::ConfigureRequested { spec: SpecRef(n) }),
+        any::<u64>().prop_map(startup_spec),
+        any::<u64>().prop_map(configure_spec),
+        any::<u64>().prop_map(|n| Event::InspectRequested { op: OpRef(n) }),
+        any::<u64>().prop_map(|n| Event::CatalogRequested { op: OpRef(n) }),
+        any::<u64>().prop_map(|n| Event::FileCacheResizeRequested { op: OpRef(n) }),
         Just(Event::ConfigurationStarted),
         Just(Event::PostgresStarted),
         ".*".prop_map(|error| Event::StartFailed { error }),
@@ -320,7 +341,9 @@ proptest! {
                     } else {
                         prop_assert_eq!(compute.state(), before);
                     }
+                    let edge = find(before, event.kind()).unwrap();
                     for command in &handled.commands {
+                        prop_assert!(edge.commands.contains(&command.kind()));
                         if let Command::Exit { code } = command {
                             let terminated = compute.state() == StateKind::Terminated;
                             prop_assert_eq!(code == &0, terminated);
@@ -344,15 +367,11 @@ proptest! {
 #[test]
 fn the_monitor_starts_once_at_the_first_running_and_survives_reconfiguration() {
     let mut compute = Compute::new();
-    compute
-        .handle(&Event::SpecLoaded { spec: SpecRef(1) })
-        .unwrap();
+    compute.handle(&startup_spec(1)).unwrap();
     compute.handle(&Event::PostgresStarted).unwrap();
     let running = compute.handle(&Event::ConfigurationApplied).unwrap();
     assert_eq!(running.commands, vec![Command::StartMonitor]);
-    compute
-        .handle(&Event::ConfigureRequested { spec: SpecRef(2) })
-        .unwrap();
+    compute.handle(&configure_spec(2)).unwrap();
     compute.handle(&Event::ConfigurationStarted).unwrap();
     compute
         .handle(&Event::ConfigurationFailed {
@@ -376,9 +395,7 @@ fn the_monitor_starts_once_at_the_first_running_and_survives_reconfiguration() {
         })
         .unwrap();
     assert_eq!(compute.monitoring().current_downtime_ms(), 1_000);
-    compute
-        .handle(&Event::ConfigureRequested { spec: SpecRef(3) })
-        .unwrap();
+    compute.handle(&configure_spec(3)).unwrap();
     compute.handle(&Event::ConfigurationStarted).unwrap();
     let again = compute.handle(&Event::ConfigurationApplied).unwrap();
     assert!(again.commands.is_empty(), "{:?}", again.commands);
@@ -417,4 +434,32 @@ fn observations_after_termination_are_rejected_and_change_nothing() {
     assert!(rejected.is_err());
     assert_eq!(compute.monitoring().total_downtime_ms(), 0);
     assert_eq!(compute.monitoring().current_downtime_ms(), 0);
+}
+
+#[test]
+fn catalog_requests_need_running_and_inspection_any_live_status() {
+    for from in StateKind::ALL {
+        let mut compute = sample::in_state(from);
+        let catalog = compute.handle(&Event::CatalogRequested { op: OpRef(1) });
+        assert_eq!(catalog.is_ok(), from == StateKind::Running, "{from:?}");
+        let inspect = compute.handle(&Event::InspectRequested { op: OpRef(2) });
+        assert_eq!(inspect.is_ok(), from.is_live(), "{from:?}");
+        if let Ok(handled) = inspect {
+            assert_eq!(
+                handled.commands,
+                vec![Command::RunOperation { op: OpRef(2) }]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_startup_spec_is_refused_once_the_compute_has_one() {
+    let mut compute = Compute::new();
+    compute.handle(&startup_spec(1)).unwrap();
+    assert!(compute.handle(&startup_spec(2)).is_err());
+    assert!(
+        compute.handle(&configure_spec(3)).is_err(),
+        "init accepts no /configure"
+    );
 }

@@ -24,9 +24,9 @@ use sqlx::postgres::PgConnectOptions;
 
 use super::retries::Retries;
 use super::{Backend, BoxFuture, Prepare};
-use crate::effects::node::Node;
 use crate::effects::pgdata;
-use crate::engine::millis;
+use crate::node::Node;
+use crate::report::millis;
 use crate::spec::{ComputeMode, ComputeSpec, Lsn};
 
 #[derive(Debug)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 
-use crate::effects::node::Node;
 use crate::effects::process;
+use crate::node::Node;
 use crate::spec::Lsn;
 
 /// Retries after the first attempt, as Neon.

@@ -1,0 +1,92 @@
+//! Runs an [`Operation`] the machine accepted and sends its answer to the requester.
+//!
+//! A termination cancels it: the reply is dropped unanswered (the requester then answers with
+//! the status that cancelled it), and a schema dump already streaming is cut with an error.
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::catalog;
+use crate::node::Node;
+use crate::operation::{Operation, OperationError};
+use crate::vm_monitor::filecache::FileCache;
+
+pub async fn run(node: &Node, operation: Operation, cancel: CancellationToken) {
+    let streaming = tokio::select! {
+        streaming = answer(node, operation, cancel.clone()) => streaming,
+        _ = cancel.cancelled() => return,
+    };
+    // The pump watches `cancel` itself; waiting for it here lets a termination wait until
+    // `pg_dump` is stopped before Postgres is.
+    if let Some(pump) = streaming {
+        let _ = pump.await;
+    }
+}
+
+/// Do the work and reply; a schema dump that is streaming returns its pump.
+async fn answer(
+    node: &Node,
+    operation: Operation,
+    cancel: CancellationToken,
+) -> Option<JoinHandle<()>> {
+    match operation {
+        Operation::DbsAndRoles(reply) => {
+            let _ = reply.send(catalog::dbs_and_roles(node).await);
+        }
+        Operation::DatabaseSchema {
+            database,
+            mut reply,
+        } => {
+            // Until its first output `pg_dump` may wait for a lock: a requester that goes away
+            // meanwhile drops the dump, and the pump then stops `pg_dump`.
+            let dump = tokio::select! {
+                dump = catalog::schema_dump(node, &database, cancel) => dump,
+                _ = reply.closed() => return None,
+            };
+            match dump {
+                Ok((dump, pump)) => {
+                    // Unsent (the requester is gone), the dump is dropped and the pump stops.
+                    let _ = reply.send(Ok(dump));
+                    return Some(pump);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+        Operation::CheckWritability(reply) => {
+            let _ = reply.send(catalog::check_writability(node).await);
+        }
+        Operation::Insights(reply) => {
+            let _ = reply.send(catalog::insights(node).await);
+        }
+        Operation::InstallExtension {
+            database,
+            extension,
+            version,
+            reply,
+        } => {
+            let result = catalog::install_extension(node, &database, &extension, &version).await;
+            let _ = reply.send(result);
+        }
+        Operation::Grant {
+            database,
+            schema,
+            privileges,
+            role,
+            reply,
+        } => {
+            let result = catalog::grant(node, &database, &schema, &privileges, &role).await;
+            let _ = reply.send(result);
+        }
+        Operation::ResizeFileCache { bytes, reply } => {
+            let options = node.connect_options(node.default_database(), "vm-monitor");
+            let result = FileCache::new(options)
+                .set_size(bytes)
+                .await
+                .map_err(|e| OperationError::Failed(format!("{e:#}")));
+            let _ = reply.send(result);
+        }
+    }
+    None
+}
