@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::effects::Effects;
-use crate::spec::ComputeSpec;
+use crate::spec::{ComputeSpec, ValidSpec};
 use crate::vm_monitor;
 
 /// Startup timings, with Neon's field names and order (all milliseconds unless named).
@@ -71,9 +71,9 @@ pub struct Snapshot {
 pub enum Input {
     Event(Event),
     /// The spec of the startup config.
-    LoadSpec(Arc<ComputeSpec>),
+    LoadSpec(Arc<ValidSpec>),
     /// A validated spec from `POST /configure`.
-    Configure(Arc<ComputeSpec>),
+    Configure(Arc<ValidSpec>),
     /// A timing measured by an effect.
     Metrics(Box<dyn FnOnce(&mut ComputeMetrics) + Send>),
     /// The final WAL position, read by the stop effect after the postmaster stopped.
@@ -230,7 +230,7 @@ pub struct Engine {
     effects: Effects,
     inbox: Inbox,
     /// Specs that arrived with an event, until the command that applies them is issued.
-    specs: HashMap<SpecRef, Arc<ComputeSpec>>,
+    specs: HashMap<SpecRef, Arc<ValidSpec>>,
     next_spec: u64,
     snapshot: Snapshot,
     process_start: Instant,

@@ -9,9 +9,10 @@ use compute_ctl::effects::Effects;
 use compute_ctl::effects::node::Node;
 use compute_ctl::effects::storage::StorageOptions;
 use compute_ctl::engine::{self, Engine, Input};
+use compute_ctl::spec::{self, Reserved};
 use compute_ctl::vm_monitor::cgroup::{CGROUP_ROOT, MemorySource};
 use compute_ctl::vm_monitor::{self, VmMonitor};
-use compute_ctl::{control_plane, http, signals, spec, systemd, telemetry, tokens};
+use compute_ctl::{control_plane, http, signals, systemd, telemetry, tokens};
 use compute_states::{ComputeStatus, TerminateMode};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
@@ -94,13 +95,19 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let connstr = args.connstr.context("--connstr is required")?;
     let compute_id = args.compute_id.context("--compute-id is required")?;
 
+    // First: validation needs the superuser's name (a spec may not touch that role).
+    let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
+    node.wipe_persistent = args.wipe_persistent;
+    let node = Arc::new(node);
+    let reserved = Reserved::new(&node.superuser);
+
     // A ComputeConfig from a file or from the control plane; clap lets only one through.
     let mut cplane_requests = control_plane::Requests::new();
     let config = match (&args.config, &args.control_plane_uri) {
-        (Some(path), _) => Some(spec::load_config(path)?),
+        (Some(path), _) => Some(spec::load_config(path, &reserved)?),
         // As PID 1 an unhandled SIGTERM is ignored: `docker stop` must not wait for retries.
         (None, Some(uri)) => tokio::select! {
-            config = control_plane::fetch_config(uri, &compute_id, &mut cplane_requests) => Some(config?),
+            config = control_plane::fetch_config(uri, &compute_id, &mut cplane_requests, &reserved) => Some(config?),
             signal = signals::first_termination() => {
                 tracing::info!("received {}: exiting before the compute started", signal?);
                 return Ok(0);
@@ -108,17 +115,24 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         },
         (None, None) => None,
     };
-    let (spec, jwks) = match (config, &args.spec_path) {
-        (Some(config), _) => (config.spec, config.compute_ctl_config.jwks),
+    let (spec, keys) = match (config, &args.spec_path) {
+        (Some(config), _) => {
+            let keys = http::jwks::verifying_keys(
+                &config.compute_ctl_config.jwks,
+                "compute_ctl_config.jwks.",
+            )
+            .with_context(|| match &args.config {
+                Some(path) => path.display().to_string(),
+                None => "the control plane's answer".to_owned(),
+            })?;
+            (config.spec, keys)
+        }
         // A bare spec has no compute_ctl_config, hence no keys: the API refuses every token.
-        (None, Some(path)) => (Some(spec::load_spec(path)?), Default::default()),
+        (None, Some(path)) => (Some(spec::load_spec(path, &reserved)?), Vec::new()),
         (None, None) => {
             anyhow::bail!("give a spec with --config, --spec-path or --control-plane-uri")
         }
     };
-    let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
-    node.wipe_persistent = args.wipe_persistent;
-    let node = Arc::new(node);
     tracing::info!(
         compute_id,
         pgdata = %node.pgdata.display(),
@@ -141,7 +155,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         None
     };
 
-    let auth = http::auth::Auth::new(&compute_id, &jwks);
+    let auth = http::auth::Auth::new(&compute_id, keys);
     let (handle, reporter, inbox) = engine::channel();
     reporter.cplane_requests(cplane_requests);
     let effects = Effects::new(node.clone(), reporter)

@@ -27,7 +27,7 @@ use tracing::{Instrument, info_span};
 
 use crate::engine::{Reporter, millis};
 use crate::monitor::{self, Monitor};
-use crate::spec::{ComputeFeature, ComputeMode, ComputeSpec};
+use crate::spec::{ComputeFeature, ComputeMode, ValidSpec};
 use crate::vm_monitor::VmMonitor;
 use node::Node;
 use postgres::Postmaster;
@@ -87,7 +87,7 @@ impl Effects {
     }
 
     /// Start the effect for `command`. `spec` is the spec a start or configure command names.
-    pub fn run(&mut self, command: Command, spec: Option<Arc<ComputeSpec>>) {
+    pub fn run(&mut self, command: Command, spec: Option<Arc<ValidSpec>>) {
         let work = Work {
             node: self.node.clone(),
             reporter: self.reporter.clone(),
@@ -202,7 +202,7 @@ struct Work {
 
 impl Work {
     /// Build PGDATA, start Postgres, then apply the spec.
-    async fn start(&self, spec: Arc<ComputeSpec>) {
+    async fn start(&self, spec: Arc<ValidSpec>) {
         let started = match self.start_postgres(&spec).await {
             Ok(started) => started,
             Err(error) => {
@@ -234,7 +234,7 @@ impl Work {
 
     async fn start_postgres(
         &self,
-        spec: &ComputeSpec,
+        spec: &ValidSpec,
     ) -> anyhow::Result<(Postmaster, std::time::Duration, Box<dyn storage::Backend>)> {
         let backend = storage::choose(&self.storage, spec)?;
         let cx = storage::Prepare {
@@ -257,7 +257,7 @@ impl Work {
     }
 
     /// Rewrite postgresql.conf, reload, apply the spec.
-    async fn reconfigure(&self, spec: Arc<ComputeSpec>) {
+    async fn reconfigure(&self, spec: Arc<ValidSpec>) {
         let postmaster = lock(&self.postmaster).clone();
         let written = pgdata::write_postgresql_conf(&self.node, &spec);
         match (written, postmaster) {
@@ -285,7 +285,7 @@ impl Work {
     }
 
     /// Apply the spec; whether it was (`ConfigurationApplied`).
-    async fn apply(&self, spec: &ComputeSpec, concurrency: usize) -> bool {
+    async fn apply(&self, spec: &ValidSpec, concurrency: usize) -> bool {
         let began = Instant::now();
         // As on Neon: roles and databases only on a primary, and not when the control plane
         // says the catalog is already in place.

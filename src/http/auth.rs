@@ -2,7 +2,8 @@
 //!
 //! The trusted keys are compute_ctl's own setting, not a compute status, so they live here
 //! rather than in the state machine: loaded from the startup `compute_ctl_config`, replaced as
-//! a whole by a verified `/configure` (rotation). No keys means every request is refused.
+//! a whole by a verified `/configure` (rotation). No keys means every request is refused. The
+//! keys come checked and decoded by [`super::jwks`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,7 +16,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::ApiError;
-use crate::spec::{JwkSet, VerifyingKey};
+use super::jwks::VerifyingKey;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds (Neon uses 60 for `exp`).
 const LEEWAY_SECONDS: u64 = 60;
@@ -43,23 +44,22 @@ struct KeySet {
 }
 
 impl Auth {
-    pub fn new(compute_id: &str, jwks: &JwkSet) -> Self {
+    pub fn new(compute_id: &str, keys: Vec<VerifyingKey>) -> Self {
         let auth = Auth {
             compute_id: compute_id.into(),
             keys: Arc::default(),
         };
-        auth.replace(jwks);
+        auth.replace(keys);
         auth
     }
 
-    /// Installs `jwks` as the trusted set, atomically: a request sees the old or the new set.
+    /// Installs `keys` as the trusted set, atomically: a request sees the old or the new set.
     /// An empty set is ignored: it would lock the control plane out for good.
-    pub fn replace(&self, jwks: &JwkSet) {
-        if jwks.keys.is_empty() && !self.current().keys.is_empty() {
+    pub fn replace(&self, keys: Vec<VerifyingKey>) {
+        if keys.is_empty() && !self.current().keys.is_empty() {
             tracing::info!("compute_ctl_config has no keys: the trusted key set is unchanged");
             return;
         }
-        let keys = jwks.verifying_keys();
         let kids: Vec<&str> = keys
             .iter()
             .map(|k| k.kid.as_deref().unwrap_or("(no kid)"))

@@ -4,6 +4,7 @@
 pub mod auth;
 mod catalog;
 mod error;
+pub mod jwks;
 mod metrics;
 mod routes;
 

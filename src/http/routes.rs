@@ -13,9 +13,10 @@ use compute_states::{ComputeStatus, Event, TerminateMode};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
-use super::{ApiError, ErrorBody};
+use super::{ApiError, ErrorBody, jwks};
+use crate::effects::node::Node;
 use crate::engine::{ComputeMetrics, EngineHandle, Input, RequestError, Snapshot};
-use crate::spec;
+use crate::spec::{self, Reserved};
 
 /// Neon's `ComputeStatusResponse`, field for field.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -106,6 +107,7 @@ pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMet
 pub async fn configure(
     State(engine): State<EngineHandle>,
     Extension(auth): Extension<Auth>,
+    Extension(node): Extension<Arc<Node>>,
     body: Bytes,
 ) -> Result<Json<StatusResponse>, ApiError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
@@ -114,18 +116,20 @@ pub async fn configure(
             format!("request body is not JSON: {e}"),
         ));
     }
-    let request = spec::parse_request(&body).map_err(|e| {
+    let request = spec::parse_request(&body, &Reserved::new(&node.superuser)).map_err(|e| {
         let status = match e {
             spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.to_string())
     })?;
+    let keys = jwks::verifying_keys(&request.compute_ctl_config.jwks, "compute_ctl_config.jwks.")
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let seq = engine
         .request(Input::Configure(Arc::new(request.spec)))
         .await
         .map_err(request_error)?;
-    auth.replace(&request.compute_ctl_config.jwks);
+    auth.replace(keys);
     let outcome = engine.wait_for(seq, |s| !s.status.is_transient()).await;
     match outcome.status {
         ComputeStatus::Running => Ok(Json(StatusResponse::from(&*outcome))),
