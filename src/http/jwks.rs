@@ -141,11 +141,11 @@ mod tests {
     #[test]
     fn good_keys_decode() {
         let ed = json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "k1", "x": ED_X});
-        let keys = keys(json!([ed])).unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].alg, Algorithm::EdDSA);
-        assert_eq!(keys[0].kid.as_deref(), Some("k1"));
-        assert!(super::keys(json!([])).unwrap().is_empty());
+        let decoded = keys(json!([ed])).unwrap();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].alg, Algorithm::EdDSA);
+        assert_eq!(decoded[0].kid.as_deref(), Some("k1"));
+        assert!(keys(json!([])).unwrap().is_empty());
     }
 
     #[test]
