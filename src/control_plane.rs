@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use reqwest::StatusCode;
 
-use crate::spec::{self, ComputeConfig, ControlPlaneComputeStatus, SpecError};
+use crate::spec::{self, ComputeConfig, ControlPlaneComputeStatus, Reserved, SpecError, ValidSpec};
 
 pub const TOKEN_ENV: &str = "NEON_CONTROL_PLANE_TOKEN";
 /// Attempts in all; the pauses between them double from `FIRST_BACKOFF` up to `MAX_BACKOFF`
@@ -33,11 +33,13 @@ enum Failure {
 /// came): Neon's `compute_ctl_cplane_requests_total{rpc="GetConfig"}`.
 pub type Requests = BTreeMap<String, u64>;
 
+/// The compute's configuration, its spec validated against `reserved`.
 pub async fn fetch_config(
     base: &str,
     compute_id: &str,
     requests: &mut Requests,
-) -> anyhow::Result<ComputeConfig> {
+    reserved: &Reserved<'_>,
+) -> anyhow::Result<ComputeConfig<ValidSpec>> {
     let url = spec_url(base, compute_id)?;
     let token = std::env::var(TOKEN_ENV).ok();
     let client = reqwest::Client::builder()
@@ -46,7 +48,7 @@ pub async fn fetch_config(
         .map_err(|e| anyhow!("building the HTTP client: {e}"))?;
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match fetch_once(&client, &url, token.as_deref(), requests).await {
+        match fetch_once(&client, &url, token.as_deref(), requests, reserved).await {
             Ok(config) => {
                 tracing::info!(
                     attempt,
@@ -90,7 +92,8 @@ async fn fetch_once(
     url: &reqwest::Url,
     token: Option<&str>,
     requests: &mut Requests,
-) -> Result<ComputeConfig, Failure> {
+    reserved: &Reserved<'_>,
+) -> Result<ComputeConfig<ValidSpec>, Failure> {
     let mut request = client.get(url.clone());
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -114,7 +117,7 @@ async fn fetch_once(
         }
         _ => return Err(Failure::Final(anyhow!("{status}: {}", excerpt(&body)))),
     }
-    let response = match spec::parse_control_plane_response(&body) {
+    let response = match spec::parse_control_plane_response(&body, reserved) {
         Ok(response) => response,
         Err(error @ SpecError::Json { .. }) => {
             return Err(Failure::Transient(anyhow!("undecodable answer: {error}")));

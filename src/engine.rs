@@ -19,7 +19,7 @@ pub use crate::report::{
     ComputeMetrics, Configuration, Input, Job, OperateError, RequestError, Runner,
 };
 use crate::report::{Envelope, Reporter, millis, vm};
-use crate::spec::{ComputeSpec, JwkSet};
+use crate::spec::{JwkSet, ValidSpec};
 
 /// What the compute looks like after the latest event.
 #[derive(Debug, Clone)]
@@ -327,7 +327,7 @@ impl<R: Runner> Engine<R> {
         self.runner.run(job);
     }
 
-    fn on_spec(&mut self, spec: &ComputeSpec) {
+    fn on_spec(&mut self, spec: &ValidSpec) {
         self.snapshot.tenant = spec.tenant_id();
         self.snapshot.timeline = spec.timeline_id();
         if self.spec_arrived.is_none() {

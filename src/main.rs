@@ -9,9 +9,10 @@ use compute_ctl::effects::Effects;
 use compute_ctl::effects::storage::StorageOptions;
 use compute_ctl::engine::{self, Configuration, Engine, Input, Runner};
 use compute_ctl::node::Node;
+use compute_ctl::spec::{self, Reserved};
 use compute_ctl::vm_monitor::cgroup::{CGROUP_ROOT, MemorySource};
 use compute_ctl::vm_monitor::{self, VmMonitor};
-use compute_ctl::{control_plane, http, signals, spec, systemd, telemetry, tokens};
+use compute_ctl::{control_plane, http, signals, systemd, telemetry, tokens};
 use compute_states::{ComputeStatus, SpecSource, TerminateMode};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
@@ -97,13 +98,19 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let connstr = args.connstr.context("--connstr is required")?;
     let compute_id = args.compute_id.context("--compute-id is required")?;
 
+    // First: validation needs the superuser's name (a spec may not touch that role).
+    let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
+    node.wipe_persistent = args.wipe_persistent;
+    let node = Arc::new(node);
+    let reserved = Reserved::new(&node.superuser);
+
     // A ComputeConfig from a file or from the control plane; clap lets only one through.
     let mut cplane_requests = control_plane::Requests::new();
     let config = match (&args.config, &args.control_plane_uri) {
-        (Some(path), _) => Some(spec::load_config(path)?),
+        (Some(path), _) => Some(spec::load_config(path, &reserved)?),
         // As PID 1 an unhandled SIGTERM is ignored: `docker stop` must not wait for retries.
         (None, Some(uri)) => tokio::select! {
-            config = control_plane::fetch_config(uri, &compute_id, &mut cplane_requests) => Some(config?),
+            config = control_plane::fetch_config(uri, &compute_id, &mut cplane_requests, &reserved) => Some(config?),
             signal = signals::first_termination() => {
                 tracing::info!("received {}: exiting before the compute started", signal?);
                 return Ok(0);
@@ -116,16 +123,21 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         None => SpecSource::File,
     };
     let (spec, jwks) = match (config, &args.spec_path) {
-        (Some(config), _) => (config.spec, config.compute_ctl_config.jwks),
+        (Some(config), _) => {
+            // Checked here (each key must decode); the engine trusts the set from the start.
+            http::jwks::verifying_keys(&config.compute_ctl_config.jwks, "compute_ctl_config.jwks.")
+                .with_context(|| match &args.config {
+                    Some(path) => path.display().to_string(),
+                    None => "the control plane's answer".to_owned(),
+                })?;
+            (config.spec, config.compute_ctl_config.jwks)
+        }
         // A bare spec has no compute_ctl_config, hence no keys: the API refuses every token.
-        (None, Some(path)) => (Some(spec::load_spec(path)?), Default::default()),
+        (None, Some(path)) => (Some(spec::load_spec(path, &reserved)?), Default::default()),
         (None, None) => {
             anyhow::bail!("give a spec with --config, --spec-path or --control-plane-uri")
         }
     };
-    let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
-    node.wipe_persistent = args.wipe_persistent;
-    let node = Arc::new(node);
     tracing::info!(
         compute_id,
         pgdata = %node.pgdata.display(),
@@ -165,7 +177,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let internal = http::bind(internal_addr).await?;
     let stop_serving = CancellationToken::new();
     let servers = [
-        (external, http::external(handle.clone(), &compute_id)),
+        (
+            external,
+            http::external(handle.clone(), &compute_id, &node.superuser),
+        ),
         (internal, http::internal(handle.clone())),
     ]
     .map(|(listener, router)| {

@@ -15,7 +15,7 @@
 //! the settings, which win over them). All quoting goes through [`crate::quote`].
 
 use crate::quote;
-use crate::spec::{ComputeMode, ComputeSpec, GenericOption, SpecError};
+use crate::spec::{ComputeMode, ComputeSpec, SpecError, ValidSpec};
 
 /// File in PGDATA included at the end of `postgresql.conf` if it exists.
 pub const OVERRIDE_FILE: &str = "compute_ctl_override.conf";
@@ -50,69 +50,12 @@ host replication all ::1/128 trust
 host replication all all md5
 ";
 
-/// Directives of the configuration file that look like settings but load other files.
-const DIRECTIVES: [&str; 3] = ["include", "include_dir", "include_if_exists"];
-
-/// One `name = value` line for a `cluster.settings` entry (without the newline). `field` is
-/// the entry's JSON path (like `cluster.settings[3]`), for errors.
-///
-/// A `string` value is quoted; any other vartype is written raw and so must be a single bare
-/// token, else it could end the line early, start a comment or another setting. A missing value
-/// is refused: `postgresql.conf` has no syntax for a name alone (PostgreSQL would refuse the
-/// whole file). Include directives are refused too: they are not settings.
-pub fn setting_line(opt: &GenericOption, field: &str) -> Result<String, SpecError> {
-    let invalid = |part: &str, value: &str, reason: String| SpecError::Invalid {
-        field: format!("{field}.{part}"),
-        value: value.to_owned(),
-        reason,
-    };
-    let name = quote::conf_name(&opt.name)
-        .map_err(|e| invalid("name", &opt.name, format!("setting name {}", e.problem())))?;
-    if DIRECTIVES.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
-        return Err(invalid(
-            "name",
-            &opt.name,
-            "include directives are not accepted as settings".to_owned(),
-        ));
-    }
-    let Some(value) = opt.value.as_deref() else {
-        return Err(invalid(
-            "value",
-            "",
-            format!("setting {name} has no value (postgresql.conf cannot express that)"),
-        ));
-    };
-    let rendered = if opt.vartype == "string" {
-        quote::conf_value(value)
-    } else {
-        quote::conf_raw(value)
-    }
-    .map_err(|e| {
-        invalid(
-            "value",
-            value,
-            format!(
-                "value of setting {name} (vartype {:?}) {}",
-                opt.vartype,
-                e.problem()
-            ),
-        )
-    })?;
-    Ok(format!("{name} = {rendered}"))
-}
-
-/// The whole `postgresql.conf` for `spec`, with Postgres listening on `port`.
-pub fn postgresql_conf(spec: &ComputeSpec, port: u16) -> Result<String, SpecError> {
+/// The whole `postgresql.conf` for `spec`, with Postgres listening on `port`. The settings'
+/// lines are the ones validation made; only Neon's storage fields are checked here.
+pub fn postgresql_conf(spec: &ValidSpec, port: u16) -> Result<String, SpecError> {
     let mut out = String::new();
 
     if let Some(head) = &spec.cluster.postgresql_conf {
-        if head.contains('\0') {
-            return Err(SpecError::Invalid {
-                field: "cluster.postgresql_conf".to_owned(),
-                value: head.clone(),
-                reason: "postgresql_conf contains a NUL byte".to_owned(),
-            });
-        }
         out.push_str(head);
         if !head.is_empty() && !head.ends_with('\n') {
             out.push('\n');
@@ -127,11 +70,11 @@ pub fn postgresql_conf(spec: &ComputeSpec, port: u16) -> Result<String, SpecErro
         out.push_str(&format!("{name} = {LOCALE}\n"));
     }
 
-    if let Some(settings) = &spec.cluster.settings {
+    if let Some(lines) = spec.setting_lines() {
         out.push_str(MANAGED_BEGIN);
         out.push('\n');
-        for (i, opt) in settings.iter().enumerate() {
-            out.push_str(&setting_line(opt, &format!("cluster.settings[{i}]"))?);
+        for line in lines {
+            out.push_str(line);
             out.push('\n');
         }
         out.push_str(MANAGED_END);
@@ -244,7 +187,7 @@ fn neon_line(name: &str, value: &str, field: &str) -> Result<String, SpecError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Lsn, parse_spec};
+    use crate::spec::{Reserved, parse_spec};
     use serde_json::json;
 
     const LOCALE_LINES: [&str; 4] = [
@@ -256,11 +199,15 @@ mod tests {
 
     const CLUSTER_SPEC: &[u8] = include_bytes!("../tests/fixtures/neon/cluster_spec.json");
 
-    fn spec(value: serde_json::Value) -> ComputeSpec {
-        parse_spec(&serde_json::to_vec(&value).unwrap()).unwrap()
+    fn spec(value: serde_json::Value) -> ValidSpec {
+        parse_spec(
+            &serde_json::to_vec(&value).unwrap(),
+            &Reserved::new("cloud_admin"),
+        )
+        .unwrap()
     }
 
-    /// A spec that skipped validation, as a caller could build by hand.
+    /// A spec as read, for the storage lines (which take the fields as they are).
     fn unvalidated(settings: serde_json::Value) -> ComputeSpec {
         serde_json::from_value(json!({
             "format_version": 1.0,
@@ -324,7 +271,7 @@ include_if_exists = 'compute_ctl_override.conf'
 
     #[test]
     fn fixture_escaping_and_order() {
-        let spec = parse_spec(CLUSTER_SPEC).unwrap();
+        let spec = parse_spec(CLUSTER_SPEC, &Reserved::new("cloud_admin")).unwrap();
         let conf = postgresql_conf(&spec, 55433).unwrap();
         let lines: Vec<&str> = conf.lines().collect();
         assert!(lines.contains(
@@ -346,74 +293,16 @@ include_if_exists = 'compute_ctl_override.conf'
     }
 
     #[test]
-    fn raw_value_injection_is_refused() {
-        for value in [
-            "off\nshared_preload_libraries = 'evil'",
-            "off # comment",
-            "off'",
-            "on x",
-            "",
-        ] {
-            let spec = unvalidated(json!([
-                {"name": "fsync", "value": "off", "vartype": "bool"},
-                {"name": "wal_level", "value": value, "vartype": "enum"}
-            ]));
-            let err = postgresql_conf(&spec, 5432).unwrap_err();
-            let text = err.to_string();
-            assert!(
-                text.starts_with("at cluster.settings[1].value: value of setting wal_level"),
-                "{value:?}: {text}"
-            );
-            assert!(!text.contains('\n'), "{text}");
-        }
-    }
-
-    #[test]
-    fn string_value_with_newline_is_refused() {
-        let spec = unvalidated(json!([
-            {"name": "a.b", "value": "x'\ny = 'z", "vartype": "string"}
-        ]));
-        let err = postgresql_conf(&spec, 5432).unwrap_err();
-        assert!(
-            err.to_string().starts_with("at cluster.settings[0].value"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn bad_names_and_directives_are_refused() {
-        for name in [
-            "a = b\nc",
-            "a b",
-            "1a",
-            "include",
-            "INCLUDE_DIR",
-            "include_if_exists",
-        ] {
-            let spec = unvalidated(json!([{"name": name, "value": "x", "vartype": "string"}]));
-            let err = postgresql_conf(&spec, 5432).unwrap_err();
-            assert!(
-                err.to_string().starts_with("at cluster.settings[0].name"),
-                "{name:?}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn missing_value_is_refused() {
-        let spec = unvalidated(json!([{"name": "fsync", "value": null, "vartype": "bool"}]));
-        let err = postgresql_conf(&spec, 5432).unwrap_err();
-        assert!(
-            err.to_string().starts_with("at cluster.settings[0].value"),
-            "{err}"
-        );
-    }
-
-    #[test]
     fn static_and_replica_mode_lines() {
-        let mut spec = unvalidated(json!([]));
-        spec.mode = ComputeMode::Static(Lsn(0x1_016B_9188));
-        let conf = postgresql_conf(&spec, 5432).unwrap();
+        let in_mode = |mode: serde_json::Value| {
+            spec(json!({
+                "format_version": 1.0,
+                "suspend_timeout_seconds": -1,
+                "mode": mode,
+                "cluster": {"roles": [], "databases": [], "settings": []}
+            }))
+        };
+        let conf = postgresql_conf(&in_mode(json!({"Static": "1/16B9188"})), 5432).unwrap();
         assert_eq!(
             conf,
             "lc_messages = 'C.UTF-8'\nlc_monetary = 'C.UTF-8'\nlc_time = 'C.UTF-8'\n\
@@ -425,14 +314,12 @@ include_if_exists = 'compute_ctl_override.conf'
              port = 5432\ninclude_if_exists = 'compute_ctl_override.conf'\n"
         );
 
-        spec.mode = ComputeMode::Replica;
-        let conf = postgresql_conf(&spec, 5432).unwrap();
+        let conf = postgresql_conf(&in_mode(json!("Replica")), 5432).unwrap();
         assert!(conf.contains("\nhot_standby = on\n# from --connstr"));
         assert!(!conf.contains("recovery_target_lsn"));
 
-        spec.mode = ComputeMode::Primary;
         assert!(
-            !postgresql_conf(&spec, 5432)
+            !postgresql_conf(&in_mode(json!("Primary")), 5432)
                 .unwrap()
                 .contains("hot_standby")
         );

@@ -518,6 +518,9 @@ async fn key_rotation_through_configure() {
         json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519" }] }),
         json!({ "keys": [{ "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "alg": "RS256" }] }),
         json!({ "keys": [{ "kty": "RSA", "n": "AQAB", "e": "AQAB", "alg": "HS256" }] }),
+        // Well-formed, but the material does not decode: a 3-byte Ed25519 key, padded base64.
+        json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": "AAAA" }] }),
+        json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": format!("{}=", new_key.jwk["x"].as_str().unwrap()) }] }),
     ] {
         let mut body = config(Some(&the_spec));
         body["compute_ctl_config"]["jwks"] = bad.clone();
@@ -605,20 +608,35 @@ async fn bare_spec_starts_and_refuses_every_token() {
     c.assert_no_postgres_left();
 }
 
-/// A `-c` config whose key set does not parse stops compute_ctl before it serves, naming the key.
+/// A `-c` config whose key set does not parse, or holds a key whose material does not decode,
+/// stops compute_ctl before it serves, naming the key.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_key_set_in_config_file_exits_non_zero() {
-    let mut c = Compute::new("badjwks");
-    let mut cfg = config(None);
-    cfg["compute_ctl_config"]["jwks"] = json!({ "keys": [{ "kty": "oct", "k": "c2VjcmV0" }] });
-    c.start_with_config_as_is(&cfg);
-    let st = c.wait_exit().await;
-    assert_eq!(st.code(), Some(1), "{}", c.log_tail(20));
-    let stderr = c.stderr();
-    assert!(
-        stderr.contains("compute_ctl_config.jwks.keys[0]") && stderr.contains("symmetric"),
-        "{stderr}"
-    );
+    let good = Signer::ed25519(Some("good"));
+    for (name, key, reason) in [
+        (
+            "badjwks",
+            json!({ "kty": "oct", "k": "c2VjcmV0" }),
+            "symmetric",
+        ),
+        (
+            "badjwkx",
+            json!({ "kty": "OKP", "crv": "Ed25519", "x": "AAAA" }),
+            "x is 3 bytes",
+        ),
+    ] {
+        let mut c = Compute::new(name);
+        let mut cfg = config(None);
+        cfg["compute_ctl_config"]["jwks"] = json!({ "keys": [good.jwk.clone(), key] });
+        c.start_with_config_as_is(&cfg);
+        let st = c.wait_exit().await;
+        assert_eq!(st.code(), Some(1), "{}", c.log_tail(20));
+        let stderr = c.stderr();
+        assert!(
+            stderr.contains("compute_ctl_config.jwks.keys[1]") && stderr.contains(reason),
+            "{stderr}"
+        );
+    }
 }
 
 /// `/openapi.json` is the committed `docs/openapi.json`, and every documented route is served

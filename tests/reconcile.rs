@@ -332,20 +332,30 @@ async fn hostile_names_options_renames_and_deletes() {
     assert!(err.contains("cluster.roles[0].options[0].name"), "{err}");
     assert_eq!(c.status().await["status"], "running");
 
-    // Postgres refuses one role of a batch: the error names that statement, without password.
+    // A role compute_ctl reserves is refused before anything runs, naming it.
+    let mut own = second.clone();
+    own["cluster"]["roles"][0]["name"] = json!("cloud_admin");
+    let (code, body) = c.configure(&own).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    let err = body["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("at spec.cluster.roles[0].name: reserved role"),
+        "{err}"
+    );
+    assert_eq!(c.status().await["status"], "running");
+
+    // Postgres refuses one role of a batch (`public` is a name only Postgres reserves): the
+    // error names that statement, without password.
     let mut reserved = second.clone();
     let more = reserved["cluster"]["roles"].as_array_mut().unwrap();
     more.push(role("batched before", None));
-    more.push(role(
-        "pg_reserved",
-        Some(&md5_password_for("pg_reserved", "pw")),
-    ));
+    more.push(role("public", Some(&md5_password_for("public", "pw"))));
     let (code, body) = c.configure(&reserved).await;
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     let err = c.status().await["error"].as_str().unwrap().to_owned();
     assert!(
         err.contains("phase \"create and alter roles\"")
-            && err.contains("CREATE ROLE \"pg_reserved\"")
+            && err.contains("CREATE ROLE \"public\"")
             && err.contains("SQLSTATE 42939")
             && !err.contains("md5"),
         "{err}"

@@ -14,14 +14,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::node::Node;
-use crate::reconcile::options::{DatabaseAttrs, RoleAttrs};
 use crate::reconcile::{self, Catalog, DatabaseState, Phase, RoleState, Statement};
-use crate::spec::ComputeSpec;
+use crate::reconcile::{DatabaseAttrs, RoleAttrs};
+use crate::spec::ValidSpec;
 
 const APPLICATION_NAME: &str = "compute_ctl:apply_config";
 
 /// Bring roles and databases in line with the spec. Returns the number of statements run.
-pub async fn apply(node: &Node, spec: &ComputeSpec, concurrency: usize) -> anyhow::Result<usize> {
+pub async fn apply(node: &Node, spec: &ValidSpec, concurrency: usize) -> anyhow::Result<usize> {
     let options = node.connect_options(node.default_database(), APPLICATION_NAME);
     let mut conn = PgConnection::connect_with(&options)
         .await

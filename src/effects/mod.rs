@@ -29,7 +29,7 @@ use crate::monitor::{self, Monitor};
 use crate::node::Node;
 use crate::report::{Job, Runner};
 use crate::report::{Reporter, millis};
-use crate::spec::{ComputeFeature, ComputeMode, ComputeSpec};
+use crate::spec::{ComputeFeature, ComputeMode, ValidSpec};
 use crate::vm_monitor::VmMonitor;
 use postgres::Postmaster;
 
@@ -221,7 +221,7 @@ struct Work {
 
 impl Work {
     /// Build PGDATA, start Postgres, then apply the spec.
-    async fn start(&self, spec: Arc<ComputeSpec>) {
+    async fn start(&self, spec: Arc<ValidSpec>) {
         let started = match self.start_postgres(&spec).await {
             Ok(started) => started,
             Err(error) => {
@@ -253,7 +253,7 @@ impl Work {
 
     async fn start_postgres(
         &self,
-        spec: &ComputeSpec,
+        spec: &ValidSpec,
     ) -> anyhow::Result<(Postmaster, std::time::Duration, Box<dyn storage::Backend>)> {
         let backend = storage::choose(&self.storage, spec)?;
         let cx = storage::Prepare {
@@ -276,7 +276,7 @@ impl Work {
     }
 
     /// Rewrite postgresql.conf, reload, apply the spec.
-    async fn reconfigure(&self, spec: Arc<ComputeSpec>) {
+    async fn reconfigure(&self, spec: Arc<ValidSpec>) {
         let postmaster = lock(&self.postmaster).clone();
         let written = pgdata::write_postgresql_conf(&self.node, &spec);
         match (written, postmaster) {
@@ -304,7 +304,7 @@ impl Work {
     }
 
     /// Apply the spec; whether it was (`ConfigurationApplied`).
-    async fn apply(&self, spec: &ComputeSpec, concurrency: usize) -> bool {
+    async fn apply(&self, spec: &ValidSpec, concurrency: usize) -> bool {
         let began = Instant::now();
         // As on Neon: roles and databases only on a primary, and not when the control plane
         // says the catalog is already in place.

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 
 use super::process;
 use crate::node::Node;
-use crate::spec::ComputeSpec;
+use crate::spec::ValidSpec;
 use crate::{pgconf, quote};
 
 /// The file that says "compute_ctl created this directory", and for which kind of compute.
@@ -370,7 +370,7 @@ pub fn initdb_command(node: &Node, target: &Path) -> tokio::process::Command {
 pub const INITDB_OPTIONS: &[&str] = &["--encoding=UTF8", "--locale=C.UTF-8", "--auth=trust"];
 
 /// Write `postgresql.conf` for this spec (at start and on every reconfiguration).
-pub fn write_postgresql_conf(node: &Node, spec: &ComputeSpec) -> anyhow::Result<()> {
+pub fn write_postgresql_conf(node: &Node, spec: &ValidSpec) -> anyhow::Result<()> {
     let body = pgconf::postgresql_conf(spec, node.port)?;
     let socket = match node.socket_directory() {
         Some(dir) => format!(

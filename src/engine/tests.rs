@@ -10,7 +10,7 @@ use serde_json::json;
 use super::*;
 use crate::operation::Operation;
 use crate::report::{Job, Runner};
-use crate::spec::{ComputeSpec, JwkSet, parse_spec};
+use crate::spec::{JwkSet, Reserved, ValidSpec, parse_spec};
 
 /// Records job names; holds the operations it gets until a `Stop` drops them (as the real
 /// effects cancel operations in flight).
@@ -45,13 +45,13 @@ impl Runner for FakeRunner {
     }
 }
 
-fn spec() -> Arc<ComputeSpec> {
+fn spec() -> Arc<ValidSpec> {
     let value = json!({
         "format_version": 1.0,
         "suspend_timeout_seconds": -1,
         "cluster": {"roles": [], "databases": []}
     });
-    Arc::new(parse_spec(value.to_string().as_bytes()).unwrap())
+    Arc::new(parse_spec(value.to_string().as_bytes(), &Reserved::new("cloud_admin")).unwrap())
 }
 
 fn keys(kid: &str) -> JwkSet {

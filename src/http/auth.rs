@@ -16,8 +16,9 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::jwks::{self, VerifyingKey};
 use crate::engine::EngineHandle;
-use crate::spec::{JwkSet, VerifyingKey};
+use crate::spec::JwkSet;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds (Neon uses 60 for `exp`).
 const LEEWAY_SECONDS: u64 = 60;
@@ -64,7 +65,11 @@ impl Auth {
         if Arc::ptr_eq(&current.jwks, &jwks) {
             return current;
         }
-        let keys = jwks.verifying_keys();
+        // Checked when it arrived (startup, `/configure`): an error here is not expected.
+        let keys = jwks::verifying_keys(&jwks, "compute_ctl_config.jwks.").unwrap_or_else(|e| {
+            tracing::error!("trusted JWT keys do not decode: {e}");
+            Vec::new()
+        });
         if keys.is_empty() {
             tracing::warn!("no JWT keys: every authenticated route answers 401");
         } else {

@@ -4,6 +4,7 @@
 pub mod auth;
 mod catalog;
 mod error;
+pub mod jwks;
 mod metrics;
 mod routes;
 
@@ -104,7 +105,8 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
 
 /// The control plane's API (Neon's external port). Every route but `/metrics`, the probes and
 /// `/openapi.json` needs a token that `auth` verifies against the keys in force.
-pub fn external(engine: EngineHandle, compute_id: &str) -> Router {
+/// `superuser` is the `--connstr` user, which a spec may not name.
+pub fn external(engine: EngineHandle, compute_id: &str, superuser: &str) -> Router {
     let auth = Auth::new(compute_id, engine.clone());
     let (authenticated, open) = external_routes();
     let (authenticated, _) = authenticated.split_for_parts();
@@ -113,7 +115,12 @@ pub fn external(engine: EngineHandle, compute_id: &str) -> Router {
         auth.clone(),
         auth::require_token,
     ));
-    with_request_log(authenticated.merge(open).with_state(engine))
+    with_request_log(
+        authenticated
+            .merge(open)
+            .layer(axum::Extension(routes::Superuser(superuser.into())))
+            .with_state(engine),
+    )
 }
 
 /// The on-box API, bound to loopback and without auth, as Neon's: read-only views for local

@@ -2,19 +2,23 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use chrono::{DateTime, SecondsFormat, Utc};
 use compute_states::{ComputeStatus, Event, SpecSource, TerminateMode};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ErrorBody};
+use super::{ApiError, ErrorBody, jwks};
 use crate::engine::{ComputeMetrics, Configuration, EngineHandle, Input, RequestError, Snapshot};
-use crate::spec;
+use crate::spec::{self, Reserved};
+
+/// compute_ctl's own superuser (the `--connstr` user): a spec may not name it.
+#[derive(Clone)]
+pub struct Superuser(pub Arc<str>);
 
 /// Neon's `ComputeStatusResponse`, field for field.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -104,6 +108,7 @@ pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMet
         (status = 500, description = "The configuration failed", body = ErrorBody)))]
 pub async fn configure(
     State(engine): State<EngineHandle>,
+    Extension(superuser): Extension<Superuser>,
     body: Bytes,
 ) -> Result<Json<StatusResponse>, ApiError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
@@ -112,13 +117,15 @@ pub async fn configure(
             format!("request body is not JSON: {e}"),
         ));
     }
-    let request = spec::parse_request(&body).map_err(|e| {
+    let request = spec::parse_request(&body, &Reserved::new(&superuser.0)).map_err(|e| {
         let status = match e {
             spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.to_string())
     })?;
+    jwks::verifying_keys(&request.compute_ctl_config.jwks, "compute_ctl_config.jwks.")
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let configuration = Configuration {
         spec: Arc::new(request.spec),
         jwks: request.compute_ctl_config.jwks,

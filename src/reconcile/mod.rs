@@ -6,15 +6,16 @@
 //! deleted, drop roles. The planner walks an in-memory copy of the catalog through the phases,
 //! so every statement is planned against the state the previous ones leave; and it only plans
 //! what changes something, so re-planning after the plan ran yields nothing, even with the same
-//! delta operations still in the spec. Every name and value goes through [`crate::quote`].
+//! delta operations still in the spec. Every name and value goes through [`crate::quote`]. It
+//! takes a [`ValidSpec`]: names, options and delta operations were checked and parsed there.
 
-pub mod options;
+pub mod attrs;
 
 use std::collections::BTreeMap;
 
 use crate::quote::{self, QuoteError};
-use crate::spec::{ComputeSpec, Role};
-use options::{DatabaseAttrs, DatabaseOptions, OptionError, RoleAttrs, RoleOptions};
+use crate::spec::{ComputeSpec, Delta, Role, ValidSpec};
+pub use attrs::{DatabaseAttrs, RoleAttrs};
 
 /// What Postgres has now, as far as the plan cares.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -113,14 +114,6 @@ impl Plan {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error(transparent)]
-    Quote(#[from] QuoteError),
-    #[error("{field}[{}].{}: {:?} {error}", error.index, error.part, error.value)]
-    Option { field: String, error: OptionError },
-}
-
 /// The password as Postgres stores it: the spec carries md5 as bare hex (Neon's format), or a
 /// full SCRAM verifier.
 pub fn stored_password(role: &Role) -> Option<String> {
@@ -159,29 +152,18 @@ pub fn startup_concurrency(spec: &ComputeSpec) -> usize {
     }
 }
 
-fn delta_ops<'a>(
-    spec: &'a ComputeSpec,
-    action: &'a str,
-) -> impl Iterator<Item = (&'a str, &'a str)> {
-    spec.delta_operations
-        .iter()
-        .flatten()
-        .filter(move |op| op.action == action)
-        .map(|op| (op.name.as_str(), op.new_name.as_deref().unwrap_or_default()))
-}
-
 /// The plan that brings `catalog` to `spec`. `admin` (compute_ctl's own superuser) receives
 /// what deleted roles owned in databases they own themselves.
-pub fn plan(spec: &ComputeSpec, catalog: &Catalog, admin: &str) -> Result<Plan, PlanError> {
+pub fn plan(spec: &ValidSpec, catalog: &Catalog, admin: &str) -> Result<Plan, QuoteError> {
     Ok(plan_with_outcome(spec, catalog, admin)?.0)
 }
 
 /// [`plan`], and the catalog it leaves behind once it ran.
 pub fn plan_with_outcome(
-    spec: &ComputeSpec,
+    spec: &ValidSpec,
     catalog: &Catalog,
     admin: &str,
-) -> Result<(Plan, Catalog), PlanError> {
+) -> Result<(Plan, Catalog), QuoteError> {
     let mut now = catalog.clone();
     let mut plan = Plan::default();
 
@@ -202,7 +184,14 @@ pub fn plan_with_outcome(
     // Rename only when the old name exists: re-applying a spec whose rename already happened
     // is a no-op (Neon's guard is inverted, §13 quirk 1).
     let mut statements = Vec::new();
-    for (old, new) in delta_ops(spec, "rename_role") {
+    for delta in spec.deltas() {
+        let Delta::RenameRole {
+            name: old,
+            new_name: new,
+        } = delta
+        else {
+            continue;
+        };
         if old == new {
             continue;
         }
@@ -220,7 +209,7 @@ pub fn plan_with_outcome(
             {
                 state.password = None;
             }
-            now.roles.insert(new.to_owned(), state);
+            now.roles.insert(new.clone(), state);
         }
     }
     plan.push(Phase::Main {
@@ -229,14 +218,7 @@ pub fn plan_with_outcome(
     });
 
     let mut statements = Vec::new();
-    for (i, role) in spec.cluster.roles.iter().enumerate() {
-        let wanted =
-            RoleOptions::parse(role.options.as_deref().unwrap_or_default()).map_err(|error| {
-                PlanError::Option {
-                    field: format!("cluster.roles[{i}].options"),
-                    error,
-                }
-            })?;
+    for (role, wanted) in spec.roles() {
         let password = stored_password(role);
         let clauses = || -> Result<String, QuoteError> {
             let secret = match &password {
@@ -253,14 +235,14 @@ pub fn plan_with_outcome(
                     clauses()?
                 )));
                 let mut attrs = RoleAttrs::default();
-                wanted.apply_to(&mut attrs);
+                attrs.apply(wanted);
                 now.roles
                     .insert(role.name.clone(), RoleState { password, attrs });
             }
             Some(current)
                 if current.password != password
                     || !current.attrs.login
-                    || !wanted.satisfied_by(&current.attrs) =>
+                    || !current.attrs.satisfy(wanted) =>
             {
                 statements.push(Statement::batched(format!(
                     "ALTER ROLE {name}{}",
@@ -268,7 +250,7 @@ pub fn plan_with_outcome(
                 )));
                 current.password = password;
                 current.attrs.login = true;
-                wanted.apply_to(&mut current.attrs);
+                current.attrs.apply(wanted);
             }
             Some(_) => {}
         }
@@ -280,13 +262,13 @@ pub fn plan_with_outcome(
 
     // Delta operations on databases, in list order (a later one may depend on an earlier one).
     let mut statements = Vec::new();
-    for op in spec.delta_operations.iter().flatten() {
-        match op.action.as_str() {
-            "delete_db" => {
-                let Some(state) = now.databases.remove(&op.name) else {
+    for delta in spec.deltas() {
+        match delta {
+            Delta::DeleteDb { name } => {
+                let Some(state) = now.databases.remove(name) else {
                     continue;
                 };
-                let name = quote::ident(&op.name)?;
+                let name = quote::ident(name)?;
                 if state.attrs.is_template {
                     statements.push(Statement::batched(format!(
                         "ALTER DATABASE {name} IS_TEMPLATE false"
@@ -297,22 +279,21 @@ pub fn plan_with_outcome(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )));
             }
-            "rename_db" => {
-                let new = op.new_name.as_deref().unwrap_or_default();
-                if new == op.name {
+            Delta::RenameDb { name, new_name } => {
+                if new_name == name {
                     continue;
                 }
-                let Some(state) = now.databases.remove(&op.name) else {
+                let Some(state) = now.databases.remove(name) else {
                     continue;
                 };
                 statements.push(Statement::batched(format!(
                     "ALTER DATABASE {} RENAME TO {}",
-                    quote::ident(&op.name)?,
-                    quote::ident(new)?
+                    quote::ident(name)?,
+                    quote::ident(new_name)?
                 )));
-                now.databases.insert(new.to_owned(), state);
+                now.databases.insert(new_name.clone(), state);
             }
-            _ => {}
+            Delta::DeleteRole { .. } | Delta::RenameRole { .. } => {}
         }
     }
     plan.push(Phase::Main {
@@ -321,14 +302,7 @@ pub fn plan_with_outcome(
     });
 
     let mut statements = Vec::new();
-    for (i, db) in spec.cluster.databases.iter().enumerate() {
-        let wanted =
-            DatabaseOptions::parse(db.options.as_deref().unwrap_or_default()).map_err(|error| {
-                PlanError::Option {
-                    field: format!("cluster.databases[{i}].options"),
-                    error,
-                }
-            })?;
+    for (db, wanted) in spec.databases() {
         let name = quote::ident(&db.name)?;
         let owner = quote::ident(&db.owner)?;
         match now.databases.get_mut(&db.name) {
@@ -338,7 +312,7 @@ pub fn plan_with_outcome(
                     "CREATE DATABASE {name} {opts}OWNER {owner}"
                 )));
                 let mut attrs = DatabaseAttrs::default();
-                wanted.apply_to(&mut attrs);
+                attrs.apply(wanted);
                 now.databases.insert(
                     db.name.clone(),
                     DatabaseState {
@@ -355,20 +329,25 @@ pub fn plan_with_outcome(
                     )));
                     current.owner = db.owner.clone();
                 }
-                let changes = wanted.alter_clauses(&current.attrs);
+                let changes = current.attrs.alter_clauses(wanted);
                 if !changes.is_empty() {
                     statements.push(Statement::batched(format!(
                         "ALTER DATABASE {name} WITH {}",
                         changes.join(" ")
                     )));
-                    wanted.apply_to(&mut current.attrs);
+                    current.attrs.apply(wanted);
                 }
             }
         }
     }
     // A role cannot be dropped while it owns objects or holds privileges in any database.
-    let doomed: Vec<&str> = delta_ops(spec, "delete_role")
-        .map(|(name, _)| name)
+    let doomed: Vec<&str> = spec
+        .deltas()
+        .iter()
+        .filter_map(|delta| match delta {
+            Delta::DeleteRole { name } => Some(name.as_str()),
+            _ => None,
+        })
         .filter(|name| now.roles.contains_key(*name))
         .collect();
     // A database owned by a role being deleted goes to the admin here, not to whichever

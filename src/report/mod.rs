@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control_plane;
 use crate::operation::{Operation, OperationError};
-use crate::spec::{ComputeSpec, JwkSet};
+use crate::spec::{JwkSet, ValidSpec};
 
 /// Startup timings, with Neon's field names and order (all milliseconds unless named).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -42,7 +42,7 @@ pub fn millis(duration: Duration) -> u64 {
 
 /// A validated spec and the key set that came with it.
 pub struct Configuration {
-    pub spec: Arc<ComputeSpec>,
+    pub spec: Arc<ValidSpec>,
     /// `compute_ctl_config.jwks`: trusted once this configuration reaches `running` (an empty
     /// set keeps the keys in force).
     pub jwks: JwkSet,
@@ -176,10 +176,10 @@ pub enum OperateError {
 /// [`Runner`] executes. `Exit` never gets here: the engine itself leaves.
 pub enum Job {
     /// Build PGDATA, start Postgres, apply the spec.
-    Start(Arc<ComputeSpec>),
+    Start(Arc<ValidSpec>),
     /// Apply a spec from `/configure`, starting Postgres if it does not run.
     Configure {
-        spec: Arc<ComputeSpec>,
+        spec: Arc<ValidSpec>,
         postgres_running: bool,
     },
     StartMonitor,

@@ -23,7 +23,7 @@ use std::pin::Pin;
 
 use crate::node::Node;
 use crate::report::Reporter;
-use crate::spec::ComputeSpec;
+use crate::spec::{ComputeSpec, ValidSpec};
 
 /// The `--storage` choices for a compute whose spec names no data source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -48,7 +48,7 @@ pub struct StorageOptions {
 /// What a backend may use while it fills PGDATA.
 pub struct Prepare<'a> {
     pub node: &'a Node,
-    pub spec: &'a ComputeSpec,
+    pub spec: &'a ValidSpec,
     /// For startup timings (`basebackup_ms`, ...), reported as they are measured.
     pub reporter: &'a Reporter,
 }

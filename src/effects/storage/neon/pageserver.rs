@@ -275,7 +275,7 @@ mod tests {
         for (k, v) in extra.as_object().unwrap() {
             value[k] = v.clone();
         }
-        crate::spec::parse_spec(&serde_json::to_vec(&value).unwrap()).unwrap()
+        serde_json::from_value(value).unwrap()
     }
 
     #[test]

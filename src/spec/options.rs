@@ -1,11 +1,15 @@
-//! Role and database options of the spec (`GenericOption`s that become SQL clauses).
+//! Parsers of the spec's `GenericOption` lists: role options and database options (clauses
+//! of `CREATE ROLE`/`CREATE DATABASE`), and `cluster.settings` (lines of `postgresql.conf`).
+//!
+//! Validation runs them once and keeps what they return in the [`ValidSpec`](super::ValidSpec),
+//! so the planner and the configuration writer use the parsed forms and never parse again.
 //!
 //! Neon pastes `name value` into `CREATE ROLE` / `CREATE DATABASE` as given. Here a name must be
 //! one of the clauses those commands really have, and a value that is not quoted must be one bare
 //! token, so an option can neither inject SQL nor silently mean something else.
 
+use super::{GenericOption, SpecError};
 use crate::quote;
-use crate::spec::GenericOption;
 
 /// An option that cannot be used: which one (index), which part (`name` or `value`), and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,26 +50,6 @@ pub const ROLE_FLAGS: [&str; 6] = [
     "REPLICATION",
     "BYPASSRLS",
 ];
-
-/// A role's attributes as `pg_authid` has them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleAttrs {
-    /// Indexed like [`ROLE_FLAGS`].
-    pub flags: [bool; 6],
-    pub login: bool,
-    pub connection_limit: i32,
-}
-
-impl Default for RoleAttrs {
-    /// What `CREATE ROLE … LOGIN` gives.
-    fn default() -> Self {
-        Self {
-            flags: [false, false, false, true, false, false],
-            login: true,
-            connection_limit: -1,
-        }
-    }
-}
 
 /// What a spec role's `options` ask for; `None` leaves the attribute as Postgres has it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -158,28 +142,6 @@ impl RoleOptions {
         Ok(out)
     }
 
-    /// Whether `attrs` already has every attribute the options name.
-    pub fn satisfied_by(&self, attrs: &RoleAttrs) -> bool {
-        self.flags
-            .iter()
-            .zip(attrs.flags)
-            .all(|(want, has)| want.is_none_or(|w| w == has))
-            && self
-                .connection_limit
-                .is_none_or(|n| n == attrs.connection_limit)
-    }
-
-    pub fn apply_to(&self, attrs: &mut RoleAttrs) {
-        for (has, want) in attrs.flags.iter_mut().zip(self.flags) {
-            if let Some(want) = want {
-                *has = want;
-            }
-        }
-        if let Some(n) = self.connection_limit {
-            attrs.connection_limit = n;
-        }
-    }
-
     /// Neon's form: each clause with a leading space, e.g. ` NOINHERIT CONNECTION LIMIT 5`.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -212,24 +174,6 @@ const CREATE_ONLY: [&str; 12] = [
     "COLLATION_VERSION",
     "TABLESPACE",
 ];
-
-/// A database's settings that `ALTER DATABASE` can change, as `pg_database` has them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseAttrs {
-    pub allow_connections: bool,
-    pub connection_limit: i32,
-    pub is_template: bool,
-}
-
-impl Default for DatabaseAttrs {
-    fn default() -> Self {
-        Self {
-            allow_connections: true,
-            connection_limit: -1,
-            is_template: false,
-        }
-    }
-}
 
 /// What a spec database's `options` ask for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -309,39 +253,57 @@ impl DatabaseOptions {
         }
         Ok(out)
     }
+}
 
-    /// Clauses for `ALTER DATABASE … WITH` that bring `attrs` to what the options ask for.
-    pub fn alter_clauses(&self, attrs: &DatabaseAttrs) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(v) = self
-            .allow_connections
-            .filter(|v| *v != attrs.allow_connections)
-        {
-            out.push(format!("ALLOW_CONNECTIONS {v}"));
-        }
-        if let Some(n) = self
-            .connection_limit
-            .filter(|n| *n != attrs.connection_limit)
-        {
-            out.push(format!("CONNECTION LIMIT {n}"));
-        }
-        if let Some(v) = self.is_template.filter(|v| *v != attrs.is_template) {
-            out.push(format!("IS_TEMPLATE {v}"));
-        }
-        out
-    }
+/// Directives of the configuration file that look like settings but load other files.
+const DIRECTIVES: [&str; 3] = ["include", "include_dir", "include_if_exists"];
 
-    pub fn apply_to(&self, attrs: &mut DatabaseAttrs) {
-        if let Some(v) = self.allow_connections {
-            attrs.allow_connections = v;
-        }
-        if let Some(n) = self.connection_limit {
-            attrs.connection_limit = n;
-        }
-        if let Some(v) = self.is_template {
-            attrs.is_template = v;
-        }
+/// One `name = value` line for a `cluster.settings` entry (without the newline). `field` is
+/// the entry's JSON path (like `cluster.settings[3]`), for errors.
+///
+/// A `string` value is quoted; any other vartype is written raw and so must be a single bare
+/// token, else it could end the line early, start a comment or another setting. A missing value
+/// is refused: `postgresql.conf` has no syntax for a name alone (PostgreSQL would refuse the
+/// whole file). Include directives are refused too: they are not settings.
+pub fn setting_line(opt: &GenericOption, field: &str) -> Result<String, SpecError> {
+    let invalid = |part: &str, value: &str, reason: String| SpecError::Invalid {
+        field: format!("{field}.{part}"),
+        value: value.to_owned(),
+        reason,
+    };
+    let name = quote::conf_name(&opt.name)
+        .map_err(|e| invalid("name", &opt.name, format!("setting name {}", e.problem())))?;
+    if DIRECTIVES.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
+        return Err(invalid(
+            "name",
+            &opt.name,
+            "include directives are not accepted as settings".to_owned(),
+        ));
     }
+    let Some(value) = opt.value.as_deref() else {
+        return Err(invalid(
+            "value",
+            "",
+            format!("setting {name} has no value (postgresql.conf cannot express that)"),
+        ));
+    };
+    let rendered = if opt.vartype == "string" {
+        quote::conf_value(value)
+    } else {
+        quote::conf_raw(value)
+    }
+    .map_err(|e| {
+        invalid(
+            "value",
+            value,
+            format!(
+                "value of setting {name} (vartype {:?}) {}",
+                opt.vartype,
+                e.problem()
+            ),
+        )
+    })?;
+    Ok(format!("{name} = {rendered}"))
 }
 
 #[cfg(test)]
@@ -369,10 +331,8 @@ mod tests {
             parsed.render(),
             " CREATEDB NOINHERIT NOREPLICATION CONNECTION LIMIT 5"
         );
-        let mut attrs = RoleAttrs::default();
-        assert!(!parsed.satisfied_by(&attrs));
-        parsed.apply_to(&mut attrs);
-        assert!(parsed.satisfied_by(&attrs));
+        assert_eq!(parsed.flags[3], Some(false));
+        assert_eq!(parsed.connection_limit, Some(5));
     }
 
     #[test]
@@ -418,10 +378,7 @@ mod tests {
                 "LOCALE E'it''s\\\\x'"
             ]
         );
-        assert_eq!(
-            parsed.alter_clauses(&DatabaseAttrs::default()),
-            ["CONNECTION LIMIT 7"]
-        );
+        assert_eq!(parsed.connection_limit, Some(7));
     }
 
     #[test]
@@ -443,5 +400,58 @@ mod tests {
             assert_eq!((err.index, err.part), (0, part), "{name}");
             assert!(err.reason.contains(needle), "{name}: {}", err.reason);
         }
+    }
+
+    #[test]
+    fn setting_lines_quote_strings_and_keep_other_values_raw() {
+        let line = |name, value, vartype| setting_line(&opt(name, Some(value), vartype), "s");
+        assert_eq!(line("fsync", "off", "bool").unwrap(), "fsync = off");
+        assert_eq!(
+            line("neon.x", "it's", "string").unwrap(),
+            "neon.x = 'it''s'"
+        );
+        assert_eq!(line("port", "55432", "integer").unwrap(), "port = 55432");
+    }
+
+    #[test]
+    fn raw_value_injection_is_refused() {
+        for value in [
+            "off\nshared_preload_libraries = 'evil'",
+            "off # comment",
+            "off'",
+            "on x",
+            "",
+        ] {
+            let err = setting_line(
+                &opt("wal_level", Some(value), "enum"),
+                "cluster.settings[1]",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("at cluster.settings[1].value: value of setting wal_level"),
+                "{value:?}: {err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = setting_line(&opt("a.b", Some("x'\ny = 'z"), "string"), "s").unwrap_err();
+        assert!(err.to_string().starts_with("at s.value"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_directives_and_missing_values_are_refused() {
+        for name in [
+            "a = b\nc",
+            "a b",
+            "1a",
+            "include",
+            "INCLUDE_DIR",
+            "include_if_exists",
+        ] {
+            let err = setting_line(&opt(name, Some("x"), "string"), "s").unwrap_err();
+            assert!(err.to_string().starts_with("at s.name"), "{name:?}: {err}");
+        }
+        let err = setting_line(&opt("fsync", None, "bool"), "s").unwrap_err();
+        assert!(err.to_string().starts_with("at s.value"), "{err}");
     }
 }

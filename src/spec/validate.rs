@@ -1,0 +1,382 @@
+//! The one validation step: a [`ComputeSpec`] becomes a [`ValidSpec`], or an error that names
+//! the JSON path of the first problem and its value.
+//!
+//! Validation is stricter than Neon where Neon would otherwise panic, silently truncate a name,
+//! write a `postgresql.conf` that PostgreSQL refuses, or let a spec take over a role the
+//! compute itself depends on. It does not require storage information (safekeepers,
+//! pageservers), because this compute runs on local storage by default.
+
+use std::collections::HashSet;
+use std::ops::Deref;
+
+use super::options::{DatabaseOptions, OptionError, RoleOptions, setting_line};
+use super::{ComputeMode, ComputeSpec, Database, GenericOption, MAX_NAME_BYTES, Role, SpecError};
+
+/// The privileged role Neon makes and grants to every spec role (Neon's
+/// `--privileged-role-name` default).
+pub const PRIVILEGED_ROLE: &str = "neon_superuser";
+
+/// The administrator role of Neon's older computes.
+const ZENITH_ADMIN: &str = "zenith_admin";
+
+/// The roles a spec may not create, alter, rename or delete. A spec that demoted or dropped
+/// compute_ctl's own superuser would leave a compute that no later spec can repair.
+#[derive(Debug, Clone, Copy)]
+pub struct Reserved<'a> {
+    /// compute_ctl's own superuser: the `--connstr` user.
+    pub superuser: &'a str,
+    pub privileged_role: &'a str,
+}
+
+impl<'a> Reserved<'a> {
+    pub fn new(superuser: &'a str) -> Self {
+        Self {
+            superuser,
+            privileged_role: PRIVILEGED_ROLE,
+        }
+    }
+
+    /// Why a spec may not use `name` as a role, if it may not.
+    fn reason(&self, name: &str) -> Option<&'static str> {
+        if name == self.superuser {
+            Some("reserved role: compute_ctl's own superuser (the --connstr user)")
+        } else if name == self.privileged_role {
+            Some("reserved role: the privileged role compute_ctl grants to spec roles")
+        } else if name == ZENITH_ADMIN {
+            Some("reserved role: Neon's administrator")
+        } else if name.starts_with("pg_") {
+            Some("reserved role: PostgreSQL reserves names starting with pg_")
+        } else {
+            None
+        }
+    }
+
+    fn check(&self, field: String, name: &str) -> Result<(), SpecError> {
+        match self.reason(name) {
+            Some(reason) => Err(SpecError::invalid(field, name, reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A delta operation whose action Neon knows, with the new name a rename needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    DeleteRole { name: String },
+    RenameRole { name: String, new_name: String },
+    DeleteDb { name: String },
+    RenameDb { name: String, new_name: String },
+}
+
+/// The delta actions Neon knows, as the spec names them.
+const DELTA_ACTIONS: [&str; 4] = ["delete_role", "rename_role", "delete_db", "rename_db"];
+
+/// A spec that passed [`validate`], with what validation parsed: the options of each role and
+/// database, the `postgresql.conf` line of each setting, the delta operations. Only
+/// [`validate`] makes one, so whoever holds one may use them without checking again. It derefs
+/// to the [`ComputeSpec`] it was made from, for reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec {
+    spec: ComputeSpec,
+    role_options: Vec<RoleOptions>,
+    database_options: Vec<DatabaseOptions>,
+    setting_lines: Option<Vec<String>>,
+    deltas: Vec<Delta>,
+}
+
+impl Deref for ValidSpec {
+    type Target = ComputeSpec;
+
+    fn deref(&self) -> &ComputeSpec {
+        &self.spec
+    }
+}
+
+impl ValidSpec {
+    /// `cluster.roles`, each with its parsed options.
+    pub fn roles(&self) -> impl Iterator<Item = (&Role, &RoleOptions)> {
+        self.spec.cluster.roles.iter().zip(&self.role_options)
+    }
+
+    /// `cluster.databases`, each with its parsed options.
+    pub fn databases(&self) -> impl Iterator<Item = (&Database, &DatabaseOptions)> {
+        self.spec
+            .cluster
+            .databases
+            .iter()
+            .zip(&self.database_options)
+    }
+
+    /// One `name = value` line per `cluster.settings` entry; `None` when the spec has no
+    /// `settings` at all.
+    pub fn setting_lines(&self) -> Option<&[String]> {
+        self.setting_lines.as_deref()
+    }
+
+    /// `delta_operations`, in order.
+    pub fn deltas(&self) -> &[Delta] {
+        &self.deltas
+    }
+}
+
+/// Checks what must hold before anything acts on `spec`, and parses its options and settings.
+/// Errors name the JSON path of the offending field (relative to the spec) and its value.
+pub fn validate(spec: ComputeSpec, reserved: &Reserved) -> Result<ValidSpec, SpecError> {
+    validate_at(spec, "", reserved)
+}
+
+/// [`validate`], with `prefix` (like `spec.`) put before every field path.
+pub(super) fn validate_at(
+    spec: ComputeSpec,
+    prefix: &str,
+    reserved: &Reserved,
+) -> Result<ValidSpec, SpecError> {
+    let at = |field: &str| format!("{prefix}{field}");
+
+    if !(1.0..2.0).contains(&spec.format_version) {
+        return Err(SpecError::invalid(
+            at("format_version"),
+            &spec.format_version.to_string(),
+            "unsupported format version: compute_ctl reads Neon's format 1.x",
+        ));
+    }
+    if spec.reconfigure_concurrency == 0 {
+        return Err(SpecError::invalid(
+            at("reconfigure_concurrency"),
+            "0",
+            "must be at least 1",
+        ));
+    }
+    for (field, id) in [
+        ("tenant_id", &spec.tenant_id),
+        ("timeline_id", &spec.timeline_id),
+    ] {
+        if let Some(id) = id
+            && !is_hex_id(id)
+        {
+            return Err(SpecError::invalid(
+                at(field),
+                id,
+                "expected 32 lowercase hex digits",
+            ));
+        }
+    }
+
+    let mut names = HashSet::new();
+    let mut role_options = Vec::new();
+    for (i, role) in spec.cluster.roles.iter().enumerate() {
+        let field = at(&format!("cluster.roles[{i}]"));
+        check_name(format!("{field}.name"), &role.name, "role name")?;
+        reserved.check(format!("{field}.name"), &role.name)?;
+        if !names.insert(role.name.as_str()) {
+            return Err(SpecError::invalid(
+                format!("{field}.name"),
+                &role.name,
+                "duplicate role name",
+            ));
+        }
+        if let Some(password) = &role.encrypted_password {
+            check_no_nul(format!("{field}.encrypted_password"), password, "password")?;
+        }
+        role_options.push(parse_options(
+            &format!("{field}.options"),
+            &role.options,
+            RoleOptions::parse,
+        )?);
+    }
+
+    let mut names = HashSet::new();
+    let mut database_options = Vec::new();
+    for (i, db) in spec.cluster.databases.iter().enumerate() {
+        let field = at(&format!("cluster.databases[{i}]"));
+        check_name(format!("{field}.name"), &db.name, "database name")?;
+        if !names.insert(db.name.as_str()) {
+            return Err(SpecError::invalid(
+                format!("{field}.name"),
+                &db.name,
+                "duplicate database name",
+            ));
+        }
+        check_name(format!("{field}.owner"), &db.owner, "database owner")?;
+        database_options.push(parse_options(
+            &format!("{field}.options"),
+            &db.options,
+            DatabaseOptions::parse,
+        )?);
+    }
+
+    if let Some(conf) = &spec.cluster.postgresql_conf {
+        check_no_nul(at("cluster.postgresql_conf"), conf, "postgresql_conf")?;
+    }
+    let setting_lines = match &spec.cluster.settings {
+        Some(settings) => Some(
+            settings
+                .iter()
+                .enumerate()
+                .map(|(i, setting)| setting_line(setting, &at(&format!("cluster.settings[{i}]"))))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
+
+    let mut deltas = Vec::new();
+    for (i, op) in spec.delta_operations.iter().flatten().enumerate() {
+        let field = at(&format!("delta_operations[{i}]"));
+        check_name(format!("{field}.name"), &op.name, "name")?;
+        if let Some(new_name) = &op.new_name {
+            check_name(format!("{field}.new_name"), new_name, "new name")?;
+        }
+        let action = op.action.as_str();
+        if !DELTA_ACTIONS.contains(&action) {
+            return Err(SpecError::invalid(
+                format!("{field}.action"),
+                action,
+                format!(
+                    "unknown delta action; expected one of {}",
+                    DELTA_ACTIONS.join(", ")
+                ),
+            ));
+        }
+        let name = op.name.clone();
+        let new_name = || {
+            op.new_name.clone().ok_or_else(|| {
+                SpecError::invalid(
+                    format!("{field}.new_name"),
+                    "",
+                    format!("{action} of {:?} requires new_name", op.name),
+                )
+            })
+        };
+        let delta = match action {
+            "delete_role" => Delta::DeleteRole { name },
+            "rename_role" => Delta::RenameRole {
+                name,
+                new_name: new_name()?,
+            },
+            "delete_db" => Delta::DeleteDb { name },
+            _ => Delta::RenameDb {
+                name,
+                new_name: new_name()?,
+            },
+        };
+        if let Delta::DeleteRole { name } | Delta::RenameRole { name, .. } = &delta {
+            reserved.check(format!("{field}.name"), name)?;
+        }
+        if let Delta::RenameRole { new_name, .. } = &delta {
+            reserved.check(format!("{field}.new_name"), new_name)?;
+        }
+        deltas.push(delta);
+    }
+
+    check_safekeepers(&spec, prefix)?;
+    Ok(ValidSpec {
+        spec,
+        role_options,
+        database_options,
+        setting_lines,
+        deltas,
+    })
+}
+
+fn check_safekeepers(spec: &ComputeSpec, prefix: &str) -> Result<(), SpecError> {
+    let entries: Vec<(String, &str)> = if !spec.safekeeper_connstrings.is_empty() {
+        spec.safekeeper_connstrings
+            .iter()
+            .enumerate()
+            .map(|(j, s)| (format!("{prefix}safekeeper_connstrings[{j}]"), s.as_str()))
+            .collect()
+    } else if spec.mode == ComputeMode::Primary
+        && let Some((i, value)) = spec.setting_entry("neon.safekeepers")
+    {
+        let field = format!("{prefix}cluster.settings[{i}].value");
+        value.split(',').map(|s| (field.clone(), s)).collect()
+    } else {
+        return Ok(());
+    };
+    let mut seen = HashSet::new();
+    for (field, entry) in entries {
+        if !seen.insert(entry) {
+            return Err(SpecError::invalid(
+                field,
+                entry,
+                "duplicate entry in safekeeper_connstrings",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A role or database name: what PostgreSQL can store without changing it.
+fn check_name(field: String, name: &str, what: &str) -> Result<(), SpecError> {
+    if name.is_empty() {
+        return Err(SpecError::invalid(field, name, format!("{what} is empty")));
+    }
+    if name.contains('\0') {
+        return Err(SpecError::invalid(
+            field,
+            name,
+            format!("{what} contains a NUL byte"),
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(SpecError::invalid(
+            field,
+            name,
+            format!(
+                "{what} is {} bytes long; PostgreSQL names are at most {MAX_NAME_BYTES} bytes \
+                 (it would silently truncate it)",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_no_nul(field: String, value: &str, what: &str) -> Result<(), SpecError> {
+    if value.contains('\0') {
+        return Err(SpecError::invalid(
+            field,
+            value,
+            format!("{what} contains a NUL byte"),
+        ));
+    }
+    Ok(())
+}
+
+/// Options of a role or database (SQL clauses, not settings), parsed against the real
+/// `CREATE ROLE`/`CREATE DATABASE` clauses.
+fn parse_options<T>(
+    field: &str,
+    options: &Option<Vec<GenericOption>>,
+    parse: fn(&[GenericOption]) -> Result<T, OptionError>,
+) -> Result<T, SpecError> {
+    check_option_text(field, options)?;
+    parse(options.as_deref().unwrap_or_default()).map_err(|e| {
+        SpecError::invalid(
+            format!("{field}[{}].{}", e.index, e.part),
+            &e.value,
+            e.reason,
+        )
+    })
+}
+
+fn check_option_text(field: &str, options: &Option<Vec<GenericOption>>) -> Result<(), SpecError> {
+    for (j, opt) in options.iter().flatten().enumerate() {
+        if opt.name.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{field}[{j}].name"),
+                &opt.name,
+                "option name is empty",
+            ));
+        }
+        check_no_nul(format!("{field}[{j}].name"), &opt.name, "option name")?;
+        if let Some(value) = &opt.value {
+            check_no_nul(format!("{field}[{j}].value"), value, "option value")?;
+        }
+    }
+    Ok(())
+}
