@@ -4,8 +4,6 @@
 //! postmasters and stale lock files), the safety rules of the PGDATA marker, and the spare copies
 //! of a template (made after a start, taken by the next with a rename, never across keys).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -13,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Compute, database, role, spec};
+use crate::common::{self, Compute, database, role, spec};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tempfile::TempDir;

@@ -1,12 +1,10 @@
 //! The compute monitor against the real PostgreSQL, with fault injection: `last_active` from
 //! `/status`, downtime from `/metrics` (Prometheus text), as a control plane reads them.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use chrono::{DateTime, Utc};
-use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;

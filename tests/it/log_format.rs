@@ -1,8 +1,6 @@
 //! `--log-format json`: every line compute_ctl logs is one JSON object.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -2,15 +2,13 @@
 //! operations, hostile names, role and database options, deleting roles that own objects,
 //! idempotence by statement count, settings that need a restart.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
-const FIXTURE: &str = include_str!("fixtures/neon/cluster_spec.json");
+const FIXTURE: &str = include_str!("../fixtures/neon/cluster_spec.json");
 
 /// Statements run by the latest apply, from its log line `spec applied in … statements=N`.
 fn last_apply_statements(c: &Compute) -> usize {

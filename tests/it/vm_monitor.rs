@@ -1,14 +1,12 @@
 //! The vm-monitor (`AUTOSCALING`): a real websocket client plays Neon's autoscaler-agent
 //! against the real binary running real PostgreSQL 15.
 
-mod common;
-
 use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Compute, free_port, spec};
+use crate::common::{self, Compute, free_port, spec};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;

@@ -1,12 +1,10 @@
 //! systemd's notify protocol: compute_ctl talks to `$NOTIFY_SOCKET`, here a unix datagram
 //! socket of the test standing in for systemd.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 

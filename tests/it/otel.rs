@@ -1,15 +1,13 @@
 //! OpenTelemetry: spans go to an OTLP/HTTP receiver (a small axum app of the test that decodes
 //! the protobuf), parented by `TRACEPARENT` at startup and by `traceparent` on `/configure`.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use reqwest::StatusCode;

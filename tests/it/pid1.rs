@@ -1,13 +1,11 @@
 //! compute_ctl as PID 1 (in a new PID namespace, as in a container) and as a child subreaper
 //! (`--reap-orphans`): orphans are reaped, the postmaster's own exit status is not stolen.
 
-mod common;
-
 use std::ffi::OsString;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::Connection;

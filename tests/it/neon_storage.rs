@@ -3,9 +3,6 @@
 //! wrapper that answers `--sync-safekeepers` with an LSN (no safekeepers run here) and runs
 //! the real PostgreSQL 15 otherwise.
 
-mod common;
-mod fake_pageserver;
-
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -13,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use fake_pageserver::{Behaviour, FakePageserver};
+use crate::common::*;
+use crate::fake_pageserver::{Behaviour, FakePageserver};
 use serde_json::{Value, json};
 use sqlx::Connection;
 

@@ -2,11 +2,9 @@
 //! `pg_basebackup` of that server, started as a hot standby. The primary is a second real
 //! compute_ctl compute started by the test.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 

@@ -11,8 +11,6 @@
 //! `compute_ctl keygen` does): the configs it starts with trust its public key, and every
 //! external request carries a valid token for its compute id.
 
-#![allow(dead_code)]
-
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

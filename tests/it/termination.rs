@@ -1,13 +1,11 @@
 //! Termination details: the final LSN of `/terminate`, the linger after it, and the signals
 //! (SIGTERM fast, a second one immediate, SIGQUIT immediate, SIGKILL after a bounded wait).
 
-mod common;
-
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-use common::*;
+use crate::common::*;
 use compute_ctl::spec::Lsn;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -3,11 +3,9 @@
 //! `/extensions`, `/grants` (internal), with hostile names, their error answers and their
 //! status rules.
 
-mod common;
-
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;

@@ -2,9 +2,7 @@
 //!
 //! Each test owns its temp dir and ports (see `common`), so they run in parallel.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
