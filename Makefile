@@ -42,7 +42,7 @@ lint:
 diagrams: build
 	$(render_diagram) > $(DIAGRAM)
 
-## Regenerate the committed OpenAPI document (tests/auth.rs checks it matches the served one).
+## Regenerate the committed OpenAPI document (tests/it/auth.rs checks it matches the served one).
 openapi: build
 	$(BIN) openapi > docs/openapi.json
 

@@ -65,11 +65,7 @@ async fn spans_are_exported_with_their_parents() {
     let mut c = Compute::new("otel");
     let name = "otel \"role\" 'x' $x$ 🐘";
     let first = spec(vec![role(name, None)], vec![database(name, name)], vec![]);
-    let mut first_config = config(Some(&first));
-    first_config["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &first_config.to_string());
-    let mut args = c.base_args();
-    args.extend(["-c".into(), path.into()]);
+    let args = c.config_args(&first);
     let env = [
         format!("OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}"),
         format!("TRACEPARENT=00-{STARTUP_TRACE}-{STARTUP_PARENT}-01"),

@@ -47,13 +47,6 @@ async fn databases(conn: &mut PgConnection) -> Vec<(String, String)> {
     .unwrap()
 }
 
-async fn exec(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
 async fn table_owner(c: &Compute, db: &str, table: &str) -> String {
     let mut conn = c.connect(db).await;
     let owner = sqlx::query_scalar("SELECT tableowner::text FROM pg_tables WHERE tablename = $1")
@@ -456,9 +449,4 @@ async fn skip_pg_catalog_updates_leaves_the_catalog_alone() {
     assert_eq!(code, StatusCode::OK, "{body}");
     assert!(roles(&mut pg).await.contains(&"skipped role".to_owned()));
     pg.close().await.ok();
-}
-
-/// An identifier for test SQL (the harness connects with trusted loopback as cloud_admin).
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
