@@ -37,7 +37,7 @@ lint:
 diagrams: build
 	$(BIN) diagram --markdown > $(DIAGRAM)
 
-## Regenerate the committed OpenAPI document (tests/auth.rs checks it matches the served one).
+## Regenerate the committed OpenAPI document (tests/it/auth.rs checks it matches the served one).
 openapi: build
 	$(BIN) openapi > docs/openapi.json
 

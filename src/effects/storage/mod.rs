@@ -13,7 +13,6 @@ pub mod initdb;
 pub mod neon;
 pub mod persistent;
 pub mod retries;
-pub mod spares;
 pub mod template;
 pub mod upstream;
 

@@ -11,8 +11,6 @@
 //! `compute_ctl keygen` does): the configs it starts with trust its public key, and every
 //! external request carries a valid token for its compute id.
 
-#![allow(dead_code)]
-
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -20,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
@@ -30,6 +27,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
+mod procs;
+pub use procs::*;
+
 /// How long we wait for a status to be reached (startup includes initdb).
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long we wait for compute_ctl to exit.
@@ -38,6 +38,9 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Poll interval for `/status`.
 pub const POLL: Duration = Duration::from_millis(50);
+
+/// The PostgreSQL 15 installation the tests run (Debian's layout).
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Statuses after which the compute does not move on by itself.
 const TERMINAL_STATUSES: &[&str] = &["failed", "terminated"];
@@ -56,6 +59,18 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A temporary directory under `/tmp` (mode 0755, so that the `postgres` OS user can traverse
+/// it), removed on drop.
+pub fn shared_tempdir(prefix: &str) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("create temp dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("chmod 0755 temp dir");
+    dir
 }
 
 /// Three distinct free ports.
@@ -189,12 +204,7 @@ pub struct Compute {
 impl Compute {
     /// Prepare a temporary directory and ports; nothing is started yet.
     pub fn new(name: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("compute-ctl-test-{name}-"))
-            .tempdir_in("/tmp")
-            .expect("create temp dir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
-            .expect("chmod 0755 temp dir");
+        let dir = shared_tempdir(&format!("compute-ctl-test-{name}-"));
         let root = dir.path().canonicalize().expect("canonicalize temp dir");
         let (pg_port, external_port, internal_port) = free_ports();
         let key_path = root.join("jwt-key.pem");
@@ -286,6 +296,26 @@ impl Compute {
         ]
     }
 
+    /// [`Compute::base_args`] and `-c` with a config around `spec` that trusts this compute's
+    /// key.
+    pub fn config_args(&self, spec: &Value) -> Vec<OsString> {
+        let mut config = config(Some(spec));
+        config["compute_ctl_config"]["jwks"] = self.jwks();
+        self.config_args_as_is(&config)
+    }
+
+    /// [`Compute::base_args`] and `-c` with `config` exactly as given.
+    pub fn config_args_as_is(&self, config: &Value) -> Vec<OsString> {
+        let path = self.write_file(
+            "config.json",
+            &serde_json::to_string_pretty(config).unwrap(),
+        );
+        let mut args = self.base_args();
+        args.push("-c".into());
+        args.push(path.into());
+        args
+    }
+
     /// Start compute_ctl with `spec`, in a `-c` config that trusts this compute's key.
     pub fn start_with_spec(&mut self, spec: &Value) {
         self.start_with_config(&config(Some(spec)));
@@ -310,14 +340,7 @@ impl Compute {
 
     /// Start compute_ctl with a `ComputeConfig` file (`-c`) exactly as given.
     pub fn start_with_config_as_is(&mut self, config: &Value) {
-        let path = self.write_file(
-            "config.json",
-            &serde_json::to_string_pretty(config).unwrap(),
-        );
-        let mut args = self.base_args();
-        args.push("-c".into());
-        args.push(path.into());
-        self.start_raw(args);
+        self.start_raw(self.config_args_as_is(config));
     }
 
     /// Start compute_ctl with exactly these arguments.
@@ -476,7 +499,12 @@ impl Compute {
     /// Poll `/status` every 50 ms until it is `target` (60 s at most). Connection errors count
     /// as "not up yet". Fails early when compute_ctl exits or another terminal status is reached.
     pub async fn wait_for_status(&mut self, target: &str) -> Value {
-        let deadline = Instant::now() + STATUS_TIMEOUT;
+        self.wait_for_status_within(target, STATUS_TIMEOUT).await
+    }
+
+    /// [`Compute::wait_for_status`] with another deadline.
+    pub async fn wait_for_status_within(&mut self, target: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
         let mut last: Option<Value> = None;
         let mut last_err: Option<String> = None;
         loop {
@@ -511,7 +539,7 @@ impl Compute {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "status {target:?} not reached within {STATUS_TIMEOUT:?}; last status {} \
+                    "status {target:?} not reached within {within:?}; last status {} \
                      (last error: {})\n{}",
                     last.map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
                     last_err.unwrap_or_else(|| "none".into()),
@@ -557,6 +585,24 @@ impl Compute {
         self.try_terminate(mode)
             .await
             .unwrap_or_else(|e| panic!("POST /terminate failed: {e}\n{}", self.log_tail(60)))
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("GET /metrics body")
+    }
+
+    /// One value of `GET /metrics`, if present.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        metric_in(&self.metrics().await, name)
     }
 
     // --- Postgres -----------------------------------------------------------------------------
@@ -699,57 +745,6 @@ impl Drop for Compute {
     }
 }
 
-/// Alive and not a zombie.
-pub fn process_alive(pid: i32) -> bool {
-    match kill(Pid::from_raw(pid), None) {
-        Err(Errno::ESRCH) => false,
-        _ => !matches!(process_state(pid), None | Some('Z') | Some('X')),
-    }
-}
-
-/// The state letter from `/proc/<pid>/stat`.
-fn process_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.trim_start().chars().next()
-}
-
-/// Live processes (not zombies) whose command line mentions `pgdata` or whose working
-/// directory is inside it, excluding `except`. Returns (pid, command line).
-pub fn processes_for(pgdata: &Path, except: Option<i32>) -> Vec<(i32, String)> {
-    let needle = pgdata.to_string_lossy().into_owned();
-    let me = std::process::id() as i32;
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me || Some(pid) == except {
-            continue;
-        }
-        if matches!(process_state(pid), None | Some('Z') | Some('X')) {
-            continue;
-        }
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        let in_cwd = fs::read_link(format!("/proc/{pid}/cwd"))
-            .map(|cwd| cwd.starts_with(pgdata))
-            .unwrap_or(false);
-        if in_cwd || cmdline.contains(&needle) {
-            found.push((pid, cmdline.trim_end().to_string()));
-        }
-    }
-    found
-}
-
 /// The SQLSTATE of a database error, if it is one.
 pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error()
@@ -781,4 +776,39 @@ pub async fn wait_only_marker(pgdata: &Path) {
         );
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// One `<name> <value>` line of Prometheus text, if present.
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Run `sql` (any number of statements), panicking with it on error.
+pub async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// `"` doubled: only for SQL the test itself sends to set things up.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A running compute whose table `t` holds the rows 1, 2 and 3: the primary of replica tests,
+/// the source of a base backup.
+pub async fn start_primary(name: &str) -> Compute {
+    let mut primary = Compute::new(name);
+    primary.start_with_spec(&spec(vec![], vec![], vec![]));
+    primary.wait_for_status("running").await;
+    let mut conn = primary.connect("postgres").await;
+    exec(
+        &mut conn,
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 3)",
+    )
+    .await;
+    conn.close().await.ok();
+    primary
 }

@@ -1,47 +1,17 @@
 //! compute_ctl as PID 1 (in a new PID namespace, as in a container) and as a child subreaper
 //! (`--reap-orphans`): orphans are reaped, the postmaster's own exit status is not stolen.
 
-mod common;
-
 use std::ffi::OsString;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::Connection;
 
 const ORPHANS: usize = 4;
 const WAIT: Duration = Duration::from_secs(30);
-
-/// (pid, state, comm) of the processes whose parent is `parent`.
-fn children_of(parent: i32) -> Vec<(i32, char, String)> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_string();
-        let mut rest = stat[close + 1..].split_whitespace();
-        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid: i32 = rest.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if ppid == parent {
-            found.push((pid, state, comm));
-        }
-    }
-    found
-}
 
 async fn eventually(what: &str, c: &Compute, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -58,13 +28,7 @@ async fn eventually(what: &str, c: &Compute, mut done: impl FnMut() -> bool) {
 fn spec_args(c: &Compute) -> Vec<OsString> {
     let name = "orphan's \"parent\" $x$ 🐘";
     let s = spec(vec![role(name, None)], vec![database(name, name)], vec![]);
-    let mut cfg = config(Some(&s));
-    cfg["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &cfg.to_string());
-    let mut args = c.base_args();
-    args.push("-c".into());
-    args.push(path.into());
-    args
+    c.config_args(&s)
 }
 
 /// Make Postgres leave `ORPHANS` shell processes behind (`COPY ... TO PROGRAM` runs a shell
@@ -74,8 +38,8 @@ fn spec_args(c: &Compute) -> Vec<OsString> {
 async fn orphans_are_reaped_and_the_postmaster_exit_is_reported(c: &mut Compute, reaper: i32) {
     let postmaster = children_of(reaper)
         .into_iter()
-        .find(|(_, _, comm)| comm == "postgres")
-        .map(|(pid, _, _)| pid)
+        .find(|p| p.comm == "postgres")
+        .map(|p| p.pid)
         .unwrap_or_else(|| panic!("no postgres child of {reaper}\n{}", c.log_tail(40)));
 
     let mut conn = c.connect("postgres").await;
@@ -96,7 +60,7 @@ async fn orphans_are_reaped_and_the_postmaster_exit_is_reported(c: &mut Compute,
     let shells = || {
         children_of(reaper)
             .into_iter()
-            .filter(|(_, _, comm)| comm == "sh")
+            .filter(|p| p.comm == "sh")
             .count()
     };
     eventually("the orphans are reparented to compute_ctl", c, || {
@@ -110,10 +74,7 @@ async fn orphans_are_reaped_and_the_postmaster_exit_is_reported(c: &mut Compute,
     })
     .await;
     eventually("no orphan is left, not even as a zombie", c, || {
-        shells() == 0
-            && children_of(reaper)
-                .iter()
-                .all(|(_, state, _)| *state != 'Z')
+        shells() == 0 && children_of(reaper).iter().all(Proc::is_live)
     })
     .await;
     assert!(
@@ -147,7 +108,7 @@ async fn as_pid_1_in_a_pid_namespace() {
     let unshare = c.child_pid();
     let mut compute_ctl = None;
     eventually("compute_ctl runs under unshare", &c, || {
-        compute_ctl = children_of(unshare).first().map(|(pid, _, _)| *pid);
+        compute_ctl = children_of(unshare).first().map(|p| p.pid);
         compute_ctl.is_some()
     })
     .await;

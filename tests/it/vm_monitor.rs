@@ -1,14 +1,12 @@
 //! The vm-monitor (`AUTOSCALING`): a real websocket client plays Neon's autoscaler-agent
 //! against the real binary running real PostgreSQL 15.
 
-mod common;
-
 use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Compute, free_port, spec};
+use crate::common::{Compute, free_port, spec};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -26,11 +24,7 @@ async fn start_autoscaling(name: &str, extra: &[&str]) -> (Compute, u16) {
     let mut c = Compute::new(name);
     let port = free_port();
     c.env.push(("AUTOSCALING".into(), "true".into()));
-    let mut config = common::config(Some(&spec(vec![], vec![], vec![])));
-    config["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &config.to_string());
-    let mut args = c.base_args();
-    args.extend(["-c".into(), path.into()]);
+    let mut args = c.config_args(&spec(vec![], vec![], vec![]));
     args.extend([
         "--vm-monitor-addr".into(),
         format!("127.0.0.1:{port}").into(),
@@ -137,26 +131,11 @@ impl Agent {
     }
 }
 
-/// One `GET /metrics` value (a line `<name> <value>`), if present.
-async fn metric(c: &Compute, name: &str) -> Option<f64> {
-    let text = c
-        .http()
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Poll `/metrics` until `name` satisfies `ok` (the figures reach the engine asynchronously).
 async fn wait_for_metric(c: &Compute, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
     let deadline = tokio::time::Instant::now() + MESSAGE_TIMEOUT;
     loop {
-        let value = metric(c, name).await;
+        let value = c.metric(name).await;
         if let Some(v) = value
             && ok(v)
         {
@@ -342,11 +321,7 @@ async fn the_agent_protocol() {
 async fn without_autoscaling_there_is_no_vm_monitor() {
     let mut c = Compute::new("vmmon-off");
     let port = free_port();
-    let mut args = c.base_args();
-    let mut config = common::config(Some(&spec(vec![], vec![], vec![])));
-    config["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &config.to_string());
-    args.extend(["-c".into(), path.into()]);
+    let mut args = c.config_args(&spec(vec![], vec![], vec![]));
     args.extend([
         "--vm-monitor-addr".into(),
         format!("127.0.0.1:{port}").into(),
@@ -357,10 +332,7 @@ async fn without_autoscaling_there_is_no_vm_monitor() {
         TcpStream::connect(("127.0.0.1", port)).await.is_err(),
         "something listens on the vm-monitor port"
     );
-    assert_eq!(
-        metric(&c, "compute_vm_monitor_agent_connections").await,
-        None
-    );
+    assert_eq!(c.metric("compute_vm_monitor_agent_connections").await, None);
     assert!(!c.log().contains("vm-monitor"));
     c.terminate(None).await;
     c.wait_exit().await;
@@ -629,10 +601,12 @@ async fn memory_stalls_bring_an_upscale_request_through_psi() {
     })
     .await;
     // The anonymous memory stayed far below the threshold: PSI made the request.
-    let used = metric(&c, "compute_vm_monitor_memory_used_bytes")
+    let used = c
+        .metric("compute_vm_monitor_memory_used_bytes")
         .await
         .unwrap();
-    let threshold = metric(&c, "compute_vm_monitor_memory_threshold_bytes")
+    let threshold = c
+        .metric("compute_vm_monitor_memory_threshold_bytes")
         .await
         .unwrap();
     assert!(used < threshold, "used {used} threshold {threshold}");

@@ -3,31 +3,16 @@
 //! `/extensions`, `/grants` (internal), with hostile names, their error answers and their
 //! status rules.
 
-mod common;
-
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
-use sqlx::postgres::PgConnection;
 
 /// A database name that libpq would read as a connection string if it were passed as
 /// `pg_dump -d`: it must be dumped as a name.
 const CONNSTR_LIKE: &str = "x dbname=postgres";
-
-async fn exec(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-/// `"` doubled: only for SQL the test itself sends to set things up.
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// Hostile roles (with passwords, so they can log in) and a database per hostile name, each
 /// owned by the role of the same name; `pg_stat_statements` preloaded for `/insights`.
@@ -203,7 +188,7 @@ async fn dbs_and_roles_and_schema_dumps_with_hostile_names() {
         &mut pg,
         &format!(
             "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            ident(&names[1])
+            quote_ident(&names[1])
         ),
     )
     .await;
@@ -379,31 +364,11 @@ async fn schema_dump_is_killed_when_the_client_goes_away() {
 
 /// Live `pg_dump` processes whose parent is compute_ctl.
 fn pg_dump_children(c: &Compute) -> Vec<i32> {
-    let parent = c.child_pid();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let comm = &stat[stat.find('(').unwrap() + 1..close];
-        let mut rest = stat[close + 1..].split_whitespace();
-        let state = rest.next().unwrap_or_default();
-        let ppid: i32 = rest.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if comm == "pg_dump" && ppid == parent && state != "Z" {
-            found.push(pid);
-        }
-    }
-    found
+    children_of(c.child_pid())
+        .into_iter()
+        .filter(|p| p.comm == "pg_dump" && p.is_live())
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// `/check_writability` writes its row; `/insights` says why it has nothing until
@@ -561,7 +526,7 @@ async fn extensions_and_grants() {
     let schema = names[1].as_str(); // $x$dollar$x$
     let role = names[8].as_str(); // it's'; DROP ROLE cloud_admin; --
     let mut conn = c.connect(db).await;
-    exec(&mut conn, &format!("CREATE SCHEMA {}", ident(schema))).await;
+    exec(&mut conn, &format!("CREATE SCHEMA {}", quote_ident(schema))).await;
     conn.close().await.ok();
     for p in ["USAGE", "CREATE"] {
         assert!(!has_schema_privilege(&c, db, role, schema, p).await, "{p}");

@@ -1,21 +1,11 @@
 //! systemd's notify protocol: compute_ctl talks to `$NOTIFY_SOCKET`, here a unix datagram
 //! socket of the test standing in for systemd.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
-use serde_json::Value;
-
-/// A `-c` file with `spec`, trusting the harness's key (the external API needs its tokens).
-fn config_file(c: &Compute, spec: &Value) -> std::path::PathBuf {
-    let mut cfg = config(Some(spec));
-    cfg["compute_ctl_config"]["jwks"] = c.jwks();
-    c.write_file("config.json", &cfg.to_string())
-}
 
 /// Every datagram received until `until` says so (or 60 s pass).
 fn collect(socket: UnixDatagram, until: impl Fn(&str) -> bool) -> Vec<String> {
@@ -56,9 +46,7 @@ async fn ready_status_and_stopping_over_notify_socket() {
 
     let name = "sd \"notify\" 'role' $x$ 🐘";
     let s = spec(vec![role(name, None)], vec![database(name, name)], vec![]);
-    let path = config_file(&c, &s);
-    let mut args = c.base_args();
-    args.extend(["-c".into(), path.into()]);
+    let args = c.config_args(&s);
     let env = format!("NOTIFY_SOCKET={}", socket_path.display());
     c.start_raw_via(&["env", &env], args);
     c.wait_for_status("running").await;
@@ -122,9 +110,7 @@ async fn failed_start_reports_the_error() {
         vec![],
         vec![setting("shared_buffers", "nonsense", "string")],
     );
-    let path = config_file(&c, &s);
-    let mut args = c.base_args();
-    args.extend(["-c".into(), path.into()]);
+    let args = c.config_args(&s);
     let env = format!("NOTIFY_SOCKET={}", socket_path.display());
     c.start_raw_via(&["env", &env], args);
     let messages = listener.join().unwrap();

@@ -1,15 +1,13 @@
 //! OpenTelemetry: spans go to an OTLP/HTTP receiver (a small axum app of the test that decodes
 //! the protobuf), parented by `TRACEPARENT` at startup and by `traceparent` on `/configure`.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use reqwest::StatusCode;
@@ -67,11 +65,7 @@ async fn spans_are_exported_with_their_parents() {
     let mut c = Compute::new("otel");
     let name = "otel \"role\" 'x' $x$ 🐘";
     let first = spec(vec![role(name, None)], vec![database(name, name)], vec![]);
-    let mut first_config = config(Some(&first));
-    first_config["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &first_config.to_string());
-    let mut args = c.base_args();
-    args.extend(["-c".into(), path.into()]);
+    let args = c.config_args(&first);
     let env = [
         format!("OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}"),
         format!("TRACEPARENT=00-{STARTUP_TRACE}-{STARTUP_PARENT}-01"),

@@ -2,15 +2,13 @@
 //! operations, hostile names, role and database options, deleting roles that own objects,
 //! idempotence by statement count, settings that need a restart.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
-const FIXTURE: &str = include_str!("fixtures/neon/cluster_spec.json");
+const FIXTURE: &str = include_str!("../fixtures/neon/cluster_spec.json");
 
 /// Statements run by the latest apply, from its log line `spec applied in … statements=N`.
 fn last_apply_statements(c: &Compute) -> usize {
@@ -47,13 +45,6 @@ async fn databases(conn: &mut PgConnection) -> Vec<(String, String)> {
     .fetch_all(conn)
     .await
     .unwrap()
-}
-
-async fn exec(conn: &mut PgConnection, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 async fn table_owner(c: &Compute, db: &str, table: &str) -> String {
@@ -468,9 +459,4 @@ async fn skip_pg_catalog_updates_leaves_the_catalog_alone() {
     assert_eq!(code, StatusCode::OK, "{body}");
     assert!(roles(&mut pg).await.contains(&"skipped role".to_owned()));
     pg.close().await.ok();
-}
-
-/// An identifier for test SQL (the harness connects with trusted loopback as cloud_admin).
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -1,18 +1,16 @@
 //! `--control-plane-uri`: the startup config comes from a control plane, played here by a small
 //! axum app that answers from a script (slow, flapping, malformed, final errors).
 
-mod common;
-
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{self, *};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode as Code};
 use axum::routing::get;
-use common::*;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "secret token";

@@ -1,24 +1,20 @@
-//! Neon storage against a fake pageserver (tests/fake_pageserver) serving a real base backup
+//! Neon storage against a fake pageserver (`fake_pageserver`) serving a real base backup
 //! that `pg_basebackup -Ft -X fetch -z` made of a real compute_ctl primary, and a `postgres`
 //! wrapper that answers `--sync-safekeepers` with an LSN (no safekeepers run here) and runs
 //! the real PostgreSQL 15 otherwise.
-
-mod common;
-mod fake_pageserver;
 
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
-use fake_pageserver::{Behaviour, FakePageserver};
+use crate::common::*;
+use crate::fake_pageserver::{Behaviour, FakePageserver};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const TENANT: &str = "0123456789abcdef0123456789abcdef";
 const TIMELINE: &str = "fedcba9876543210fedcba9876543210";
 const TOKEN: &str = "storage-token-'quoted' \\ and spaced";
@@ -27,15 +23,7 @@ const SYNCED_LSN: &str = "0/3000028";
 
 /// A gzip'd tar base backup of a fresh primary holding table `t` with rows 1..=3.
 async fn real_base_backup() -> Vec<u8> {
-    let mut primary = Compute::new("neon-source");
-    primary.start_with_spec(&spec(vec![], vec![], vec![]));
-    primary.wait_for_status("running").await;
-    let mut conn = primary.connect("postgres").await;
-    sqlx::raw_sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 3)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.ok();
+    let primary = start_primary("neon-source").await;
     let output = tokio::process::Command::new(format!("{PG_BIN}/pg_basebackup"))
         .args(["-D", "-", "-Ft", "-X", "fetch", "-z", "--checkpoint=fast"])
         .args(["-h", "127.0.0.1", "-U", "cloud_admin"])
@@ -94,31 +82,19 @@ fn neon_spec(pageserver: &FakePageserver) -> Value {
 
 /// Start `c` with `spec`, `--pgbin pgbin`, and extra environment through `env`.
 fn start(c: &mut Compute, spec: &Value, pgbin: &Path, env: &[&str]) {
-    let mut cfg = config(Some(spec));
-    cfg["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &serde_json::to_string(&cfg).unwrap());
-    let mut args = c.base_args();
-    args.extend::<[OsString; 4]>(["--pgbin".into(), pgbin.into(), "-c".into(), path.into()]);
+    let mut args = c.config_args(spec);
+    args.extend::<[OsString; 2]>(["--pgbin".into(), pgbin.into()]);
     let mut wrapper = vec!["env"];
     wrapper.extend(env);
     c.start_raw_via(&wrapper, args);
 }
 
+/// The error of the failed start (retries of the base backup take a while).
 async fn wait_failed(c: &mut Compute) -> String {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok((_, body)) = c.try_status().await
-            && body["status"] == "failed"
-        {
-            return body["error"].as_str().unwrap_or_default().to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failed status\n{}",
-            c.log_tail(60)
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let body = c
+        .wait_for_status_within("failed", Duration::from_secs(90))
+        .await;
+    body["error"].as_str().unwrap_or_default().to_owned()
 }
 
 fn expected_command() -> String {

@@ -1,13 +1,10 @@
 //! Termination details: the final LSN of `/terminate`, the linger after it, and the signals
 //! (SIGTERM fast, a second one immediate, SIGQUIT immediate, SIGKILL after a bounded wait).
 
-mod common;
-
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 
-use common::*;
+use crate::common::*;
 use compute_ctl::spec::Lsn;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -15,29 +12,15 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-fn exit_code(st: ExitStatus) -> Option<i32> {
-    st.code()
-}
-
 /// Start with a spec and `--terminate-linger <linger>` instead of the harness's short one.
 fn start_lingering(c: &mut Compute, spec: &Value, linger: &str) {
-    let path = config_file(c, spec);
-    let mut args = c.base_args();
+    let mut args = c.config_args(spec);
     let at = args
         .iter()
         .position(|a| a == "--terminate-linger")
         .expect("the harness passes --terminate-linger");
     args[at + 1] = OsString::from(linger);
-    args.push("-c".into());
-    args.push(path.into());
     c.start_raw(args);
-}
-
-/// A `-c` file with `spec`, trusting the harness's key (the external API needs its tokens).
-fn config_file(c: &Compute, spec: &Value) -> std::path::PathBuf {
-    let mut cfg = config(Some(spec));
-    cfg["compute_ctl_config"]["jwks"] = c.jwks();
-    c.write_file("config.json", &cfg.to_string())
 }
 
 /// A spec with a hostile role and database, so the termination follows real work.
@@ -127,7 +110,7 @@ async fn terminate_returns_the_final_lsn_and_lingers() {
     // A signal ends the linger (docker stop, systemctl stop): exit well before the 60 s.
     c.signal(Signal::SIGTERM);
     let st = c.wait_exit().await;
-    assert_eq!(exit_code(st), Some(0), "{st}\n{}", c.log_tail(40));
+    assert_eq!(st.code(), Some(0), "{st}\n{}", c.log_tail(40));
     c.assert_no_postgres_left();
 }
 
@@ -140,7 +123,7 @@ async fn replica_terminates_with_a_null_lsn() {
     assert_eq!(code, StatusCode::OK, "POST /terminate: {body}");
     assert_eq!(body, json!({"lsn": null}));
     let st = c.wait_exit().await;
-    assert_eq!(exit_code(st), Some(0), "{st}\n{}", c.log_tail(40));
+    assert_eq!(st.code(), Some(0), "{st}\n{}", c.log_tail(40));
     c.assert_no_postgres_left();
 }
 
@@ -159,7 +142,7 @@ async fn immediate_terminate_does_not_linger() {
     assert_eq!(body, json!({"lsn": null}));
     // Well before the 60 s linger a fast termination would have.
     let st = c.wait_exit().await;
-    assert_eq!(exit_code(st), Some(0), "{st}\n{}", c.log_tail(40));
+    assert_eq!(st.code(), Some(0), "{st}\n{}", c.log_tail(40));
     c.assert_no_postgres_left();
     assert_eq!(
         controldata_field(&pg_controldata(&c), "Database cluster state"),
@@ -176,7 +159,7 @@ async fn sigquit_stops_postgres_immediately() {
     c.postmaster_pid();
     c.signal(Signal::SIGQUIT);
     let st = c.wait_exit().await;
-    assert_eq!(exit_code(st), Some(0), "{st}\n{}", c.log_tail(40));
+    assert_eq!(st.code(), Some(0), "{st}\n{}", c.log_tail(40));
     c.assert_no_postgres_left();
     assert!(
         c.log()
@@ -208,7 +191,7 @@ async fn second_sigterm_escalates_and_a_stuck_postmaster_is_killed() {
     c.wait_for_status("termination_pending_immediate").await;
 
     let st = c.wait_exit().await;
-    assert_eq!(exit_code(st), Some(0), "{st}\n{}", c.log_tail(40));
+    assert_eq!(st.code(), Some(0), "{st}\n{}", c.log_tail(40));
     assert!(!process_alive(postmaster), "postmaster survived");
     c.assert_no_postgres_left();
     let log = c.log();
@@ -240,7 +223,7 @@ async fn missing_pg_user_exits_one() {
     ]);
     c.start_raw(args);
     let st = c.wait_exit().await;
-    assert_eq!(exit_code(st), Some(1), "{st}\n{}", c.log_tail(20));
+    assert_eq!(st.code(), Some(1), "{st}\n{}", c.log_tail(20));
     let stderr = c.stderr();
     assert!(
         stderr.contains("\"no_such_user_6\" does not exist") && stderr.contains("--pg-user"),

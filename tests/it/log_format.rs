@@ -1,8 +1,6 @@
 //! `--log-format json`: every line compute_ctl logs is one JSON object.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -11,16 +9,8 @@ async fn json_logs_are_one_object_per_line() {
     let mut c = Compute::new("json-logs");
     let name = "json \"log\" 'role'\t$x$ 🐘";
     let s = spec(vec![role(name, None)], vec![database(name, name)], vec![]);
-    let mut cfg = config(Some(&s));
-    cfg["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &cfg.to_string());
-    let mut args = c.base_args();
-    args.extend([
-        "-c".into(),
-        path.into(),
-        "--log-format".into(),
-        "json".into(),
-    ]);
+    let mut args = c.config_args(&s);
+    args.extend(["--log-format".into(), "json".into()]);
     c.start_raw(args);
     c.wait_for_status("running").await;
     let (code, body) = c.terminate(None).await;

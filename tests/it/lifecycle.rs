@@ -2,9 +2,7 @@
 //!
 //! Each test owns its temp dir and ports (see `common`), so they run in parallel.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
@@ -104,10 +102,6 @@ fn assert_status_body(body: &Value, status: &str) {
             "status body lacks {field:?}: {body}"
         );
     }
-}
-
-fn exit_code(st: std::process::ExitStatus) -> Option<i32> {
-    st.code()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,12 +350,7 @@ async fn terminate_reaches_terminated_and_exits_zero() {
     let status_after = c.try_status().await;
 
     let st = c.wait_exit().await;
-    assert_eq!(
-        exit_code(st),
-        Some(0),
-        "exit status {st}\n{}",
-        c.log_tail(40)
-    );
+    assert_eq!(st.code(), Some(0), "exit status {st}\n{}", c.log_tail(40));
     c.assert_no_postgres_left();
 
     match second {
@@ -395,12 +384,7 @@ async fn sigterm_exits_zero_without_leftovers() {
 
     c.signal(Signal::SIGTERM);
     let st = c.wait_exit().await;
-    assert_eq!(
-        exit_code(st),
-        Some(0),
-        "exit status {st}\n{}",
-        c.log_tail(40)
-    );
+    assert_eq!(st.code(), Some(0), "exit status {st}\n{}", c.log_tail(40));
     c.assert_no_postgres_left();
 }
 
@@ -420,7 +404,7 @@ async fn killed_postmaster_fails_the_compute() {
 
     let st = c.wait_exit().await;
     assert_eq!(
-        exit_code(st),
+        st.code(),
         Some(1),
         "compute_ctl exit status after the postmaster was killed: {st}\n{}",
         c.log_tail(40)
@@ -604,11 +588,6 @@ async fn postgres_refusing_to_start_fails_then_terminates() {
     assert_eq!(code, StatusCode::OK, "POST /terminate: {body}");
     assert_eq!(body, json!({"lsn": null}));
     let st = c.wait_exit().await;
-    assert_eq!(
-        exit_code(st),
-        Some(0),
-        "exit status {st}\n{}",
-        c.log_tail(40)
-    );
+    assert_eq!(st.code(), Some(0), "exit status {st}\n{}", c.log_tail(40));
     c.assert_no_postgres_left();
 }

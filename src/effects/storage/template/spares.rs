@@ -6,18 +6,7 @@
 //! running (spec applied), it copies the template once more, at low CPU and I/O priority, into
 //! the cache, for whoever starts next.
 //!
-//! Cache layout, beside the templates (see [`super::template`]):
-//!
-//! ```text
-//! <cache>/spare-<key>-<unique>/                 a complete spare, root-only (0700) when we are
-//!          spare.tag                            root: the Postgres user cannot reach it
-//!          data/                                the copy, owned by the Postgres user (as a
-//!                                               template copy leaves PGDATA)
-//! <cache>/.making-spare-<key>-<pid>-<unique>/   a spare being made, renamed to spare-… only
-//!                                               when complete: a partial one is never used
-//! <cache>/spare-<key>.lock                      held (flock) while a spare of <key> is made
-//! <cache>/.trash-<pid>-<unique>/                an unusable spare or template, being deleted
-//! ```
+//! Spares lie in the cache beside the templates (see [`super::cache`]).
 //!
 //! A start takes a spare with one `rename` into PGDATA: among concurrent starts exactly one
 //! wins it, the others find it gone and copy the template. A spare is taken only when the
@@ -35,15 +24,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
-use super::template::{self, Manifest};
+use super::cache;
+use super::copy::copy_tree;
+use super::manifest::{self, Manifest};
 use crate::effects::pgdata;
 use crate::node::Node;
 
-const SPARE: &str = "spare-";
-const MAKING: &str = ".making-spare-";
-const TRASH: &str = ".trash-";
 const TAG: &str = "spare.tag";
 /// Where a taken spare lands inside PGDATA before its data moves up (a crash in between
 /// leaves it under the marker: the next start wipes it).
@@ -54,7 +42,7 @@ const STAGING: &str = ".compute_ctl-spare";
 static CROSS_DEVICE: AtomicBool = AtomicBool::new(false);
 
 /// What a spare of the template with this manifest must say to be used.
-pub fn tag(manifest: &Manifest) -> anyhow::Result<String> {
+pub(super) fn tag(manifest: &Manifest) -> anyhow::Result<String> {
     Ok(format!(
         "compute_ctl spare 1\ntemplate {}\nboot {}\n",
         manifest.sum(),
@@ -70,54 +58,10 @@ fn boot_id() -> anyhow::Result<String> {
         .to_owned())
 }
 
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{nanos:x}")
-}
-
-/// The spares of `key` in the cache (complete ones: `.making-…` never matches).
-fn spares_of(cache: &Path, key: &str) -> Vec<PathBuf> {
-    let prefix = format!("{SPARE}{key}-");
-    let Ok(entries) = fs::read_dir(cache) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with(&prefix) && !name.ends_with(".lock")
-        })
-        .map(|e| e.path())
-        .collect()
-}
-
-/// Move a directory of the cache (a spare, a template) out of the way with one rename, so no
-/// start uses it half-deleted, then delete it in the background; should this process die
-/// first, [`sweep`] finishes the job. One that is gone already (a spare another start took) is
-/// fine.
-pub(super) fn discard(cache: &Path, dir: &Path) -> anyhow::Result<()> {
-    let aside = cache.join(format!("{TRASH}{}-{}", std::process::id(), unique()));
-    match fs::rename(dir, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("moving {} aside", dir.display())),
-    }
-    std::thread::spawn(move || {
-        if let Err(e) = fs::remove_dir_all(&aside) {
-            tracing::warn!("deleting {}: {e}", aside.display());
-        }
-    });
-    Ok(())
-}
-
 /// Discard every spare of `key` (its template is being rebuilt).
-pub fn discard_all(cache: &Path, key: &str) {
-    for spare in spares_of(cache, key) {
-        if let Err(e) = discard(cache, &spare) {
+pub(super) fn discard_all(cache: &Path, key: &str) {
+    for spare in cache::spares(cache, key) {
+        if let Err(e) = cache::discard(cache, &spare) {
             tracing::warn!("discarding a spare: {e:#}");
         }
     }
@@ -125,17 +69,17 @@ pub fn discard_all(cache: &Path, key: &str) {
 
 /// Try to take a spare of `key` whose tag is `tag` into PGDATA (claimed, empty but for the
 /// marker). `Ok(false)`: none was there (or none can be used); the caller copies the template.
-pub fn take(node: &Node, cache: &Path, key: &str, tag: &str) -> anyhow::Result<bool> {
+pub(super) fn take(node: &Node, cache: &Path, key: &str, tag: &str) -> anyhow::Result<bool> {
     if CROSS_DEVICE.load(Ordering::Relaxed) {
         return Ok(false);
     }
-    for spare in spares_of(cache, key) {
+    for spare in cache::spares(cache, key) {
         match fs::read_to_string(spare.join(TAG)) {
             Ok(found) if found == tag => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound && !spare.exists() => continue,
             _ => {
                 tracing::info!(spare = %spare.display(), "discarding a spare of another build of the template (or another boot)");
-                if let Err(e) = discard(cache, &spare) {
+                if let Err(e) = cache::discard(cache, &spare) {
                     tracing::warn!("discarding a spare: {e:#}");
                 }
                 continue;
@@ -196,7 +140,7 @@ impl Drop for CancelOnDrop {
 /// After a start: make a spare of this node's template for the next start, unless one waits
 /// already. Runs on its own thread at the lowest CPU and I/O priority; dropping the future
 /// (termination cancels the start's effect) stops the copy between two files.
-pub async fn replenish(node: &Node, cache: &Path) {
+pub(super) async fn replenish(node: &Node, cache: &Path) {
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -238,7 +182,7 @@ fn make(
     cache: &Path,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Option<(PathBuf, std::time::Duration)>> {
-    sweep(cache);
+    cache::sweep(cache);
     if CROSS_DEVICE.load(Ordering::Relaxed) {
         return Ok(None);
     }
@@ -247,28 +191,27 @@ fn make(
         cross_device(cache, &node.pgdata);
         return Ok(None);
     }
-    let key = template::key(node)?;
-    let Some(_lock) = try_lock(cache, &key)? else {
+    let key = manifest::key(node)?;
+    let Some(_lock) = cache::try_lock(&cache::spare_lock(cache, &key))? else {
         return Ok(None); // another compute makes this key's spare right now
     };
-    let dir = cache.join(format!("pg-{key}"));
-    // Held while copying from the template (see `template::read_lock`).
-    let _reading = template::read_lock(cache, &key)?;
+    let dir = cache::template(cache, &key);
+    // Held while copying from the template (see `cache::read_lock`).
+    let _reading = cache::read_lock(cache, &key)?;
     let manifest = match Manifest::verify(&dir) {
         Ok(manifest) => manifest,
         // Being rebuilt, or damaged: the next start rebuilds it, then spares resume.
         Err(_) => return Ok(None),
     };
     let tag = tag(&manifest)?;
-    if spares_of(cache, &key)
+    if cache::spares(cache, &key)
         .iter()
         .any(|s| fs::read_to_string(s.join(TAG)).is_ok_and(|t| t == tag))
     {
         return Ok(None);
     }
     let began = Instant::now();
-    let unique = unique();
-    let making = cache.join(format!("{MAKING}{key}-{}-{unique}", std::process::id()));
+    let (spare, making) = cache::new_spare(cache, &key);
     fs::DirBuilder::new()
         .mode(0o700)
         .create(&making)
@@ -280,61 +223,16 @@ fn make(
         .with_context(|| format!("creating {}", data.display()))?;
     pgdata::give_to_postgres(node, &data)?;
     // One copying thread: this runs beside a live compute, and nobody waits for it.
-    template::copy_tree(
+    copy_tree(
         &manifest,
         &dir.join("data"),
         &data,
-        template::owner(node),
+        manifest::owner(node),
         1,
         cancel,
     )?;
     fs::write(making.join(TAG), &tag)?;
-    let spare = cache.join(format!("{SPARE}{key}-{unique}"));
     fs::rename(&making, &spare)
         .with_context(|| format!("renaming {} to {}", making.display(), spare.display()))?;
     Ok(Some((spare, began.elapsed())))
-}
-
-/// Take the lock of `key`'s spare without waiting; `None` when another process holds it.
-fn try_lock(cache: &Path, key: &str) -> anyhow::Result<Option<nix::fcntl::Flock<fs::File>>> {
-    let path = cache.join(format!("{SPARE}{key}.lock"));
-    let file = template::lock_file(&path)?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => bail!("locking {}: {e}", path.display()),
-    }
-}
-
-/// Delete what dead processes left: partial spares (`.making-spare-<key>-<pid>-…`) and spares
-/// spares or templates they were deleting (`.trash-<pid>-…`). Those of live processes are theirs.
-fn sweep(cache: &Path) {
-    let Ok(entries) = fs::read_dir(cache) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let pid = if let Some(rest) = name.strip_prefix(MAKING) {
-            rest.split('-').nth(1)
-        } else if let Some(rest) = name.strip_prefix(TRASH) {
-            rest.split('-').next()
-        } else {
-            continue;
-        };
-        let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()).filter(|&p| p > 0) else {
-            continue;
-        };
-        let dead = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            == Err(nix::errno::Errno::ESRCH);
-        if dead {
-            let path = entry.path();
-            match fs::remove_dir_all(&path) {
-                Ok(()) => {
-                    tracing::info!(path = %path.display(), "removed a partial spare or a half-deleted directory left by a dead process")
-                }
-                Err(e) => tracing::warn!("removing {}: {e}", path.display()),
-            }
-        }
-    }
 }

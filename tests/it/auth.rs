@@ -2,13 +2,11 @@
 //! (reference §4), hostile inputs, key rotation through `/configure`, the bare-spec (no keys)
 //! start, and the OpenAPI document.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::*;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use nix::sys::signal::Signal;

@@ -1,12 +1,10 @@
 //! The compute monitor against the real PostgreSQL, with fault injection: `last_active` from
 //! `/status`, downtime from `/metrics` (Prometheus text), as a control plane reads them.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use chrono::{DateTime, Utc};
-use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -17,28 +15,11 @@ use sqlx::postgres::PgConnection;
 const WAIT: Duration = Duration::from_secs(30);
 const MONITOR_APP: &str = "compute_ctl:compute_monitor";
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
 /// `(compute_pg_current_downtime_ms, compute_pg_downtime_ms_total)` from `GET /metrics`.
 async fn downtime(c: &Compute) -> (f64, f64) {
-    let text = http()
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap();
+    let text = c.metrics().await;
     let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        metric_in(&text, name).unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
     };
     (
         value("compute_pg_current_downtime_ms"),

@@ -4,8 +4,6 @@
 //! postmasters and stale lock files), the safety rules of the PGDATA marker, and the spare copies
 //! of a template (made after a start, taken by the next with a rename, never across keys).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -13,10 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Compute, database, role, spec};
+use crate::common::{self, Compute, PG_BIN, database, role, shared_tempdir, spec};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use tempfile::TempDir;
 
 fn small_spec() -> Value {
     spec(
@@ -26,27 +23,10 @@ fn small_spec() -> Value {
     )
 }
 
-/// A directory under /tmp that the postgres OS user can traverse.
-fn shared_dir(prefix: &str) -> TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .expect("temp dir");
-    fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    dir
-}
-
 /// Start `c` with `spec`, `--storage <storage>` and extra arguments; `-D` is `c.pgdata`.
 fn start(c: &mut Compute, storage: &str, extra: &[&str]) {
-    let mut config = common::config(Some(&small_spec()));
-    config["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &config.to_string());
-    let mut args = c.base_args();
-    args.extend(["-c".into(), path.into(), "--storage".into(), storage.into()]);
+    let mut args = c.config_args(&small_spec());
+    args.extend(["--storage".into(), storage.into()]);
     args.extend(extra.iter().map(OsString::from));
     c.start_raw(args);
 }
@@ -61,14 +41,9 @@ fn start_template(c: &mut Compute, cache: &Path) {
 
 /// Start `c` on the template backend with another superuser (another template key).
 fn start_template_as(c: &mut Compute, cache: &Path, superuser: &str) {
-    let mut config = common::config(Some(&small_spec()));
-    config["compute_ctl_config"]["jwks"] = c.jwks();
-    let path = c.write_file("config.json", &config.to_string());
-    let mut args = c.base_args();
+    let mut args = c.config_args(&small_spec());
     args[3] = format!("postgresql://{superuser}@127.0.0.1:{}/postgres", c.pg_port).into();
     args.extend([
-        "-c".into(),
-        path.into(),
         "--storage".into(),
         "template".into(),
         "--template-cache".into(),
@@ -118,7 +93,7 @@ fn postgres_uid() -> u32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn template_is_built_once_reused_and_rebuilt_when_damaged_or_rekeyed() {
-    let cache_dir = shared_dir("compute-ctl-test-cache-");
+    let cache_dir = shared_tempdir("compute-ctl-test-cache-");
     let cache = cache_dir.path().join("templates");
 
     // First start: builds the template.
@@ -231,7 +206,7 @@ async fn template_is_built_once_reused_and_rebuilt_when_damaged_or_rekeyed() {
 /// and those without an `origin`, are left alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_build_removes_the_templates_of_a_replaced_binary() {
-    let cache_dir = shared_dir("compute-ctl-test-tpl-prune-");
+    let cache_dir = shared_tempdir("compute-ctl-test-tpl-prune-");
     let cache = cache_dir.path().join("templates");
     let mut first = Compute::new("tpl-prune-first");
     start_template(&mut first, &cache);
@@ -300,7 +275,7 @@ async fn a_build_removes_the_templates_of_a_replaced_binary() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_starts_build_one_template() {
-    let cache_dir = shared_dir("compute-ctl-test-cache-race-");
+    let cache_dir = shared_tempdir("compute-ctl-test-cache-race-");
     let cache = cache_dir.path().join("templates");
     let mut computes: Vec<Compute> = (0..3)
         .map(|i| Compute::new(&format!("tpl-race-{i}")))
@@ -392,7 +367,7 @@ fn dead_pid() -> u32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_compute_leaves_a_spare_that_the_next_start_takes() {
-    let cache_dir = shared_dir("compute-ctl-test-cache-spare-");
+    let cache_dir = shared_tempdir("compute-ctl-test-cache-spare-");
     let cache = cache_dir.path().join("templates");
 
     // First start: no spare yet, so it copies; once running it makes one.
@@ -455,7 +430,7 @@ async fn a_running_compute_leaves_a_spare_that_the_next_start_takes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spare_is_not_used_for_another_key() {
-    let cache_dir = shared_dir("compute-ctl-test-cache-spare-key-");
+    let cache_dir = shared_tempdir("compute-ctl-test-cache-spare-key-");
     let cache = cache_dir.path().join("templates");
     let mut a = Compute::new("spare-key-a");
     start_template(&mut a, &cache);
@@ -499,7 +474,7 @@ async fn a_spare_is_not_used_for_another_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_starts_racing_for_one_spare_both_run() {
-    let cache_dir = shared_dir("compute-ctl-test-cache-spare-race-");
+    let cache_dir = shared_tempdir("compute-ctl-test-cache-spare-race-");
     let cache = cache_dir.path().join("templates");
     let mut first = Compute::new("spare-race-0");
     start_template(&mut first, &cache);
@@ -670,7 +645,7 @@ async fn a_postmaster_left_running_on_pgdata_is_refused_and_left_alone() {
     // A postmaster compute_ctl did not start (as one left by a killed compute_ctl whose
     // parent-death signal never came) runs on PGDATA.
     let port = common::free_port();
-    let postgres = "/usr/lib/postgresql/15/bin/postgres";
+    let postgres = &format!("{PG_BIN}/postgres");
     let mut leftover = tokio::process::Command::new("runuser")
         .args(["-u", "postgres", "--", postgres, "-D"])
         .arg(&first.pgdata)

@@ -2,29 +2,14 @@
 //! `pg_basebackup` of that server, started as a hot standby. The primary is a second real
 //! compute_ctl compute started by the test.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
 /// How long a row written on the primary may take to show up on a standby.
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(30);
-
-async fn start_primary(name: &str) -> Compute {
-    let mut primary = Compute::new(name);
-    primary.start_with_spec(&spec(vec![], vec![], vec![]));
-    primary.wait_for_status("running").await;
-    let mut conn = primary.connect("postgres").await;
-    sqlx::raw_sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 3)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.ok();
-    primary
-}
 
 /// A spec following `primary` in `mode` (`"Replica"` or `{"Static": lsn}`).
 fn standby_spec(primary_port: u16, mode: Value) -> Value {
@@ -55,10 +40,6 @@ where
     T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
 {
     sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
-}
-
-async fn execute(conn: &mut PgConnection, sql: &'static str) {
-    sqlx::raw_sql(sql).execute(conn).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,7 +79,7 @@ async fn replica_follows_its_primary_read_only() {
     assert!(body.to_string().contains("recovery"), "{body}");
 
     let mut on_primary = primary.connect("postgres").await;
-    execute(&mut on_primary, "INSERT INTO t VALUES (4)").await;
+    exec(&mut on_primary, "INSERT INTO t VALUES (4)").await;
     let deadline = Instant::now() + REPLICATION_DEADLINE;
     loop {
         let seen = ids(&mut conn).await;
@@ -139,7 +120,7 @@ async fn static_compute_stops_at_its_lsn() {
     frozen.wait_for_status("running").await;
 
     // Committed before the target LSN.
-    execute(&mut on_primary, "INSERT INTO t VALUES (4)").await;
+    exec(&mut on_primary, "INSERT INTO t VALUES (4)").await;
     // Move the primary's WAL past the target, then commit a row after it.
     loop {
         let passed: bool = sqlx::query_scalar("SELECT pg_current_wal_lsn() > $1::text::pg_lsn")
@@ -150,14 +131,14 @@ async fn static_compute_stops_at_its_lsn() {
         if passed {
             break;
         }
-        execute(
+        exec(
             &mut on_primary,
             "CREATE TABLE IF NOT EXISTS filler (x int); INSERT INTO filler VALUES (1)",
         )
         .await;
-        execute(&mut on_primary, "SELECT pg_switch_wal()").await;
+        exec(&mut on_primary, "SELECT pg_switch_wal()").await;
     }
-    execute(&mut on_primary, "INSERT INTO t VALUES (5)").await;
+    exec(&mut on_primary, "INSERT INTO t VALUES (5)").await;
     on_primary.close().await.ok();
 
     let mut conn = frozen.connect("postgres").await;
@@ -192,12 +173,12 @@ async fn static_compute_before_the_backup_is_refused() {
     let primary = start_primary("static-past-primary").await;
     let mut on_primary = primary.connect("postgres").await;
     let past: String = scalar(&mut on_primary, "SELECT pg_current_wal_lsn()::text").await;
-    execute(&mut on_primary, "INSERT INTO t VALUES (4)").await;
+    exec(&mut on_primary, "INSERT INTO t VALUES (4)").await;
     on_primary.close().await.ok();
 
     let mut frozen = Compute::new("static-past");
     frozen.start_with_spec(&standby_spec(primary.pg_port, json!({ "Static": past })));
-    let body = wait_failed(&mut frozen).await;
+    let body = frozen.wait_for_status("failed").await;
     let error = body["error"].as_str().unwrap();
     assert!(
         error.contains("preparing PGDATA (upstream storage)")
@@ -217,7 +198,7 @@ async fn unreachable_primary_fails_the_start_clearly() {
         .env
         .push(("NEON_COMPUTE_TESTING_BASEBACKUP_RETRIES".into(), "1".into()));
     replica.start_with_spec(&standby_spec(nobody, json!("Replica")));
-    let body = wait_failed(&mut replica).await;
+    let body = replica.wait_for_status("failed").await;
     let error = body["error"].as_str().unwrap();
     assert!(
         error.contains("preparing PGDATA (upstream storage)")
@@ -262,21 +243,4 @@ async fn a_replica_waits_for_a_primary_that_starts_later() {
         .await
         .unwrap();
     assert!(metrics["basebackup_ms"].as_u64().unwrap() > 0, "{metrics}");
-}
-
-async fn wait_failed(c: &mut Compute) -> Value {
-    let deadline = Instant::now() + STATUS_TIMEOUT;
-    loop {
-        if let Ok((_, body)) = c.try_status().await
-            && body["status"] == "failed"
-        {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failed status\n{}",
-            c.log_tail(40)
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }

@@ -1,0 +1,255 @@
+//! The `template` backend: the result of `initdb` is built once per key into a cache directory,
+//! then copied into PGDATA at every start (a reflink where the filesystem can, a kernel-side
+//! copy otherwise), which costs a fraction of running `initdb`.
+//!
+//! The key is a hash of what decides initdb's output: the `postgres` and `initdb` binaries
+//! (path, inode, size, mtime: a package upgrade changes them), the superuser, initdb's options
+//! and the owner of the files. A changed key builds a new template beside the old one.
+//!
+//! Safety: a template is built in a staging directory, synced, then renamed into place, so a
+//! start never sees a half-built one. Every start checks the stamp (its checksum, then every
+//! listed entry's type, size and mtime) before copying: a truncated or missing stamp, or a
+//! deleted, truncated or rewritten file, makes it rebuild the template instead of using it.
+//! Silent corruption of a file's contents with its size and mtime unchanged is the
+//! filesystem's business: hashing the 40 MB of a template at every start would cost more than
+//! the copy. Concurrent starts that find no template take the key's lock in turn: the first
+//! builds, the others find the template complete once they hold the lock.
+//!
+//! Once a compute runs, it makes a spare copy of its template in the background; the next
+//! start renames that spare into PGDATA instead of copying.
+//!
+//! Modules, each using only those before it: `cache` (where things lie in the cache directory,
+//! its locks), `manifest` (what identifies a template: key, origin, stamp), `copy` (a template
+//! into PGDATA), `spares` (copies made ahead); this one builds templates and is the backend.
+
+mod cache;
+mod copy;
+mod manifest;
+mod spares;
+
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use self::copy::copy_tree;
+use self::manifest::{Manifest, key, origin, owner, server_version};
+use super::{Backend, BoxFuture, Prepare};
+use crate::effects::{pgdata, process};
+use crate::node::Node;
+use crate::report::millis;
+
+#[derive(Debug)]
+pub struct Template {
+    pub cache: PathBuf,
+}
+
+impl Backend for Template {
+    fn name(&self) -> &'static str {
+        "template"
+    }
+
+    fn ephemeral(&self) -> bool {
+        true
+    }
+
+    fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let node = cx.node;
+            let key = key(node)?;
+            let dir = cache::template(&self.cache, &key);
+            // Claiming PGDATA (wiping the previous start's files) and finding the template
+            // are independent: they run together.
+            let claim = pgdata::claim(node);
+            let template = async {
+                let (cache, key_owned, dir_owned) = (self.cache.clone(), key.clone(), dir.clone());
+                let (checked, reading) = tokio::task::spawn_blocking(move || {
+                    let reading = cache::read_lock(&cache, &key_owned)?;
+                    anyhow::Ok((Manifest::verify(&dir_owned), reading))
+                })
+                .await??;
+                match checked {
+                    Ok(manifest) => {
+                        tracing::info!(template = %dir.display(), "using the cached template");
+                        Ok((manifest, true, reading))
+                    }
+                    Err(why) => {
+                        // A shared lock cannot become the builder's exclusive one in place.
+                        drop(reading);
+                        build(node, &self.cache, &key, &dir, &why)
+                            .await
+                            .map(|manifest| (manifest, false, None))
+                    }
+                }
+            };
+            let (claimed, manifest) = tokio::join!(claim, template);
+            claimed?;
+            // `_reading` is held until the template is copied (dropped at the end of scope).
+            let (manifest, verified, _reading) = manifest?;
+            let began = Instant::now();
+            if verified {
+                // A spare (a copy made in the background after an earlier start) is only
+                // taken when the template it was copied from verified just now.
+                let (node, cache, key, tag) = (
+                    node.clone(),
+                    self.cache.clone(),
+                    key.clone(),
+                    spares::tag(&manifest)?,
+                );
+                let taken =
+                    tokio::task::spawn_blocking(move || spares::take(&node, &cache, &key, &tag))
+                        .await??;
+                if taken {
+                    let took = began.elapsed();
+                    tracing::info!("took a spare copy of the template in {took:?}");
+                    cx.reporter
+                        .metrics(move |m| m.template_copy_ms = millis(took));
+                    return Ok(());
+                }
+            }
+            let (from, to, owner) = (dir.join("data"), node.pgdata.clone(), owner(node));
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+            let copied = tokio::task::spawn_blocking(move || {
+                copy_tree(
+                    &manifest,
+                    &from,
+                    &to,
+                    owner,
+                    workers,
+                    &AtomicBool::new(false),
+                )
+            })
+            .await??;
+            let took = began.elapsed();
+            tracing::info!(
+                files = copied.files,
+                reflinked = copied.reflinked,
+                "copied the template into PGDATA in {took:?}"
+            );
+            cx.reporter
+                .metrics(move |m| m.template_copy_ms = millis(took));
+            Ok(())
+        })
+    }
+
+    fn after_start<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, ()> {
+        Box::pin(spares::replenish(node, &self.cache))
+    }
+}
+
+/// After `key` was built: remove the templates (and their spares) built with a `postgres`
+/// binary that has since been replaced at the same path. Their keys named the old binary, so no
+/// start can use them again. One whose lock is held (being rebuilt) is left for a later start.
+fn prune(cache: &Path, key: &str, ours: &str) {
+    let Some(our_path) = ours.lines().next() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(other) = cache::template_key(&name).filter(|k| *k != key) else {
+            continue;
+        };
+        let Ok(theirs) = fs::read_to_string(entry.path().join(manifest::ORIGIN)) else {
+            continue; // built before origins were recorded, or not a template: left alone
+        };
+        if theirs.lines().next() != Some(our_path) || theirs == ours {
+            continue;
+        }
+        let lock_path = cache::template_lock(cache, other);
+        let Ok(Some(_held)) = cache::try_lock(&lock_path) else {
+            continue;
+        };
+        match cache::discard(cache, &entry.path()) {
+            Ok(()) => {
+                spares::discard_all(cache, other);
+                let _ = fs::remove_file(&lock_path);
+                tracing::info!(template = %entry.path().display(), "removed the template of a replaced postgres binary");
+            }
+            Err(e) => tracing::warn!("removing an outdated template: {e:#}"),
+        }
+    }
+}
+
+/// Build the template for `key` under its lock, unless another start built it meanwhile.
+async fn build(
+    node: &Node,
+    cache: &Path,
+    key: &str,
+    dir: &Path,
+    why: &anyhow::Error,
+) -> anyhow::Result<Manifest> {
+    let lock = {
+        let (cache, key) = (cache.to_owned(), key.to_owned());
+        tokio::task::spawn_blocking(move || cache::lock(&cache, &key)).await??
+    };
+    if let Ok(manifest) = Manifest::verify(dir) {
+        tracing::info!(template = %dir.display(), "the template was built by a concurrent start");
+        return Ok(manifest);
+    }
+    if dir.exists() {
+        tracing::warn!(template = %dir.display(), "the cached template is unusable ({why:#}): building it again");
+        cache::discard(cache, dir)?;
+        // Spares were copied from the unusable template: they go with it.
+        spares::discard_all(cache, key);
+    } else {
+        tracing::info!(template = %dir.display(), "building the template (first start with this key)");
+    }
+    let began = Instant::now();
+    let staging = cache::building(cache, key);
+    if staging.exists() {
+        // Left by a start that died while building: we hold the lock, nobody else uses it.
+        fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    pgdata::give_to_postgres(node, &staging)?;
+    let data = staging.join("data");
+    let output = process::output(&mut pgdata::initdb_command(node, &data))
+        .await
+        .context("running initdb for the template")?;
+    if !output.status.success() {
+        bail!(
+            "initdb failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    fs::rename(data.join("postgresql.conf"), data.join(pgdata::INITDB_CONF))?;
+    let version = server_version(node).await?;
+    let origin = origin(node)?;
+    let origin_path = staging.join(manifest::ORIGIN);
+    fs::write(&origin_path, &origin)
+        .with_context(|| format!("writing {}", origin_path.display()))?;
+    let (staging_dir, dir_final, key_owned) = (staging.clone(), dir.to_owned(), key.to_owned());
+    let manifest = tokio::task::spawn_blocking(move || -> anyhow::Result<Manifest> {
+        let manifest = Manifest::scan(&staging_dir.join("data"))?;
+        manifest.write(&staging_dir, &key_owned, &version)?;
+        // From here on the Postgres user cannot reach the template (when we are root): a
+        // compromised server cannot plant anything in the clusters of later computes.
+        fs::set_permissions(&staging_dir, fs::Permissions::from_mode(0o700))?;
+        std::os::unix::fs::chown(&staging_dir, Some(nix::unistd::geteuid().as_raw()), None)?;
+        // initdb ran with --no-sync: make the template durable before it is declared complete.
+        let handle = File::open(&staging_dir)?;
+        nix::unistd::syncfs(&handle).context("syncing the template")?;
+        fs::rename(&staging_dir, &dir_final)
+            .with_context(|| format!("renaming the template into {}", dir_final.display()))?;
+        if let Some(parent) = dir_final.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(manifest)
+    })
+    .await??;
+    tracing::info!(template = %dir.display(), files = manifest.entries().len(), "template built in {:?}", began.elapsed());
+    drop(lock);
+    let (cache, key) = (cache.to_owned(), key.to_owned());
+    tokio::task::spawn_blocking(move || prune(&cache, &key, &origin)).await?;
+    Ok(manifest)
+}
