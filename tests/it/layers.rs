@@ -191,15 +191,17 @@ fn graphs() -> Vec<Graph> {
                 top.entry(module[0].clone())
                     .or_default()
                     .insert(path[0].clone());
-            } else if module.len() >= 2 && path.len() >= 2 && is_module(&path[..2]) {
-                if path[1] != module[1] {
-                    inner
-                        .entry(module[0].clone())
-                        .or_default()
-                        .entry(module[1].clone())
-                        .or_default()
-                        .insert(path[1].clone());
-                }
+            } else if module.len() >= 2
+                && path.len() >= 2
+                && is_module(&path[..2])
+                && path[1] != module[1]
+            {
+                inner
+                    .entry(module[0].clone())
+                    .or_default()
+                    .entry(module[1].clone())
+                    .or_default()
+                    .insert(path[1].clone());
             }
         }
     }
