@@ -35,10 +35,17 @@ pub async fn installed(node: &Node) -> anyhow::Result<Vec<InstalledExtension>> {
         let options = sql::options(node, &database, APPLICATION_NAME);
         let mut conn = match sql::connect(&options, timeout).await {
             Ok(conn) => conn,
-            // Dropped since it was listed, say: the others still count.
-            Err(error) => {
+            // Postgres refused this one (dropped since it was listed, say): the others count.
+            Err(error)
+                if error
+                    .downcast_ref::<sqlx::Error>()
+                    .is_some_and(|e| e.as_database_error().is_some()) =>
+            {
                 tracing::debug!("installed extensions: skipping database {database:?}: {error:#}");
                 continue;
+            }
+            Err(error) => {
+                return Err(error.context(format!("connecting to database {database:?}")));
             }
         };
         // Oid 10 is the bootstrap superuser (the --connstr user).

@@ -60,12 +60,16 @@ pub struct Effects {
 /// Reading the installed extensions after each configuration, one reading at a time: a
 /// configuration that asks while another reading runs gets the next one, which also serves
 /// every configuration that asked meanwhile (so a burst of them costs two readings).
+///
+/// Readings and applies take turns: a reading's session on a database would make an apply's
+/// `ALTER DATABASE … RENAME` or `CREATE DATABASE … TEMPLATE` of it fail.
 #[derive(Default)]
 struct ExtensionsRefresh {
     /// Bumped by every configuration that asks.
     asked: AtomicU64,
-    /// The `asked` count the latest reading started at.
-    served: tokio::sync::Mutex<u64>,
+    /// The turn, held by a reading or an apply; the `asked` count the latest reading started
+    /// at.
+    turn: tokio::sync::Mutex<u64>,
 }
 
 impl Effects {
@@ -383,7 +387,10 @@ impl Work {
             );
             Ok(0)
         } else {
-            let work = apply::apply(&self.node, spec, concurrency);
+            let work = async {
+                let _turn = self.extensions.turn.lock().await;
+                apply::apply(&self.node, spec, concurrency).await
+            };
             within(
                 deadline,
                 self.node.configure_timeout,
@@ -415,7 +422,7 @@ impl Work {
     /// failure only keeps the previous figures.
     async fn refresh_extensions(&self) {
         let asked = self.extensions.asked.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut served = self.extensions.served.lock().await;
+        let mut served = self.extensions.turn.lock().await;
         if *served >= asked {
             return;
         }
