@@ -129,6 +129,13 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub terminate_linger: Duration,
 
+    /// How long one configuration may take (at start: applying the spec; on `/configure`:
+    /// checking and reloading the configuration files and applying the spec), e.g. `300s`,
+    /// `2m`. It fails with what timed out; each connection waits at most 10 s (or this, if
+    /// shorter) and each statement at most this long.
+    #[arg(long, default_value = "300s", value_parser = configure_timeout)]
+    pub configure_timeout: Duration,
+
     /// Reap orphaned processes as a child subreaper. Always on when compute_ctl is PID 1.
     #[arg(long)]
     pub reap_orphans: bool,
@@ -209,6 +216,14 @@ fn fraction(value: &str) -> Result<f64, String> {
         Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
         _ => Err(format!("{value:?} is not a fraction in [0, 1)")),
     }
+}
+
+fn configure_timeout(value: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(24 * 3600) {
+        return Err(format!("{value:?} is not between 100ms and 24h"));
+    }
+    Ok(d)
 }
 
 fn poll_interval(value: &str) -> Result<Duration, String> {

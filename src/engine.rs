@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::operation::{Operation, Reply};
 pub use crate::report::{
-    ComputeMetrics, Configuration, Input, Job, OperateError, RequestError, Runner,
+    ComputeMetrics, Configuration, Input, InstalledExtension, Job, OperateError, RequestError,
+    Runner,
 };
 use crate::report::{Envelope, Reporter, millis, vm};
 use crate::spec::{JwkSet, ValidSpec};
@@ -42,6 +43,8 @@ pub struct Snapshot {
     pub lsn: Option<String>,
     /// Settings of the current postgresql.conf that the running Postgres did not take.
     pub warnings: Vec<String>,
+    /// The extensions installed in the databases, as read after the latest configuration.
+    pub installed_extensions: Vec<InstalledExtension>,
     /// The mode of the termination under way or done (the latest, after an escalation).
     pub terminate_mode: Option<TerminateMode>,
     /// What the vm-monitor reported (inactive unless `AUTOSCALING` is set).
@@ -118,6 +121,7 @@ pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
         metrics: ComputeMetrics::default(),
         lsn: None,
         warnings: Vec::new(),
+        installed_extensions: Vec::new(),
         terminate_mode: None,
         vm_monitor: vm::Figures::default(),
         cplane_requests: Default::default(),
@@ -202,6 +206,11 @@ impl<R: Runner> Engine<R> {
                 }
                 Input::Warnings(warnings) => {
                     self.snapshot.warnings = warnings;
+                    self.publish();
+                    continue;
+                }
+                Input::InstalledExtensions(extensions) => {
+                    self.snapshot.installed_extensions = extensions;
                     self.publish();
                     continue;
                 }

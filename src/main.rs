@@ -101,6 +101,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // First: validation needs the superuser's name (a spec may not touch that role).
     let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
     node.wipe_persistent = args.wipe_persistent;
+    node.configure_timeout = args.configure_timeout;
     let node = Arc::new(node);
     let reserved = Reserved::new(&node.superuser);
 

@@ -17,6 +17,9 @@ pub struct OsUser {
     pub gid: Gid,
 }
 
+/// The default of `--configure-timeout`.
+pub const DEFAULT_CONFIGURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[derive(Debug, Clone)]
 pub struct Node {
     pub pgdata: PathBuf,
@@ -32,6 +35,10 @@ pub struct Node {
     pub os_user: Option<OsUser>,
     /// `--wipe-persistent`: an ephemeral start may wipe a persistent compute's PGDATA.
     pub wipe_persistent: bool,
+    /// `--configure-timeout`: how long one configuration (checking and reloading the
+    /// configuration files, applying the spec) may take; also the `statement_timeout` of
+    /// compute_ctl's sessions that apply it.
+    pub configure_timeout: std::time::Duration,
 }
 
 impl Node {
@@ -99,6 +106,7 @@ impl Node {
             connect,
             os_user,
             wipe_persistent: false,
+            configure_timeout: DEFAULT_CONFIGURE_TIMEOUT,
         })
     }
 

@@ -13,6 +13,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::sql;
 use crate::node::Node;
 use crate::reconcile::{self, Catalog, DatabaseState, Phase, RoleState, Statement};
 use crate::reconcile::{DatabaseAttrs, RoleAttrs};
@@ -22,8 +23,8 @@ const APPLICATION_NAME: &str = "compute_ctl:apply_config";
 
 /// Bring roles and databases in line with the spec. Returns the number of statements run.
 pub async fn apply(node: &Node, spec: &ValidSpec, concurrency: usize) -> anyhow::Result<usize> {
-    let options = node.connect_options(node.default_database(), APPLICATION_NAME);
-    let mut conn = PgConnection::connect_with(&options)
+    let options = sql::options(node, node.default_database(), APPLICATION_NAME);
+    let mut conn = sql::connect(&options, sql::connect_timeout(node))
         .await
         .context("connecting to postgres to apply the spec")?;
     let catalog = read_catalog(&mut conn).await?;
@@ -49,12 +50,13 @@ async fn per_database(
 ) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
+    let timeout = sql::connect_timeout(node);
     for (db, statements) in databases {
-        let options: PgConnectOptions = node.connect_options(db, APPLICATION_NAME);
+        let options: PgConnectOptions = sql::options(node, db, APPLICATION_NAME);
         let (db, statements, permits) = (db.clone(), statements.clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            let mut conn = PgConnection::connect_with(&options)
+            let mut conn = sql::connect(&options, timeout)
                 .await
                 .with_context(|| format!("phase {phase:?}: connecting to database {db:?}"))?;
             let result = run(&mut conn, phase, Some(&db), &statements).await;
@@ -192,41 +194,6 @@ fn describe(statement: &str) -> String {
         Some(at) => format!("{} PASSWORD …", &statement[..at]),
         None => statement.to_owned(),
     }
-}
-
-/// Lines of the configuration files that Postgres does not (or cannot) apply on reload: a
-/// changed setting that needs a restart, or a bad value. Postgres re-reads the files for this
-/// view, so the answer does not depend on when the postmaster handles SIGHUP.
-pub async fn settings_not_applied(node: &Node) -> anyhow::Result<Vec<String>> {
-    let options = node.connect_options(node.default_database(), APPLICATION_NAME);
-    let mut conn = PgConnection::connect_with(&options)
-        .await
-        .context("connecting to postgres to check the configuration")?;
-    let rows = sqlx::query(
-        "SELECT f.name, f.setting, f.error, s.context = 'postmaster' \
-         FROM pg_catalog.pg_file_settings f \
-         LEFT JOIN pg_catalog.pg_settings s ON s.name = f.name \
-         WHERE f.error IS NOT NULL ORDER BY f.seqno",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .context("reading pg_file_settings")?;
-    conn.close().await.ok();
-    let mut problems = Vec::new();
-    for row in rows {
-        let (name, setting, error): (String, Option<String>, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let restart: Option<bool> = row.try_get(3)?;
-        let setting = setting.unwrap_or_default();
-        problems.push(match restart {
-            Some(true) => format!(
-                "{name} = {setting:?} needs a restart of Postgres to take effect ({error}); \
-                 the running value is kept"
-            ),
-            _ => format!("{name} = {setting:?} was not applied: {error}"),
-        });
-    }
-    Ok(problems)
 }
 
 #[cfg(test)]

@@ -7,18 +7,22 @@
 
 pub mod apply;
 pub mod catalog;
+mod conf_check;
+mod extensions;
 mod operate;
 pub mod pgdata;
 pub mod postgres;
 pub mod process;
 pub mod reaper;
+mod sql;
 pub mod storage;
+mod wal;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use compute_states::{Event, TerminateMode};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
@@ -50,6 +54,22 @@ pub struct Effects {
     vm_monitor: Option<VmMonitor>,
     /// `disable_lfc_resizing` of the latest spec, read by the vm-monitor at each resize.
     lfc_resizing_disabled: Arc<AtomicBool>,
+    extensions: Arc<ExtensionsRefresh>,
+}
+
+/// Reading the installed extensions after each configuration, one reading at a time: a
+/// configuration that asks while another reading runs gets the next one, which also serves
+/// every configuration that asked meanwhile (so a burst of them costs two readings).
+///
+/// Readings and applies take turns: a reading's session on a database would make an apply's
+/// `ALTER DATABASE … RENAME` or `CREATE DATABASE … TEMPLATE` of it fail.
+#[derive(Default)]
+struct ExtensionsRefresh {
+    /// Bumped by every configuration that asks.
+    asked: AtomicU64,
+    /// The turn, held by a reading or an apply; the `asked` count the latest reading started
+    /// at.
+    turn: tokio::sync::Mutex<u64>,
 }
 
 impl Effects {
@@ -66,6 +86,7 @@ impl Effects {
             storage: Arc::default(),
             vm_monitor: None,
             lfc_resizing_disabled: Arc::default(),
+            extensions: Arc::default(),
         }
     }
 
@@ -94,6 +115,7 @@ impl Effects {
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
+            extensions: self.extensions.clone(),
         };
         if let Job::Start(spec) | Job::Configure { spec, .. } = &job {
             self.mode = Some(spec.mode);
@@ -217,6 +239,24 @@ struct Work {
     reporter: Reporter,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
     storage: Arc<storage::StorageOptions>,
+    extensions: Arc<ExtensionsRefresh>,
+}
+
+/// Run one step of a configuration, failing with what timed out at `deadline`.
+async fn within<T>(
+    deadline: Instant,
+    limit: Duration,
+    step: &str,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout_at(deadline.into(), work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow!(
+                "{step} timed out: the configuration did not finish within {limit:?} \
+                 (--configure-timeout)"
+            ))
+        })
 }
 
 impl Work {
@@ -242,8 +282,15 @@ impl Work {
             return;
         }
         self.reporter.event(Event::PostgresStarted);
+        // A fresh postmaster took every line of its files.
+        self.reporter.warnings(Vec::new());
+        let deadline = Instant::now() + self.node.configure_timeout;
         let applied = self
-            .apply(&spec, crate::reconcile::startup_concurrency(&spec))
+            .apply(
+                &spec,
+                crate::reconcile::startup_concurrency(&spec),
+                deadline,
+            )
             .await;
         if applied {
             // After everything the start reports; a termination cancels it with this effect.
@@ -275,36 +322,61 @@ impl Work {
         Ok((postmaster, began.elapsed(), backend))
     }
 
-    /// Rewrite postgresql.conf, reload, apply the spec.
+    /// Rewrite postgresql.conf, have Postgres check it, reload, apply the spec; all within
+    /// `--configure-timeout`.
     async fn reconfigure(&self, spec: Arc<ValidSpec>) {
-        let postmaster = lock(&self.postmaster).clone();
-        let written = pgdata::write_postgresql_conf(&self.node, &spec);
-        match (written, postmaster) {
-            (Ok(()), Some(postmaster)) => {
-                postmaster.signal(Signal::SIGHUP);
-                // Read from the file, not from the reload (which is asynchronous).
-                match apply::settings_not_applied(&self.node).await {
-                    Ok(problems) => {
-                        for problem in &problems {
-                            tracing::warn!("postgresql.conf: {problem}");
-                        }
-                        self.reporter.warnings(problems);
-                    }
-                    Err(error) => tracing::warn!("cannot check postgresql.conf: {error:#}"),
-                }
-                self.apply(&spec, spec.reconfigure_concurrency).await;
-            }
-            (Err(error), _) => self.reporter.event(Event::ConfigurationFailed {
+        let deadline = Instant::now() + self.node.configure_timeout;
+        if let Err(error) = self.reload(&spec, deadline).await {
+            self.reporter.event(Event::ConfigurationFailed {
                 error: format!("{error:#}"),
-            }),
-            (Ok(()), None) => self.reporter.event(Event::ConfigurationFailed {
-                error: "no postmaster to reconfigure".into(),
-            }),
+            });
+            return;
+        }
+        self.apply(&spec, spec.reconfigure_concurrency, deadline)
+            .await;
+    }
+
+    /// Write the new postgresql.conf and reload Postgres once it accepts the file. When it
+    /// does not (or cannot be asked), the previous file is put back and reloaded, so the
+    /// configuration in force, and the warnings that describe it, stay as they were.
+    async fn reload(&self, spec: &ValidSpec, deadline: Instant) -> anyhow::Result<()> {
+        let postmaster = lock(&self.postmaster)
+            .clone()
+            .context("no postmaster to reconfigure")?;
+        let previous = pgdata::read_postgresql_conf(&self.node)?;
+        pgdata::write_postgresql_conf(&self.node, spec)?;
+        let checked = within(
+            deadline,
+            self.node.configure_timeout,
+            "checking the new postgresql.conf",
+            conf_check::check(&self.node),
+        )
+        .await;
+        match checked {
+            Ok(warnings) => {
+                postmaster.signal(Signal::SIGHUP);
+                for warning in &warnings {
+                    tracing::warn!("postgresql.conf: {warning}");
+                }
+                self.reporter.warnings(warnings);
+                Ok(())
+            }
+            Err(error) => {
+                pgdata::restore_postgresql_conf(&self.node, &previous).with_context(|| {
+                    format!("{error:#}; putting back the previous postgresql.conf")
+                })?;
+                // Should anything have reloaded the new file meanwhile.
+                postmaster.signal(Signal::SIGHUP);
+                Err(anyhow!(
+                    "{error:#}; the previous postgresql.conf was put back and stays in force"
+                ))
+            }
         }
     }
 
-    /// Apply the spec; whether it was (`ConfigurationApplied`).
-    async fn apply(&self, spec: &ValidSpec, concurrency: usize) -> bool {
+    /// Apply the spec by `deadline`; whether it was (`ConfigurationApplied`). Once it was,
+    /// read the installed extensions.
+    async fn apply(&self, spec: &ValidSpec, concurrency: usize, deadline: Instant) -> bool {
         let began = Instant::now();
         // As on Neon: roles and databases only on a primary, and not when the control plane
         // says the catalog is already in place.
@@ -315,9 +387,18 @@ impl Work {
             );
             Ok(0)
         } else {
-            apply::apply(&self.node, spec, concurrency)
-                .instrument(info_span!("apply_config"))
-                .await
+            let work = async {
+                let _turn = self.extensions.turn.lock().await;
+                apply::apply(&self.node, spec, concurrency).await
+            };
+            within(
+                deadline,
+                self.node.configure_timeout,
+                "applying the spec (roles and databases)",
+                work,
+            )
+            .instrument(info_span!("apply_config"))
+            .await
         };
         match result {
             Ok(statements) => {
@@ -325,6 +406,7 @@ impl Work {
                 tracing::info!(statements, "spec applied in {took:?}");
                 self.reporter.metrics(move |m| m.config_ms = millis(took));
                 self.reporter.event(Event::ConfigurationApplied);
+                self.refresh_extensions().await;
                 true
             }
             Err(error) => {
@@ -333,6 +415,30 @@ impl Work {
                 });
                 false
             }
+        }
+    }
+
+    /// Read the installed extensions for `/metrics` (as Neon does after a configuration); a
+    /// failure only keeps the previous figures.
+    async fn refresh_extensions(&self) {
+        let asked = self.extensions.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut served = self.extensions.turn.lock().await;
+        if *served >= asked {
+            return;
+        }
+        *served = self.extensions.asked.load(Ordering::SeqCst);
+        let limit = self.node.configure_timeout;
+        match tokio::time::timeout(limit, extensions::installed(&self.node)).await {
+            Ok(Ok(installed)) => {
+                if let Ok(json) =
+                    serde_json::to_string(&serde_json::json!({ "extensions": installed }))
+                {
+                    tracing::info!("[NEON_EXT_STAT] {json}");
+                }
+                self.reporter.installed_extensions(installed);
+            }
+            Ok(Err(error)) => tracing::warn!("reading the installed extensions: {error:#}"),
+            Err(_) => tracing::warn!("reading the installed extensions timed out after {limit:?}"),
         }
     }
 

@@ -389,6 +389,17 @@ pub fn write_postgresql_conf(node: &Node, spec: &ValidSpec) -> anyhow::Result<()
     write_owned(node, "postgresql.conf", &text)
 }
 
+/// The current `postgresql.conf`, to put back should Postgres reject its successor.
+pub fn read_postgresql_conf(node: &Node) -> anyhow::Result<String> {
+    let path = node.pgdata.join("postgresql.conf");
+    fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Put back a `postgresql.conf` read by [`read_postgresql_conf`].
+pub fn restore_postgresql_conf(node: &Node, text: &str) -> anyhow::Result<()> {
+    write_owned(node, "postgresql.conf", text)
+}
+
 /// Write the files a spec does not change: `pg_hba.conf` (loopback trusted, every other host
 /// needs a password), an empty override file, so Postgres finds what it includes, and the
 /// storage settings (`fsync = off` when the data dies with the compute, see

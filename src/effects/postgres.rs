@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
-use super::process;
+use super::{process, wal};
 use crate::node::Node;
 use crate::report::Reporter;
 use crate::spec::Lsn;
@@ -238,10 +238,10 @@ pub async fn stop(postmaster: &Postmaster, mode: TerminateMode) -> PostmasterExi
     postmaster.wait().await
 }
 
-/// The final WAL position of a cleanly stopped cluster: `pg_controldata`'s latest checkpoint,
-/// which after a fast shutdown is the shutdown checkpoint, the last WAL record written. `None`
-/// when the cluster did not shut down cleanly (immediate mode, crash): then no record of
-/// pg_control is the end of WAL.
+/// The final WAL position of a stopped primary. After a clean stop it is `pg_controldata`'s
+/// latest checkpoint: the shutdown checkpoint, the last WAL record written. After an unclean
+/// one (immediate mode, a crash) no record of pg_control is the end of WAL, so it is read from
+/// `pg_wal` itself: the end of the last valid record, which is where recovery would end.
 pub async fn final_lsn(node: &Node) -> anyhow::Result<Option<String>> {
     let tool = node.tool("pg_controldata");
     let output = process::output(
@@ -262,32 +262,69 @@ pub async fn final_lsn(node: &Node) -> anyhow::Result<Option<String>> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    parse_controldata(&String::from_utf8_lossy(&output.stdout))
+    let lsn = match parse_controldata(&String::from_utf8_lossy(&output.stdout))? {
+        Stopped::Clean(lsn) => lsn,
+        Stopped::Unclean(start) => {
+            let began = std::time::Instant::now();
+            let end = wal::end_of_wal(node, start)
+                .await
+                .context("reading the end of WAL")?;
+            tracing::info!(
+                redo = %start.redo,
+                "no shutdown checkpoint: the end of WAL on disk is {end} (read in {:?})",
+                began.elapsed()
+            );
+            end
+        }
+    };
+    Ok(Some(lsn.to_string()))
 }
 
-fn parse_controldata(text: &str) -> anyhow::Result<Option<String>> {
+/// How the cluster stopped, according to `pg_controldata`.
+#[derive(Debug, PartialEq)]
+enum Stopped {
+    /// With a shutdown checkpoint, at this location.
+    Clean(Lsn),
+    /// Without one: the WAL from the latest checkpoint's REDO location tells where it ends.
+    Unclean(wal::WalStart),
+}
+
+fn parse_controldata(text: &str) -> anyhow::Result<Stopped> {
     let field = |name: &str| {
-        text.lines().find_map(|line| {
-            let (label, value) = line.split_once(':')?;
-            (label.trim() == name).then(|| value.trim())
-        })
+        text.lines()
+            .find_map(|line| {
+                let (label, value) = line.split_once(':')?;
+                (label.trim() == name).then(|| value.trim())
+            })
+            .with_context(|| format!("pg_controldata printed no {name:?}"))
     };
-    let state =
-        field("Database cluster state").context("pg_controldata printed no cluster state")?;
-    if state != "shut down" {
-        return Ok(None);
+    let lsn = |name: &str| -> anyhow::Result<Lsn> {
+        field(name)?
+            .parse()
+            .with_context(|| format!("pg_controldata's {name:?}"))
+    };
+    let number = |name: &str| -> anyhow::Result<u64> {
+        let value = field(name)?;
+        value
+            .parse()
+            .with_context(|| format!("pg_controldata's {name:?}: {value:?}"))
+    };
+    if field("Database cluster state")? == "shut down" {
+        return Ok(Stopped::Clean(lsn("Latest checkpoint location")?));
     }
-    let lsn = field("Latest checkpoint location")
-        .context("pg_controldata printed no latest checkpoint location")?;
-    let lsn: Lsn = lsn
-        .parse()
-        .context("pg_controldata's latest checkpoint location")?;
-    Ok(Some(lsn.to_string()))
+    Ok(Stopped::Unclean(wal::WalStart {
+        redo: lsn("Latest checkpoint's REDO location")?,
+        timeline: number("Latest checkpoint's TimeLineID")?
+            .try_into()
+            .context("pg_controldata's timeline")?,
+        block_size: number("WAL block size")?,
+        segment_size: number("Bytes per WAL segment")?,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_controldata;
+    use super::{Lsn, Stopped, parse_controldata, wal};
 
     const CONTROLDATA: &str = "\
 pg_control version number:            1300
@@ -295,20 +332,34 @@ Database cluster state:               shut down
 pg_control last modified:             Sun 22 Nov 2026 10:00:00 PM UTC
 Latest checkpoint location:           0/1A2B3C8
 Latest checkpoint's REDO location:    0/1A2B3C8
+Latest checkpoint's REDO WAL file:    000000010000000000000001
+Latest checkpoint's TimeLineID:       1
+WAL block size:                       8192
+Bytes per WAL segment:                16777216
 ";
 
     #[test]
     fn lsn_of_a_clean_shutdown() {
         assert_eq!(
-            parse_controldata(CONTROLDATA).unwrap().as_deref(),
-            Some("0/1A2B3C8")
+            parse_controldata(CONTROLDATA).unwrap(),
+            Stopped::Clean(Lsn(0x1A2B3C8))
         );
     }
 
     #[test]
-    fn no_lsn_after_an_unclean_stop() {
-        let text = CONTROLDATA.replace("shut down", "in production");
-        assert_eq!(parse_controldata(&text).unwrap(), None);
+    fn where_to_read_the_wal_after_an_unclean_stop() {
+        let text = CONTROLDATA
+            .replace("shut down", "in production")
+            .replace("REDO location:    0/1A2B3C8", "REDO location:    0/1A2B300");
+        assert_eq!(
+            parse_controldata(&text).unwrap(),
+            Stopped::Unclean(wal::WalStart {
+                redo: Lsn(0x1A2B300),
+                timeline: 1,
+                block_size: 8192,
+                segment_size: 16 << 20,
+            })
+        );
     }
 
     #[test]

@@ -56,6 +56,24 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         }
     }
 
+    // Once read after a configuration (Neon omits a family without samples).
+    if !snapshot.installed_extensions.is_empty() {
+        let extensions = IntGaugeVec::new(
+            Opts::new(
+                "compute_installed_extensions",
+                "Number of databases where the version of extension is installed",
+            ),
+            &["extension_name", "version", "owned_by_superuser"],
+        )?;
+        registry.register(Box::new(extensions.clone()))?;
+        for e in &snapshot.installed_extensions {
+            let owned = if e.owned_by_superuser { "1" } else { "0" };
+            extensions
+                .with_label_values(&[e.extname.as_str(), e.version.as_str(), owned])
+                .set(e.n_databases.try_into().unwrap_or(i64::MAX));
+        }
+    }
+
     if snapshot.vm_monitor.active {
         vm_monitor(&registry, &snapshot.vm_monitor)?;
     }

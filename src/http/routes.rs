@@ -173,8 +173,9 @@ pub struct TerminateResponse {
 
 /// `POST /terminate[?mode=fast|immediate]`: 200 once terminated, 201 if it already was.
 ///
-/// Both answer with a primary's final WAL position, `{"lsn": "X/Y"}`; `null` for a replica,
-/// or when Postgres did not stop with a shutdown checkpoint.
+/// Both answer with a primary's final WAL position, `{"lsn": "X/Y"}`: the shutdown checkpoint
+/// after a fast stop, the end of the WAL on disk after an immediate one; `null` for a replica
+/// or static compute, or when Postgres never came up.
 #[utoipa::path(post, path = "/terminate", tag = "compute", security(("bearer" = [])),
     params(("mode" = Option<String>, Query, description = "`fast` (default) or `immediate`")),
     responses(

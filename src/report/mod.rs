@@ -36,6 +36,16 @@ pub struct ComputeMetrics {
     pub template_copy_ms: u64,
 }
 
+/// One series of `compute_installed_extensions`: a version of an extension, whether the
+/// bootstrap superuser owns it, and in how many databases it is installed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct InstalledExtension {
+    pub extname: String,
+    pub version: String,
+    pub owned_by_superuser: bool,
+    pub n_databases: u64,
+}
+
 pub fn millis(duration: Duration) -> u64 {
     duration.as_millis().try_into().unwrap_or(u64::MAX)
 }
@@ -63,6 +73,9 @@ pub enum Input {
     /// What the latest reload of postgresql.conf did not apply (e.g. a setting that needs a
     /// restart); replaces the previous list.
     Warnings(Vec<String>),
+    /// The extensions installed in the databases, read after a configuration was applied;
+    /// replaces the previous list.
+    InstalledExtensions(Vec<InstalledExtension>),
     /// What the vm-monitor learned (memory figures, upscale requests, downscale decisions).
     VmMonitor(vm::Report),
     /// The control-plane requests made before the engine started.
@@ -112,6 +125,10 @@ impl Reporter {
 
     pub fn warnings(&self, warnings: Vec<String>) {
         self.send(Input::Warnings(warnings));
+    }
+
+    pub fn installed_extensions(&self, extensions: Vec<InstalledExtension>) {
+        self.send(Input::InstalledExtensions(extensions));
     }
 
     pub fn vm_monitor(&self, report: vm::Report) {

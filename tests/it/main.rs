@@ -17,6 +17,7 @@ mod log_format;
 mod monitor;
 mod neon_storage;
 mod otel;
+mod outcomes;
 mod pid1;
 mod reconcile;
 mod storage;
