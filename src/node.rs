@@ -32,6 +32,8 @@ pub struct Node {
     pub os_user: Option<OsUser>,
     /// `--wipe-persistent`: an ephemeral start may wipe a persistent compute's PGDATA.
     pub wipe_persistent: bool,
+    /// `--privileged-role-name`: the role every spec role is made a member of.
+    pub privileged_role: String,
 }
 
 impl Node {
@@ -81,13 +83,19 @@ impl Node {
         } else {
             None
         };
+        // compute_ctl's sessions are its own: the startup packet's settings win over those of
+        // `ALTER DATABASE/ROLE ... SET` (a `role` there would make the apply run as that role,
+        // a `default_transaction_read_only` make it fail, a `search_path` change what names
+        // mean, a timeout cut it short).
         let connect = connect
             .application_name("compute_ctl")
-            // Per-database `ALTER DATABASE ... SET` must not change how compute_ctl's own SQL runs.
             .options([
+                ("role", superuser.as_str()),
                 ("default_transaction_read_only", "off"),
                 ("search_path", ""),
                 ("statement_timeout", "0"),
+                ("lock_timeout", "0"),
+                ("idle_in_transaction_session_timeout", "0"),
             ])
             // Statements carry password hashes: never log them.
             .disable_statement_logging();
@@ -99,6 +107,7 @@ impl Node {
             connect,
             os_user,
             wipe_persistent: false,
+            privileged_role: crate::spec::DEFAULT_PRIVILEGED_ROLE.to_owned(),
         })
     }
 

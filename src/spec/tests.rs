@@ -93,7 +93,11 @@ fn compute_config_fixture_parses() {
         "at spec.cluster.roles[0].name: reserved role: compute_ctl's own superuser \
          (the --connstr user): cloud_admin"
     );
-    let config = parse_config(COMPUTE_CONFIG, &Reserved::new("compute_ctl")).unwrap();
+    let config = parse_config(
+        COMPUTE_CONFIG,
+        &Reserved::new("compute_ctl", "neon_superuser"),
+    )
+    .unwrap();
     assert_eq!(config.compute_ctl_config.jwks.keys.len(), 1);
     assert_eq!(config.compute_ctl_config.jwks.keys[0]["crv"], "Ed25519");
     assert_eq!(config.compute_ctl_config.tls, None);
@@ -647,7 +651,11 @@ fn reserved_roles_are_refused() {
     let mut v = fixture_value();
     v["cluster"]["roles"][1]["name"] = json!("admin");
     parse_value(&v).unwrap();
-    let err = parse_spec(&serde_json::to_vec(&v).unwrap(), &Reserved::new("admin")).unwrap_err();
+    let err = parse_spec(
+        &serde_json::to_vec(&v).unwrap(),
+        &Reserved::new("admin", "neon_superuser"),
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .starts_with("at cluster.roles[1].name: reserved role: compute_ctl's own superuser"),
