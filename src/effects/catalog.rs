@@ -349,14 +349,9 @@ pub async fn check_writability(node: &Node) -> Result<(), CatalogError> {
             "postgres is in recovery (a standby): it accepts no writes".into(),
         ));
     }
-    let result = sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS public.health_check (\
-             id serial PRIMARY KEY, updated_at timestamptz DEFAULT pg_catalog.now());\n\
-         INSERT INTO public.health_check (id, updated_at) VALUES (1, pg_catalog.now()) \
-             ON CONFLICT (id) DO UPDATE SET updated_at = pg_catalog.now()",
-    )
-    .execute(&mut conn)
-    .await;
+    // The table the spec apply makes, made here too if someone dropped it.
+    let sql = crate::reconcile::neon::HEALTH_CHECK.join(";\n");
+    let result = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await;
     conn.close().await.ok();
     match result {
         Ok(_) => Ok(()),

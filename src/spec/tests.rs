@@ -720,3 +720,29 @@ fn validation_keeps_what_it_parsed() {
     assert_eq!(none.setting_lines(), None);
     assert!(none.deltas().is_empty());
 }
+
+#[test]
+fn local_proxy_roles_are_read_and_checked() {
+    let mut v = minimal();
+    v["local_proxy_config"] = json!({"jwks": [
+        {"id": "a", "role_names": ["r1", "r 2"], "jwks_url": "https://x", "provider_name": "p"},
+        {"id": "b", "role_names": ["r1"], "jwks_url": "https://y", "provider_name": "p"}
+    ], "tls": null});
+    let spec = parse_value(&v).unwrap();
+    assert_eq!(
+        spec.jwks_roles().iter().collect::<Vec<_>>(),
+        ["r 2", "r1"]
+    );
+    // Kept as given for local_proxy.
+    assert_eq!(spec.local_proxy_config, Some(v["local_proxy_config"].clone()));
+
+    v["local_proxy_config"]["jwks"][1]["role_names"] = json!("r1");
+    let err = parse_value(&v).unwrap_err().to_string();
+    assert!(
+        err.starts_with("at local_proxy_config.jwks[1].role_names: invalid type"),
+        "{err}"
+    );
+    let mut v = minimal();
+    v["local_proxy_config"] = json!({});
+    assert!(parse_value(&v).unwrap().jwks_roles().is_empty());
+}

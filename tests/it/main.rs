@@ -17,6 +17,7 @@ mod monitor;
 mod neon_storage;
 mod otel;
 mod pid1;
+mod privileges;
 mod reconcile;
 mod storage;
 mod systemd;
