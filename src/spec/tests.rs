@@ -729,12 +729,12 @@ fn local_proxy_roles_are_read_and_checked() {
         {"id": "b", "role_names": ["r1"], "jwks_url": "https://y", "provider_name": "p"}
     ], "tls": null});
     let spec = parse_value(&v).unwrap();
-    assert_eq!(
-        spec.jwks_roles().iter().collect::<Vec<_>>(),
-        ["r 2", "r1"]
-    );
+    assert_eq!(spec.jwks_roles().iter().collect::<Vec<_>>(), ["r 2", "r1"]);
     // Kept as given for local_proxy.
-    assert_eq!(spec.local_proxy_config, Some(v["local_proxy_config"].clone()));
+    assert_eq!(
+        spec.local_proxy_config,
+        Some(v["local_proxy_config"].clone())
+    );
 
     v["local_proxy_config"]["jwks"][1]["role_names"] = json!("r1");
     let err = parse_value(&v).unwrap_err().to_string();

@@ -180,7 +180,11 @@ async fn spec_roles_are_members_of_the_privileged_role() {
         &format!("CREATE ROLE {} LOGIN", quote_ident(made_role)),
     )
     .await;
-    exec(&mut conn, &format!("CREATE DATABASE {}", quote_ident(made_db))).await;
+    exec(
+        &mut conn,
+        &format!("CREATE DATABASE {}", quote_ident(made_db)),
+    )
+    .await;
     conn.close().await.ok();
     let conn = connect_as(&c, made_role, made_db).await;
     conn.close().await.ok();
@@ -193,7 +197,10 @@ async fn spec_roles_are_members_of_the_privileged_role() {
     conn.close().await.ok();
 
     // Neon's migrations ran: 12 of them, those for PostgreSQL 15 applied.
-    eventually("migrations done", &c, async || migration_id(&c).await == Some(12)).await;
+    eventually("migrations done", &c, async || {
+        migration_id(&c).await == Some(12)
+    })
+    .await;
     let groups = memberships(&c, "neon_superuser").await;
     assert!(
         groups.contains(&"pg_monitor".to_owned())
@@ -249,17 +256,26 @@ async fn subscriptions_are_dropped_before_their_database() {
     let mut pubconn = c.connect(publisher).await;
     exec(
         &mut pubconn,
-        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t; \
-         SELECT pg_create_logical_replication_slot('slot_one', 'pgoutput'); \
-         SELECT pg_create_logical_replication_slot('slot_two', 'pgoutput')",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE t",
     )
     .await;
+    // Each slot in a transaction of its own (one that wrote cannot make one).
+    for slot in ["slot_one", "slot_two"] {
+        exec(
+            &mut pubconn,
+            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+        )
+        .await;
+    }
     // Subscriptions into the same cluster need their slots made beforehand.
     let conninfo = format!(
         "host=127.0.0.1 port={} user=cloud_admin dbname={publisher}",
         c.pg_port
     );
-    for (db, sub, slot) in [(doomed, "sub \"one\"", "slot_one"), (second, "two", "slot_two")] {
+    for (db, sub, slot) in [
+        (doomed, "sub \"one\"", "slot_one"),
+        (second, "two", "slot_two"),
+    ] {
         let mut conn = c.connect(db).await;
         exec(
             &mut conn,
