@@ -501,7 +501,11 @@ async fn privileged_role_name_is_checked() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
-        assert!(stderr.contains("--privileged-role-name"), "{stderr}");
+        assert!(
+            stderr.contains("invalid value") && stderr.contains("--privileged-role-name"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("^[a-z_]+$"), "{stderr}");
     }
 }
 
