@@ -132,6 +132,12 @@ impl Node {
             .application_name(application_name)
     }
 
+    /// The startup options of compute_ctl's sessions (`-c role=… -c search_path=…`), in libpq's
+    /// `options` syntax: what `PGOPTIONS` must say for a tool that connects like compute_ctl.
+    pub fn session_options(&self) -> &str {
+        self.connect.get_options().unwrap_or_default()
+    }
+
     /// The database compute_ctl connects to by default (the `--connstr` database).
     pub fn default_database(&self) -> &str {
         self.connect.get_database().unwrap_or("postgres")

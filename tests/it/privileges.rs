@@ -391,8 +391,9 @@ async fn subscriptions_are_dropped_before_their_database() {
 }
 
 /// compute_ctl's sessions are its own: `ALTER DATABASE d SET role = other` (and a read-only
-/// default, and a search_path for compute_ctl's own role there) do not change how it deletes a
-/// role that owns objects in `d`. The compute runs with another `--privileged-role-name`.
+/// default, and a search_path and lock_timeout for compute_ctl's own role there) do not change
+/// how it dumps `d`'s schema or deletes a role that owns objects in `d`. The compute runs with
+/// another `--privileged-role-name`.
 #[tokio::test(flavor = "multi_thread")]
 async fn own_sessions_ignore_database_settings() {
     let db = "settled $x$ 'db'";
@@ -400,11 +401,15 @@ async fn own_sessions_ignore_database_settings() {
     let doomed = "doomed 🐘";
     let privileged = "app_admins";
     let mut c = Compute::new("own-sessions");
-    let first = spec(
+    // `other` is a plain role (as local_proxy's): it cannot read what `doomed` owns.
+    let plain = json!({"jwks": [{"id": "1", "role_names": [other],
+        "jwks_url": "https://jwks.example", "provider_name": "test"}]});
+    let mut first = spec(
         vec![role(other, None), role(doomed, None)],
         vec![database(db, other)],
         vec![],
     );
+    first["local_proxy_config"] = plain.clone();
     let mut args = c.config_args(&first);
     args.extend(["--privileged-role-name".into(), privileged.into()]);
     c.start_raw(args);
@@ -444,7 +449,22 @@ async fn own_sessions_ignore_database_settings() {
     assert_eq!(who, other);
     conn.close().await.ok();
 
+    // The schema dump runs as compute_ctl's superuser too (as `other` it could not lock
+    // `doomed`'s table).
+    let resp = c
+        .http()
+        .get(c.url("/database_schema"))
+        .query(&[("database", db)])
+        .send()
+        .await
+        .unwrap();
+    let code = resp.status();
+    let dump = resp.text().await.unwrap();
+    assert_eq!(code, StatusCode::OK, "{dump}");
+    assert!(dump.contains("CREATE TABLE public.owned"), "{dump}");
+
     let mut next = spec(vec![role(other, None)], vec![database(db, other)], vec![]);
+    next["local_proxy_config"] = plain;
     next["delta_operations"] = json!([{"action": "delete_role", "name": doomed}]);
     let (code, body) = c.configure(&next).await;
     assert_eq!(code, StatusCode::OK, "{body}\n{}", c.log_tail(30));
