@@ -6,12 +6,14 @@
 //! the privileged role), rename/delete databases, create/alter databases (granted to the
 //! privileged role), per-database work (reassign/drop objects of roles being deleted, schema
 //! `public`'s privileges, `drop_subscriptions_before_start`), `pg_stat_statements`,
-//! `public.health_check`, drop roles, and the mark that subscriptions were dropped. Neon's
-//! migrations are planned in [`migrations`]. The planner walks an in-memory copy of the catalog through the phases,
-//! so every statement is planned against the state the previous ones leave; and it only plans
-//! what changes something, so re-planning after the plan ran yields nothing, even with the same
-//! delta operations still in the spec. Every name and value goes through [`crate::quote`]. It
-//! takes a [`ValidSpec`]: names, options and delta operations were checked and parsed there.
+//! `public.health_check`, drop roles, and the mark that subscriptions were dropped ([`neon`]
+//! writes the SQL of Neon's model; Neon's migrations are listed in [`migrations`]).
+//!
+//! The planner walks an in-memory copy of the catalog through the phases, so every statement is
+//! planned against the state the previous ones leave; and it only plans what changes
+//! something, so re-planning after the plan ran yields nothing, even with the same delta
+//! operations still in the spec. Every name and value goes through [`crate::quote`]. It takes a
+//! [`ValidSpec`]: names, options and delta operations were checked and parsed there.
 
 pub mod attrs;
 pub mod migrations;
@@ -250,23 +252,11 @@ pub fn plan_with_outcome(
         statements.push(Statement::batched(neon::create_privileged_role(
             privileged,
         )?));
-        let mut attrs = RoleAttrs {
-            login: false,
-            ..RoleAttrs::default()
-        };
-        for flag in ["CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS"] {
-            if let Some(at) = crate::spec::options::ROLE_FLAGS
-                .iter()
-                .position(|f| *f == flag)
-            {
-                attrs.flags[at] = true;
-            }
-        }
         now.roles.insert(
             privileged.to_owned(),
             RoleState {
                 password: None,
-                attrs,
+                attrs: neon::privileged_role_attrs(),
             },
         );
     }

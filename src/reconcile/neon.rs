@@ -7,8 +7,26 @@
 //! that its body cannot contain. Catalog lookups inside blocks are schema-qualified and compare
 //! with `OPERATOR(pg_catalog.=)`, as Neon's do.
 
+use super::attrs::RoleAttrs;
 use crate::quote::{self, QuoteError};
 use crate::spec::options::{ROLE_FLAGS, RoleOptions};
+
+/// The attributes Neon gives the privileged role and a member role, by [`ROLE_FLAGS`] name.
+const PRIVILEGED_FLAGS: [&str; 4] = ["CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS"];
+const MEMBER_FLAGS: [&str; 5] = [
+    "CREATEDB",
+    "CREATEROLE",
+    "INHERIT",
+    "REPLICATION",
+    "BYPASSRLS",
+];
+
+fn flag(name: &str) -> usize {
+    ROLE_FLAGS
+        .iter()
+        .position(|f| *f == name)
+        .expect("a name of ROLE_FLAGS")
+}
 
 /// Phase 1: the privileged role, as Neon creates it (once, when it is missing).
 pub fn create_privileged_role(privileged: &str) -> Result<String, QuoteError> {
@@ -19,22 +37,26 @@ pub fn create_privileged_role(privileged: &str) -> Result<String, QuoteError> {
     ))
 }
 
+/// The privileged role's attributes once [`create_privileged_role`] ran.
+pub fn privileged_role_attrs() -> RoleAttrs {
+    let mut attrs = RoleAttrs {
+        login: false,
+        ..RoleAttrs::default()
+    };
+    for name in PRIVILEGED_FLAGS {
+        attrs.flags[flag(name)] = true;
+    }
+    attrs
+}
+
 /// The attributes Neon gives a spec role it creates in the privileged role (`INHERIT
 /// CREATEROLE CREATEDB BYPASSRLS REPLICATION`), with the spec's own options over them: Neon
 /// pastes both into one `CREATE ROLE`, which Postgres refuses ("conflicting or redundant
 /// options") when an option names one of them again, e.g. `NOINHERIT`.
 pub fn member_options(wanted: &RoleOptions) -> RoleOptions {
     let mut out = wanted.clone();
-    for flag in [
-        "CREATEDB",
-        "CREATEROLE",
-        "INHERIT",
-        "REPLICATION",
-        "BYPASSRLS",
-    ] {
-        if let Some(at) = ROLE_FLAGS.iter().position(|f| *f == flag) {
-            out.flags[at].get_or_insert(true);
-        }
+    for name in MEMBER_FLAGS {
+        out.flags[flag(name)].get_or_insert(true);
     }
     out
 }
