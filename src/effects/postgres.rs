@@ -93,9 +93,10 @@ pub fn spawn(node: &Node, reporter: Reporter) -> anyhow::Result<Postmaster> {
     .with_context(|| format!("spawning {}", node.postgres.display()))?;
     let pid = Pid::from_raw(child.id().context("postmaster has no pid")? as i32);
     let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    let mut stderr_read = None;
     if let Some(stderr) = child.stderr.take() {
         let tail = stderr_tail.clone();
-        tokio::spawn(async move {
+        stderr_read = Some(tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::info!(target: "postgres", "PG: {line}");
@@ -105,7 +106,7 @@ pub fn spawn(node: &Node, reporter: Reporter) -> anyhow::Result<Postmaster> {
                 }
                 tail.push_back(line);
             }
-        });
+        }));
     }
     let (exit_tx, exit_rx) = watch::channel(None);
     let announced = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -126,6 +127,10 @@ pub fn spawn(node: &Node, reporter: Reporter) -> anyhow::Result<Postmaster> {
             }
         };
         tracing::info!(pid = pid.as_raw(), "postmaster exited: {exit}");
+        // Its last words (why a start failed) must be in the tail before the exit is known.
+        if let Some(read) = stderr_read {
+            let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+        }
         let _ = exit_tx.send(Some(exit));
         if announced.load(std::sync::atomic::Ordering::SeqCst) {
             reporter.event(Event::PostmasterExited { exit });

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, ErrorBody};
-use crate::engine::{EngineHandle, OperateError, RequestError};
+use crate::engine::{EngineHandle, OperateError};
 use crate::operation::{self, Operation, OperationError, Privilege};
 use crate::spec::{Database, Role};
 
@@ -34,9 +34,8 @@ fn answered<T>(engine: &EngineHandle, result: Result<T, OperateError>) -> Result
         Ok(answer) => return Ok(answer),
         Err(error) => error,
     };
-    let status = match &error {
-        OperateError::Refused(RequestError::Rejected(_)) => StatusCode::PRECONDITION_FAILED,
-        OperateError::Refused(RequestError::Gone) => StatusCode::SERVICE_UNAVAILABLE,
+    let status = match error {
+        OperateError::Refused(refused) => return Err(ApiError::refused(engine, refused)),
         // A termination cut it: the status it is in now says so.
         OperateError::Cancelled => {
             let status = engine.snapshot().status;
@@ -45,7 +44,7 @@ fn answered<T>(engine: &EngineHandle, result: Result<T, OperateError>) -> Result
                 format!("invalid compute status: {status}"),
             ));
         }
-        OperateError::Failed(failure) => match failure {
+        OperateError::Failed(ref failure) => match failure {
             OperationError::NotFound(_) => StatusCode::NOT_FOUND,
             OperationError::Rejected(_) => StatusCode::BAD_REQUEST,
             OperationError::ReadOnly(_) => StatusCode::CONFLICT,

@@ -142,7 +142,7 @@ pub async fn configure(
     let seq = engine
         .request(Input::Spec(configuration))
         .await
-        .map_err(request_error)?;
+        .map_err(|e| ApiError::refused(&engine, e))?;
     let outcome = engine.wait_for(seq, |s| !s.status.is_transient()).await;
     match outcome.status {
         ComputeStatus::Running => Ok(Json(StatusResponse::from(&*outcome))),
@@ -217,15 +217,6 @@ pub async fn terminate(
         {
             Ok((StatusCode::CREATED, Json(terminated(&engine.snapshot()))))
         }
-        Err(e) => Err(request_error(e)),
-    }
-}
-
-fn request_error(e: RequestError) -> ApiError {
-    match e {
-        RequestError::Rejected(rejection) => {
-            ApiError::new(StatusCode::PRECONDITION_FAILED, rejection.to_string())
-        }
-        RequestError::Gone => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => Err(ApiError::refused(&engine, e)),
     }
 }

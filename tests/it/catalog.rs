@@ -645,3 +645,130 @@ async fn status_rules_while_empty() {
     c.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(c.wait_exit().await.success());
 }
+
+/// Catalog requests racing a termination get their answer or 412, never a 500 or a reset
+/// connection: the machine refuses them once termination began, and the termination cancels
+/// those in flight before it stops Postgres. A dump waiting for a lock is one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_requests_racing_a_termination_get_an_answer_or_412() {
+    let mut c = Compute::new("catalog-race");
+    let name = "race \"$x$\" 🐘";
+    // The clients keep asking through the linger after the termination.
+    let mut args = c.config_args(&spec(
+        vec![role(name, None)],
+        vec![database(name, name)],
+        vec![],
+    ));
+    let linger = args.iter().position(|a| a == "--terminate-linger").unwrap();
+    args[linger + 1] = "3s".into();
+    c.start_raw(args);
+    c.wait_for_status("running").await;
+
+    // A dump that cannot finish: its table is locked.
+    let mut holder = c.connect(name).await;
+    exec(&mut holder, "CREATE TABLE busy (id int)").await;
+    exec(
+        &mut holder,
+        "BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    let url = c.url("/database_schema");
+    let client = c.http().clone();
+    let dump = tokio::spawn(async move {
+        let resp = client
+            .get(url)
+            .query(&[("database", name)])
+            .send()
+            .await
+            .unwrap();
+        Compute::response(resp).await
+    });
+    let mut pg = c.connect("postgres").await;
+    let deadline = Instant::now() + STATUS_TIMEOUT;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'compute_ctl:database_schema' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pg_dump never waited for the lock"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    drop(pg);
+
+    // Four clients keep asking until well after the termination.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let client = c.http().clone();
+        let (external, internal) = (c.url(""), c.internal_url(""));
+        let done = done.clone();
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = match i {
+                    0 => client.get(format!("{external}/dbs_and_roles")),
+                    1 => client.post(format!("{external}/check_writability")),
+                    2 => client.get(format!("{external}/insights")),
+                    _ => client.post(format!("{internal}/grants")).json(&json!({
+                        "database": "postgres", "schema": "public",
+                        "privileges": ["USAGE"], "role": name,
+                    })),
+                };
+                let resp = request.send().await.expect("the API answers");
+                let (code, body) = Compute::response(resp).await;
+                seen.push((code, body));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, _) = c.terminate(None).await;
+    assert_eq!(code, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let (code, body) = dump.await.unwrap();
+    assert_eq!(code, StatusCode::PRECONDITION_FAILED, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid compute status: termination-pending-fast"),
+        "{body}"
+    );
+    let mut answers = 0;
+    let mut refused = 0;
+    for client in clients {
+        for (code, body) in client.await.unwrap() {
+            match code {
+                StatusCode::OK | StatusCode::CREATED => answers += 1,
+                StatusCode::PRECONDITION_FAILED => {
+                    assert!(
+                        body["error"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with("invalid compute status: "),
+                        "{body}"
+                    );
+                    refused += 1
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+    }
+    assert!(
+        answers > 0 && refused > 0,
+        "{answers} answers, {refused} 412s"
+    );
+    drop(holder);
+    c.wait_exit().await;
+}

@@ -11,6 +11,7 @@ mod auth;
 mod catalog;
 mod control_plane;
 mod examples;
+mod layers;
 mod lifecycle;
 mod log_format;
 mod monitor;
