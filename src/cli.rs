@@ -203,6 +203,24 @@ pub struct RunArgs {
     /// Log lines for humans, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// The role compute_ctl creates (NOLOGIN, CREATEDB CREATEROLE REPLICATION BYPASSRLS, member
+    /// of pg_read_all_data and pg_write_all_data) and makes every spec role a member of, as
+    /// Neon does. Lower-case letters and `_` only; a spec may not name it.
+    #[arg(long, default_value = crate::spec::DEFAULT_PRIVILEGED_ROLE, value_parser = privileged_role_name)]
+    pub privileged_role_name: String,
+}
+
+/// `--privileged-role-name`: `^[a-z_]+$`, as Neon requires (it is written into SQL as a bare
+/// word there).
+fn privileged_role_name(value: &str) -> Result<String, String> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a role name of lower-case letters and '_' (^[a-z_]+$)"
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -292,15 +310,24 @@ mod tests {
         assert_eq!(t.sys_buffer, 100 * MIB);
         assert_eq!(t.poll_interval, Duration::from_millis(100));
         assert_eq!(t.psi_trigger.unwrap().kernel_text(), "some 100000 2000000");
+        assert_eq!(args.privileged_role_name, "neon_superuser");
         let off = Cli::try_parse_from(base.iter().chain(&["--vm-monitor-psi-trigger", "off"]))
             .unwrap()
             .run;
         assert_eq!(off.vm_monitor_tunables().psi_trigger, None);
+        let own = Cli::try_parse_from(base.iter().chain(&["--privileged-role-name", "db_admin"]))
+            .unwrap()
+            .run;
+        assert_eq!(own.privileged_role_name, "db_admin");
         for bad in [
             ["--vm-monitor-overhead-fraction", "1.5"],
             ["--vm-monitor-psi-trigger", "some 1"],
             ["--vm-monitor-poll-interval", "1ms"],
             ["--vm-monitor-addr", "localhost"],
+            ["--privileged-role-name", "Neon_Superuser"],
+            ["--privileged-role-name", "x\"; DROP ROLE y; --"],
+            ["--privileged-role-name", "neon2"],
+            ["--privileged-role-name", ""],
         ] {
             let error = Cli::try_parse_from(base.iter().chain(&bad)).unwrap_err();
             assert!(error.to_string().contains(bad[0]), "{error}");

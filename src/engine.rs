@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub vm_monitor: vm::Figures,
     /// Requests for the startup config, by HTTP status (empty without `--control-plane-uri`).
     pub cplane_requests: crate::control_plane::Requests,
+    /// Failed runs of Neon's migrations, by migration id.
+    pub migrations_failed: std::collections::BTreeMap<i64, u64>,
     /// The JWT keys in force: the startup config's, then those of the latest `/configure`
     /// that reached `running` with keys.
     pub jwks: Arc<JwkSet>,
@@ -125,6 +127,7 @@ pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
         terminate_mode: None,
         vm_monitor: vm::Figures::default(),
         cplane_requests: Default::default(),
+        migrations_failed: Default::default(),
         jwks: Arc::new(jwks),
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
@@ -221,6 +224,11 @@ impl<R: Runner> Engine<R> {
                 }
                 Input::CplaneRequests(requests) => {
                     self.snapshot.cplane_requests = requests;
+                    self.publish();
+                    continue;
+                }
+                Input::MigrationFailed(id) => {
+                    *self.snapshot.migrations_failed.entry(id).or_default() += 1;
                     self.publish();
                     continue;
                 }

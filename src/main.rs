@@ -102,8 +102,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
     node.wipe_persistent = args.wipe_persistent;
     node.configure_timeout = args.configure_timeout;
+    node.privileged_role = args.privileged_role_name.clone();
     let node = Arc::new(node);
-    let reserved = Reserved::new(&node.superuser);
+    let reserved = Reserved::new(&node.superuser, &node.privileged_role);
 
     // A ComputeConfig from a file or from the control plane; clap lets only one through.
     let mut cplane_requests = control_plane::Requests::new();
@@ -180,7 +181,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let servers = [
         (
             external,
-            http::external(handle.clone(), &compute_id, &node.superuser),
+            http::external(handle.clone(), &compute_id, &reserved),
         ),
         (internal, http::internal(handle.clone())),
     ]

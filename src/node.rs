@@ -39,6 +39,8 @@ pub struct Node {
     /// configuration files, applying the spec) may take; also the `statement_timeout` of
     /// compute_ctl's sessions that apply it.
     pub configure_timeout: std::time::Duration,
+    /// `--privileged-role-name`: the role every spec role is made a member of.
+    pub privileged_role: String,
 }
 
 impl Node {
@@ -88,13 +90,19 @@ impl Node {
         } else {
             None
         };
+        // compute_ctl's sessions are its own: the startup packet's settings win over those of
+        // `ALTER DATABASE/ROLE ... SET` (a `role` there would make the apply run as that role,
+        // a `default_transaction_read_only` make it fail, a `search_path` change what names
+        // mean, a timeout cut it short).
         let connect = connect
             .application_name("compute_ctl")
-            // Per-database `ALTER DATABASE ... SET` must not change how compute_ctl's own SQL runs.
             .options([
+                ("role", superuser.as_str()),
                 ("default_transaction_read_only", "off"),
                 ("search_path", ""),
                 ("statement_timeout", "0"),
+                ("lock_timeout", "0"),
+                ("idle_in_transaction_session_timeout", "0"),
             ])
             // Statements carry password hashes: never log them.
             .disable_statement_logging();
@@ -107,6 +115,7 @@ impl Node {
             os_user,
             wipe_persistent: false,
             configure_timeout: DEFAULT_CONFIGURE_TIMEOUT,
+            privileged_role: crate::spec::DEFAULT_PRIVILEGED_ROLE.to_owned(),
         })
     }
 
@@ -129,6 +138,12 @@ impl Node {
             .clone()
             .database(database)
             .application_name(application_name)
+    }
+
+    /// The startup options of compute_ctl's sessions (`-c role=… -c search_path=…`), in libpq's
+    /// `options` syntax: what `PGOPTIONS` must say for a tool that connects like compute_ctl.
+    pub fn session_options(&self) -> &str {
+        self.connect.get_options().unwrap_or_default()
     }
 
     /// The database compute_ctl connects to by default (the `--connstr` database).

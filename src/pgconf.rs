@@ -202,7 +202,7 @@ mod tests {
     fn spec(value: serde_json::Value) -> ValidSpec {
         parse_spec(
             &serde_json::to_vec(&value).unwrap(),
-            &Reserved::new("cloud_admin"),
+            &Reserved::new("cloud_admin", "neon_superuser"),
         )
         .unwrap()
     }
@@ -271,7 +271,11 @@ include_if_exists = 'compute_ctl_override.conf'
 
     #[test]
     fn fixture_escaping_and_order() {
-        let spec = parse_spec(CLUSTER_SPEC, &Reserved::new("cloud_admin")).unwrap();
+        let spec = parse_spec(
+            CLUSTER_SPEC,
+            &Reserved::new("cloud_admin", "neon_superuser"),
+        )
+        .unwrap();
         let conf = postgresql_conf(&spec, 55433).unwrap();
         let lines: Vec<&str> = conf.lines().collect();
         assert!(lines.contains(

@@ -15,9 +15,10 @@ use tokio::task::JoinSet;
 
 use super::sql;
 use crate::node::Node;
+use crate::reconcile::migrations::{self, Migration};
 use crate::reconcile::{self, Catalog, DatabaseState, Phase, RoleState, Statement};
 use crate::reconcile::{DatabaseAttrs, RoleAttrs};
-use crate::spec::ValidSpec;
+use crate::spec::{Reserved, ValidSpec};
 
 const APPLICATION_NAME: &str = "compute_ctl:apply_config";
 
@@ -27,8 +28,9 @@ pub async fn apply(node: &Node, spec: &ValidSpec, concurrency: usize) -> anyhow:
     let mut conn = sql::connect(&options, sql::connect_timeout(node))
         .await
         .context("connecting to postgres to apply the spec")?;
-    let catalog = read_catalog(&mut conn).await?;
-    let plan = reconcile::plan(spec, &catalog, &node.superuser)?;
+    let roles = Reserved::new(&node.superuser, &node.privileged_role);
+    let catalog = read_catalog(&mut conn, &roles).await?;
+    let plan = reconcile::plan(spec, &catalog, &roles)?;
     for phase in &plan.phases {
         tracing::info!(statements = phase.len(), "apply phase: {}", phase.name());
         match phase {
@@ -138,7 +140,7 @@ fn failure(
     )
 }
 
-async fn read_catalog(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
+async fn read_catalog(conn: &mut PgConnection, roles: &Reserved<'_>) -> anyhow::Result<Catalog> {
     let mut catalog = Catalog::default();
     for row in sqlx::query(
         "SELECT rolname::text, rolpassword, rolsuper, rolcreatedb, rolcreaterole, rolinherit, \
@@ -163,11 +165,21 @@ async fn read_catalog(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
         };
         catalog.roles.insert(row.try_get(0)?, state);
     }
+    // `granted`: the privileged role holds CREATE by a grant on the database's own ACL;
+    // `subscriptions`: pg_subscription is shared, so one read covers every database.
     for row in sqlx::query(
         "SELECT d.datname::text, r.rolname::text, d.datallowconn, d.datconnlimit, \
-         d.datistemplate FROM pg_catalog.pg_database d \
+         d.datistemplate, \
+         EXISTS (SELECT 1 FROM pg_catalog.aclexplode(d.datacl) a \
+                 JOIN pg_catalog.pg_roles p ON p.oid OPERATOR(pg_catalog.=) a.grantee \
+                 WHERE p.rolname OPERATOR(pg_catalog.=) $1 \
+                 AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'), \
+         (SELECT pg_catalog.count(*) FROM pg_catalog.pg_subscription s \
+          WHERE s.subdbid OPERATOR(pg_catalog.=) d.oid) \
+         FROM pg_catalog.pg_database d \
          JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) d.datdba",
     )
+    .bind(roles.privileged_role)
     .fetch_all(&mut *conn)
     .await
     .context("reading pg_database")?
@@ -178,14 +190,126 @@ async fn read_catalog(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
             connection_limit,
             is_template: row.try_get(4)?,
         };
+        let subscriptions: i64 = row.try_get(6)?;
         let state = DatabaseState {
             owner: row.try_get(1)?,
             attrs,
             invalid: connection_limit == -2,
+            granted: row.try_get(5)?,
+            subscriptions: subscriptions.try_into().unwrap_or(usize::MAX),
         };
         catalog.databases.insert(row.try_get(0)?, state);
     }
+    let (health_check, marks): (bool, bool) = sqlx::query_as(
+        "SELECT pg_catalog.to_regclass('public.health_check') IS NOT NULL, \
+         pg_catalog.to_regclass('neon.drop_subscriptions_done') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("looking for public.health_check")?;
+    catalog.main.health_check = health_check;
+    catalog.main.extensions =
+        sqlx::query_scalar("SELECT extname::text FROM pg_catalog.pg_extension")
+            .fetch_all(&mut *conn)
+            .await
+            .context("reading pg_extension")?
+            .into_iter()
+            .collect();
+    if marks {
+        let timelines: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT timeline_id FROM neon.drop_subscriptions_done")
+                .fetch_all(&mut *conn)
+                .await
+                .context("reading neon.drop_subscriptions_done")?;
+        catalog.main.subscriptions_dropped_for = timelines.into_iter().flatten().collect();
+    }
     Ok(catalog)
+}
+
+/// Why Neon's migrations stopped: the migration that failed, and how.
+#[derive(Debug, thiserror::Error)]
+#[error("migration {id} failed: {error:#}")]
+pub struct MigrationFailed {
+    pub id: i64,
+    pub error: anyhow::Error,
+}
+
+/// Run the migrations the default database has not had yet (reference §6.8), each in its own
+/// transaction, stopping at the first failure. Returns how many ran or were skipped. When all
+/// are done already this only reads the tracking table.
+pub async fn migrate(node: &Node) -> Result<usize, MigrationFailed> {
+    let options = node.connect_options(node.default_database(), "compute_ctl:migrations");
+    let failed = |id: i64| move |error: anyhow::Error| MigrationFailed { id, error };
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .context("connecting to postgres")
+        .map_err(failed(1))?;
+    let result = migrate_on(node, &mut conn).await;
+    conn.close().await.ok();
+    result
+}
+
+async fn migrate_on(node: &Node, conn: &mut PgConnection) -> Result<usize, MigrationFailed> {
+    let failed = |id: i64| move |error: anyhow::Error| MigrationFailed { id, error };
+    let (exists, version): (bool, i32) = sqlx::query_as(
+        "SELECT pg_catalog.to_regclass('neon_migration.migration_id') IS NOT NULL, \
+         pg_catalog.current_setting('server_version_num')::pg_catalog.int4",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("reading the server version")
+    .map_err(failed(1))?;
+    let current: i64 = match exists {
+        true => sqlx::query_scalar("SELECT id FROM neon_migration.migration_id")
+            .fetch_optional(&mut *conn)
+            .await
+            .context("reading neon_migration.migration_id")
+            .map_err(failed(1))?
+            .unwrap_or(0),
+        false => 0,
+    };
+    let pending = migrations::pending(current, &node.privileged_role, version)
+        .map_err(|e| failed(current + 1)(e.into()))?;
+    let Some(first) = pending.first().map(|m| m.id) else {
+        return Ok(0);
+    };
+    let prepare = migrations::prepare(&node.superuser).map_err(|e| failed(first)(e.into()))?;
+    sqlx::raw_sql(AssertSqlSafe(prepare))
+        .execute(&mut *conn)
+        .await
+        .context("preparing neon_migration.migration_id")
+        .map_err(failed(first))?;
+    for migration in &pending {
+        run_migration(conn, migration)
+            .await
+            .map_err(failed(migration.id))?;
+    }
+    Ok(pending.len())
+}
+
+async fn run_migration(conn: &mut PgConnection, migration: &Migration) -> anyhow::Result<()> {
+    match (migration.skipped, &migration.sql) {
+        (Some(why), _) => tracing::info!("skipping migration id={} ({why})", migration.id),
+        (None, Some(sql)) => tracing::info!("running migration id={}: {sql}", migration.id),
+        (None, None) => {}
+    }
+    let script = migrations::script(migration);
+    if let Err(error) = sqlx::raw_sql(AssertSqlSafe(script))
+        .execute(&mut *conn)
+        .await
+    {
+        // The transaction block is left aborted; end it so the connection could go on.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        return Err(match error.as_database_error() {
+            Some(db) => anyhow::anyhow!(
+                "{} (SQLSTATE {})",
+                db.message(),
+                db.code().as_deref().unwrap_or("?")
+            ),
+            None => error.into(),
+        });
+    }
+    Ok(())
 }
 
 /// A statement for an error message, without its password (always the last clause).

@@ -147,8 +147,8 @@ pub async fn dbs_and_roles(node: &Node) -> Result<Catalog, CatalogError> {
 /// answered as an error instead of a truncated 200. A failure after that ends the stream with
 /// an error (the HTTP response is then cut short, not completed).
 ///
-/// `pg_dump` runs as the Postgres OS user and connects like compute_ctl (same superuser and
-/// port), through the Unix socket when there is one: the database name is passed in
+/// `pg_dump` runs as the Postgres OS user and connects like compute_ctl (same superuser, port
+/// and session settings), through the Unix socket when there is one: the database name is passed in
 /// `PGDATABASE`, which libpq never parses as a connection string (`-d` would).
 ///
 /// Returns with the first output; the rest is pumped by the returned task, which stops
@@ -189,7 +189,8 @@ pub async fn schema_dump(
         .env("PGAPPNAME", "compute_ctl:database_schema")
         .env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT.as_secs().to_string())
         .env_remove("PGSERVICE")
-        .env_remove("PGOPTIONS")
+        // compute_ctl's own session settings (its role above all), whatever the database's.
+        .env("PGOPTIONS", node.session_options())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -349,14 +350,9 @@ pub async fn check_writability(node: &Node) -> Result<(), CatalogError> {
             "postgres is in recovery (a standby): it accepts no writes".into(),
         ));
     }
-    let result = sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS public.health_check (\
-             id serial PRIMARY KEY, updated_at timestamptz DEFAULT pg_catalog.now());\n\
-         INSERT INTO public.health_check (id, updated_at) VALUES (1, pg_catalog.now()) \
-             ON CONFLICT (id) DO UPDATE SET updated_at = pg_catalog.now()",
-    )
-    .execute(&mut conn)
-    .await;
+    // The table the spec apply makes, made here too if someone dropped it.
+    let sql = crate::reconcile::neon::HEALTH_CHECK.join(";\n");
+    let result = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await;
     conn.close().await.ok();
     match result {
         Ok(_) => Ok(()),

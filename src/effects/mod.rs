@@ -292,6 +292,21 @@ impl Work {
                 deadline,
             )
             .await;
+        if applied && Self::updates_catalog(&spec) {
+            // As Neon: at start only, in the background of a running compute; a failure is
+            // counted and logged, and the compute stays up.
+            match apply::migrate(&self.node)
+                .instrument(info_span!("migrations"))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("{n} migrations done"),
+                Err(failed) => {
+                    tracing::warn!("{failed}");
+                    self.reporter.migration_failed(failed.id);
+                }
+            }
+        }
         if applied {
             // After everything the start reports; a termination cancels it with this effect.
             backend.after_start(&self.node).await;
@@ -374,13 +389,17 @@ impl Work {
         }
     }
 
+    /// As on Neon: roles and databases only on a primary, and not when the control plane says
+    /// the catalog is already in place.
+    fn updates_catalog(spec: &ValidSpec) -> bool {
+        !spec.skip_pg_catalog_updates && spec.mode == ComputeMode::Primary
+    }
+
     /// Apply the spec by `deadline`; whether it was (`ConfigurationApplied`). Once it was,
     /// read the installed extensions.
     async fn apply(&self, spec: &ValidSpec, concurrency: usize, deadline: Instant) -> bool {
         let began = Instant::now();
-        // As on Neon: roles and databases only on a primary, and not when the control plane
-        // says the catalog is already in place.
-        let result = if spec.skip_pg_catalog_updates || spec.mode != ComputeMode::Primary {
+        let result = if !Self::updates_catalog(spec) {
             tracing::info!(
                 "catalog updates skipped (skip_pg_catalog_updates, or mode {})",
                 spec.mode.as_str()

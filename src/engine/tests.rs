@@ -51,7 +51,13 @@ fn spec() -> Arc<ValidSpec> {
         "suspend_timeout_seconds": -1,
         "cluster": {"roles": [], "databases": []}
     });
-    Arc::new(parse_spec(value.to_string().as_bytes(), &Reserved::new("cloud_admin")).unwrap())
+    Arc::new(
+        parse_spec(
+            value.to_string().as_bytes(),
+            &Reserved::new("cloud_admin", "neon_superuser"),
+        )
+        .unwrap(),
+    )
 }
 
 fn keys(kid: &str) -> JwkSet {

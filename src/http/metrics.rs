@@ -74,6 +74,21 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         }
     }
 
+    // Neon's counter; like Neon, no family until a migration failed.
+    if !snapshot.migrations_failed.is_empty() {
+        let failed = IntCounterVec::new(
+            Opts::new(
+                "compute_ctl_db_migration_failed_total",
+                "Failed runs of Neon's migrations, by migration id",
+            ),
+            &["migration_id"],
+        )?;
+        registry.register(Box::new(failed.clone()))?;
+        for (id, count) in &snapshot.migrations_failed {
+            failed.with_label_values(&[&id.to_string()]).inc_by(*count);
+        }
+    }
+
     if snapshot.vm_monitor.active {
         vm_monitor(&registry, &snapshot.vm_monitor)?;
     }

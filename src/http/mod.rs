@@ -22,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::engine::EngineHandle;
+use crate::spec::Reserved;
 use auth::Auth;
 pub use error::{ApiError, ErrorBody};
 
@@ -105,8 +106,8 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
 
 /// The control plane's API (Neon's external port). Every route but `/metrics`, the probes and
 /// `/openapi.json` needs a token that `auth` verifies against the keys in force.
-/// `superuser` is the `--connstr` user, which a spec may not name.
-pub fn external(engine: EngineHandle, compute_id: &str, superuser: &str) -> Router {
+/// `reserved` names the roles a spec may not name (the `--connstr` user, the privileged role).
+pub fn external(engine: EngineHandle, compute_id: &str, reserved: &Reserved) -> Router {
     let auth = Auth::new(compute_id, engine.clone());
     let (authenticated, open) = external_routes();
     let (authenticated, _) = authenticated.split_for_parts();
@@ -118,7 +119,10 @@ pub fn external(engine: EngineHandle, compute_id: &str, superuser: &str) -> Rout
     with_request_log(
         authenticated
             .merge(open)
-            .layer(axum::Extension(routes::Superuser(superuser.into())))
+            .layer(axum::Extension(routes::ReservedRoles {
+                superuser: reserved.superuser.into(),
+                privileged_role: reserved.privileged_role.into(),
+            }))
             .with_state(engine),
     )
 }

@@ -16,9 +16,13 @@ use super::{ApiError, ErrorBody, jwks};
 use crate::engine::{ComputeMetrics, Configuration, EngineHandle, Input, RequestError, Snapshot};
 use crate::spec::{self, Reserved};
 
-/// compute_ctl's own superuser (the `--connstr` user): a spec may not name it.
+/// The roles a spec may not name: compute_ctl's own superuser (the `--connstr` user) and the
+/// privileged role (`--privileged-role-name`).
 #[derive(Clone)]
-pub struct Superuser(pub Arc<str>);
+pub struct ReservedRoles {
+    pub superuser: Arc<str>,
+    pub privileged_role: Arc<str>,
+}
 
 /// Neon's `ComputeStatusResponse`, field for field.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -108,7 +112,7 @@ pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMet
         (status = 500, description = "The configuration failed", body = ErrorBody)))]
 pub async fn configure(
     State(engine): State<EngineHandle>,
-    Extension(superuser): Extension<Superuser>,
+    Extension(reserved): Extension<ReservedRoles>,
     body: Bytes,
 ) -> Result<Json<StatusResponse>, ApiError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
@@ -117,7 +121,11 @@ pub async fn configure(
             format!("request body is not JSON: {e}"),
         ));
     }
-    let request = spec::parse_request(&body, &Reserved::new(&superuser.0)).map_err(|e| {
+    let request = spec::parse_request(
+        &body,
+        &Reserved::new(&reserved.superuser, &reserved.privileged_role),
+    )
+    .map_err(|e| {
         let status = match e {
             spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,

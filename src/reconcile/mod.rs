@@ -1,20 +1,28 @@
 //! The catalog planner: (desired spec, current catalog) → ordered phases of SQL.
 //!
 //! Pure, so it is tested without a database. Phases follow Neon's apply order (reference §6.4)
-//! for what exists on stock PostgreSQL: drop invalid databases, rename roles, create/alter roles, rename/delete
-//! databases, create/alter databases, per-database reassign/drop of objects owned by roles being
-//! deleted, drop roles. The planner walks an in-memory copy of the catalog through the phases,
-//! so every statement is planned against the state the previous ones leave; and it only plans
-//! what changes something, so re-planning after the plan ran yields nothing, even with the same
-//! delta operations still in the spec. Every name and value goes through [`crate::quote`]. It
-//! takes a [`ValidSpec`]: names, options and delta operations were checked and parsed there.
+//! for what exists on stock PostgreSQL: drop the subscriptions of databases to delete, create
+//! the privileged role, drop invalid databases, rename roles, create/alter roles (members of
+//! the privileged role), rename/delete databases, create/alter databases (granted to the
+//! privileged role), per-database work (reassign/drop objects of roles being deleted, schema
+//! `public`'s privileges, `drop_subscriptions_before_start`), `pg_stat_statements`,
+//! `public.health_check`, drop roles, and the mark that subscriptions were dropped ([`neon`]
+//! writes the SQL of Neon's model; Neon's migrations are listed in [`migrations`]).
+//!
+//! The planner walks an in-memory copy of the catalog through the phases, so every statement is
+//! planned against the state the previous ones leave; and it only plans what changes
+//! something, so re-planning after the plan ran yields nothing, even with the same delta
+//! operations still in the spec. Every name and value goes through [`crate::quote`]. It takes a
+//! [`ValidSpec`]: names, options and delta operations were checked and parsed there.
 
 pub mod attrs;
+pub mod migrations;
+pub mod neon;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::quote::{self, QuoteError};
-use crate::spec::{ComputeSpec, Delta, Role, ValidSpec};
+use crate::spec::{ComputeSpec, Delta, Reserved, Role, ValidSpec};
 pub use attrs::{DatabaseAttrs, RoleAttrs};
 
 /// What Postgres has now, as far as the plan cares.
@@ -22,6 +30,19 @@ pub use attrs::{DatabaseAttrs, RoleAttrs};
 pub struct Catalog {
     pub roles: BTreeMap<String, RoleState>,
     pub databases: BTreeMap<String, DatabaseState>,
+    /// What the default (`--connstr`) database holds.
+    pub main: MainDatabase,
+}
+
+/// The objects of the default database that the plan creates when they are missing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MainDatabase {
+    /// `public.health_check` exists.
+    pub health_check: bool,
+    /// Installed extensions.
+    pub extensions: BTreeSet<String>,
+    /// The timelines `neon.drop_subscriptions_done` says subscriptions were dropped for.
+    pub subscriptions_dropped_for: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,6 +58,11 @@ pub struct DatabaseState {
     pub attrs: DatabaseAttrs,
     /// Left half-dropped by an interrupted `DROP DATABASE` (`datconnlimit = -2`): unusable.
     pub invalid: bool,
+    /// The privileged role was granted `CREATE` on it (by the `GRANT ALL` compute_ctl gives
+    /// with the database's schema privileges): it was set up for the privileged role.
+    pub granted: bool,
+    /// How many logical-replication subscriptions it holds (`pg_subscription` is shared).
+    pub subscriptions: usize,
 }
 
 /// One SQL statement of a phase.
@@ -152,20 +178,92 @@ pub fn startup_concurrency(spec: &ComputeSpec) -> usize {
     }
 }
 
-/// The plan that brings `catalog` to `spec`. `admin` (compute_ctl's own superuser) receives
-/// what deleted roles owned in databases they own themselves.
-pub fn plan(spec: &ValidSpec, catalog: &Catalog, admin: &str) -> Result<Plan, QuoteError> {
-    Ok(plan_with_outcome(spec, catalog, admin)?.0)
+/// Whether `shared_preload_libraries` names `pg_stat_statements` (Neon's test: a substring).
+fn preloads_pg_stat_statements(spec: &ComputeSpec) -> bool {
+    spec.setting("shared_preload_libraries")
+        .is_some_and(|libs| libs.contains("pg_stat_statements"))
+}
+
+/// The timeline `drop_subscriptions_before_start` is done once for: the spec's (or its
+/// `neon.timeline_id` setting), empty when it names none (a local compute: once per PGDATA).
+pub fn subscriptions_timeline(spec: &ComputeSpec) -> String {
+    spec.timeline_id().unwrap_or_default()
+}
+
+/// The plan that brings `catalog` to `spec`. `roles.superuser` (compute_ctl's own) receives
+/// what deleted roles owned in databases they own themselves; `roles.privileged_role` is the
+/// role spec roles are made members of.
+pub fn plan(spec: &ValidSpec, catalog: &Catalog, roles: &Reserved) -> Result<Plan, QuoteError> {
+    Ok(plan_with_outcome(spec, catalog, roles)?.0)
 }
 
 /// [`plan`], and the catalog it leaves behind once it ran.
 pub fn plan_with_outcome(
     spec: &ValidSpec,
     catalog: &Catalog,
-    admin: &str,
+    roles: &Reserved,
 ) -> Result<(Plan, Catalog), QuoteError> {
+    let admin = roles.superuser;
+    let privileged = roles.privileged_role;
     let mut now = catalog.clone();
     let mut plan = Plan::default();
+
+    // A database holding a subscription cannot be dropped (SQLSTATE 55006): drop them first,
+    // in each database a `delete_db` will drop (following renames made before it).
+    let mut present: BTreeMap<String, String> = now
+        .databases
+        .iter()
+        .filter(|(_, state)| !state.invalid)
+        .map(|(name, _)| (name.clone(), name.clone()))
+        .collect();
+    let mut databases = Vec::new();
+    for delta in spec.deltas() {
+        match delta {
+            Delta::RenameDb { name, new_name } if name != new_name => {
+                if let Some(original) = present.remove(name) {
+                    present.insert(new_name.clone(), original);
+                }
+            }
+            Delta::DeleteDb { name } => {
+                let Some(original) = present.remove(name) else {
+                    continue;
+                };
+                let Some(state) = now.databases.get_mut(&original) else {
+                    continue;
+                };
+                if state.subscriptions > 0 && state.attrs.allow_connections {
+                    databases.push((
+                        original.clone(),
+                        vec![Statement::batched(neon::drop_subscriptions())],
+                    ));
+                    state.subscriptions = 0;
+                }
+            }
+            _ => {}
+        }
+    }
+    plan.push(Phase::PerDatabase {
+        name: "drop subscriptions of deleted databases",
+        databases,
+    });
+
+    let mut statements = Vec::new();
+    if !now.roles.contains_key(privileged) {
+        statements.push(Statement::batched(neon::create_privileged_role(
+            privileged,
+        )?));
+        now.roles.insert(
+            privileged.to_owned(),
+            RoleState {
+                password: None,
+                attrs: neon::privileged_role_attrs(),
+            },
+        );
+    }
+    plan.push(Phase::Main {
+        name: "create privileged role",
+        statements,
+    });
 
     // An invalid database can only be dropped; a spec database of that name is then created
     // again below.
@@ -220,22 +318,32 @@ pub fn plan_with_outcome(
     let mut statements = Vec::new();
     for (role, wanted) in spec.roles() {
         let password = stored_password(role);
-        let clauses = || -> Result<String, QuoteError> {
-            let secret = match &password {
+        let secret = || -> Result<String, QuoteError> {
+            Ok(match &password {
                 Some(secret) => quote::literal(secret)?,
                 None => "NULL".to_owned(),
-            };
-            Ok(format!("{} LOGIN PASSWORD {secret}", wanted.render()))
+            })
         };
         let name = quote::ident(&role.name)?;
         match now.roles.get_mut(&role.name) {
             None => {
+                // As Neon: a member of the privileged role with its attributes, unless
+                // local_proxy authenticates the role (then a plain role).
+                let (options, membership) = if spec.jwks_roles().contains(&role.name) {
+                    (wanted.clone(), String::new())
+                } else {
+                    (
+                        neon::member_options(wanted),
+                        format!(" IN ROLE {}", quote::ident(privileged)?),
+                    )
+                };
                 statements.push(Statement::batched(format!(
-                    "CREATE ROLE {name}{}",
-                    clauses()?
+                    "CREATE ROLE {name}{}{membership} LOGIN PASSWORD {}",
+                    options.render(),
+                    secret()?
                 )));
                 let mut attrs = RoleAttrs::default();
-                attrs.apply(wanted);
+                attrs.apply(&options);
                 now.roles
                     .insert(role.name.clone(), RoleState { password, attrs });
             }
@@ -245,8 +353,9 @@ pub fn plan_with_outcome(
                     || !current.attrs.satisfy(wanted) =>
             {
                 statements.push(Statement::batched(format!(
-                    "ALTER ROLE {name}{}",
-                    clauses()?
+                    "ALTER ROLE {name}{} LOGIN PASSWORD {}",
+                    wanted.render(),
+                    secret()?
                 )));
                 current.password = password;
                 current.attrs.login = true;
@@ -302,6 +411,9 @@ pub fn plan_with_outcome(
     });
 
     let mut statements = Vec::new();
+    // Spec databases granted to the privileged role by this plan: their schema `public` is
+    // set up below.
+    let mut granted = Vec::new();
     for (db, wanted) in spec.databases() {
         let name = quote::ident(&db.name)?;
         let owner = quote::ident(&db.owner)?;
@@ -319,6 +431,8 @@ pub fn plan_with_outcome(
                         owner: db.owner.clone(),
                         attrs,
                         invalid: false,
+                        granted: false,
+                        subscriptions: 0,
                     },
                 );
             }
@@ -338,6 +452,17 @@ pub fn plan_with_outcome(
                     current.attrs.apply(wanted);
                 }
             }
+        }
+        // Neon grants a database it creates to the privileged role; a spec database found
+        // without that grant (made before, or by someone else) gets it too, once.
+        if let Some(state) = now.databases.get_mut(&db.name)
+            && !state.granted
+        {
+            statements.push(Statement::batched(neon::grant_database(
+                &db.name, privileged,
+            )?));
+            state.granted = true;
+            granted.push(db.name.clone());
         }
     }
     // A role cannot be dropped while it owns objects or holds privileges in any database.
@@ -395,6 +520,67 @@ pub fn plan_with_outcome(
         databases,
     });
 
+    // Neon's ChangeSchemaPerms, for the databases granted above (so once per database).
+    let mut databases = Vec::new();
+    for db in granted {
+        let Some(state) = now.databases.get(&db) else {
+            continue;
+        };
+        if !state.attrs.allow_connections {
+            continue;
+        }
+        let sql = neon::schema_privileges(&state.owner, admin, privileged)?;
+        databases.push((db, vec![Statement::batched(sql)]));
+    }
+    plan.push(Phase::PerDatabase {
+        name: "schema privileges",
+        databases,
+    });
+
+    // drop_subscriptions_before_start: once per timeline, in the spec's databases.
+    let timeline = subscriptions_timeline(spec);
+    let drop_subscriptions = spec.drop_subscriptions_before_start
+        && !now.main.subscriptions_dropped_for.contains(&timeline);
+    let mut databases = Vec::new();
+    if drop_subscriptions {
+        for (db, _) in spec.databases() {
+            let Some(state) = now.databases.get_mut(&db.name) else {
+                continue;
+            };
+            if state.subscriptions > 0 && state.attrs.allow_connections {
+                databases.push((
+                    db.name.clone(),
+                    vec![Statement::batched(neon::drop_subscriptions())],
+                ));
+                state.subscriptions = 0;
+            }
+        }
+    }
+    plan.push(Phase::PerDatabase {
+        name: "drop subscriptions before start",
+        databases,
+    });
+
+    let mut statements = Vec::new();
+    if preloads_pg_stat_statements(spec) && !now.main.extensions.contains("pg_stat_statements") {
+        statements.push(Statement::batched(
+            neon::CREATE_PG_STAT_STATEMENTS.to_owned(),
+        ));
+        now.main.extensions.insert("pg_stat_statements".to_owned());
+    }
+    if !now.main.health_check {
+        statements.extend(
+            neon::HEALTH_CHECK
+                .iter()
+                .map(|sql| Statement::batched((*sql).to_owned())),
+        );
+        now.main.health_check = true;
+    }
+    plan.push(Phase::Main {
+        name: "extensions and health check",
+        statements,
+    });
+
     let mut statements = Vec::new();
     for name in doomed {
         statements.push(Statement::batched(format!(
@@ -405,6 +591,20 @@ pub fn plan_with_outcome(
     }
     plan.push(Phase::Main {
         name: "drop roles",
+        statements,
+    });
+
+    let mut statements = Vec::new();
+    if drop_subscriptions {
+        statements.extend(
+            neon::mark_subscriptions_dropped(&timeline)?
+                .into_iter()
+                .map(Statement::batched),
+        );
+        now.main.subscriptions_dropped_for.insert(timeline);
+    }
+    plan.push(Phase::Main {
+        name: "mark subscriptions dropped",
         statements,
     });
 

@@ -22,15 +22,18 @@ fn role(password: Option<&str>) -> RoleState {
     }
 }
 
+/// A database as an earlier apply left it (granted to the privileged role).
 fn db(owner: &str) -> DatabaseState {
     DatabaseState {
         owner: owner.to_owned(),
         attrs: DatabaseAttrs::default(),
         invalid: false,
+        granted: true,
+        subscriptions: 0,
     }
 }
 
-/// A fresh cluster: the admin, `postgres` and the template databases.
+/// A fresh cluster, as `initdb` makes it: the admin, `postgres` and the template databases.
 fn fresh() -> Catalog {
     let template = |owner: &str, allow: bool| DatabaseState {
         owner: owner.to_owned(),
@@ -40,16 +43,51 @@ fn fresh() -> Catalog {
             is_template: true,
         },
         invalid: false,
+        granted: false,
+        subscriptions: 0,
     };
+    let mut postgres = db("cloud_admin");
+    postgres.granted = false;
     Catalog {
         roles: [("cloud_admin".to_owned(), role(None))].into(),
         databases: [
-            ("postgres".to_owned(), db("cloud_admin")),
+            ("postgres".to_owned(), postgres),
             ("template0".to_owned(), template("cloud_admin", false)),
             ("template1".to_owned(), template("cloud_admin", true)),
         ]
         .into(),
+        main: MainDatabase::default(),
     }
+}
+
+/// A cluster after the first apply of an empty spec: the privileged role and
+/// `public.health_check` exist.
+fn prepared() -> Catalog {
+    let empty = parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1,
+             "cluster": {"roles": [], "databases": []}}"#,
+        &ADMIN,
+    )
+    .unwrap();
+    let (plan, catalog) = plan_with_outcome(&empty, &fresh(), &ADMIN).unwrap();
+    assert_eq!(
+        render(&plan),
+        [
+            (
+                "create privileged role",
+                vec![
+                    "CREATE ROLE \"neon_superuser\" CREATEDB CREATEROLE NOLOGIN REPLICATION \
+                     BYPASSRLS IN ROLE pg_read_all_data, pg_write_all_data"
+                        .to_owned()
+                ]
+            ),
+            (
+                "extensions and health check",
+                neon::HEALTH_CHECK.map(str::to_owned).to_vec()
+            ),
+        ]
+    );
+    catalog
 }
 
 /// Phase name → statements (per-database statements prefixed with `[db] `).
@@ -72,28 +110,45 @@ fn render(plan: &Plan) -> Vec<(&'static str, Vec<String>)> {
 }
 
 fn assert_idempotent(spec: &ValidSpec, catalog: &Catalog) {
-    let (_, after) = plan_with_outcome(spec, catalog, "cloud_admin").unwrap();
-    let again = plan(spec, &after, "cloud_admin").unwrap();
+    let (_, after) = plan_with_outcome(spec, catalog, &ADMIN).unwrap();
+    let again = plan(spec, &after, &ADMIN).unwrap();
     assert!(again.is_empty(), "second plan is not empty: {again:#?}");
+}
+
+/// How Neon creates a spec role: a member of the privileged role, with its attributes.
+const MEMBER: &str =
+    " CREATEDB CREATEROLE INHERIT REPLICATION BYPASSRLS IN ROLE \"neon_superuser\"";
+
+fn grant(db: &str) -> String {
+    neon::grant_database(db, "neon_superuser").unwrap()
+}
+
+fn schema(db: &str, owner: &str) -> String {
+    format!(
+        "[{db}] {}",
+        neon::schema_privileges(owner, "cloud_admin", "neon_superuser").unwrap()
+    )
 }
 
 #[test]
 fn fixture_on_a_fresh_cluster() {
     let spec = fixture();
-    let plan = plan(&spec, &fresh(), "cloud_admin").unwrap();
-    let md5 = |h: &str| format!("LOGIN PASSWORD 'md5{h}b1d16b78004bbd51fa06af9eda75972'");
+    let plan = plan(&spec, &fresh(), &ADMIN).unwrap();
+    let md5 = |h: &str| format!("{MEMBER} LOGIN PASSWORD 'md5{h}b1d16b78004bbd51fa06af9eda75972'");
+    let rendered = render(&plan);
+    assert_eq!(rendered[0].0, "create privileged role");
     assert_eq!(
-        render(&plan),
+        rendered[1..],
         [
             (
                 "create and alter roles",
                 vec![
-                    format!("CREATE ROLE \"postgres\" {}", md5("6")),
-                    "CREATE ROLE \"alexk\" LOGIN PASSWORD NULL".to_owned(),
-                    format!("CREATE ROLE \"zenith \"\"new\"\"\" {}", md5("5")),
-                    format!("CREATE ROLE \"zen\" {}", md5("9")),
-                    format!("CREATE ROLE \"\"\"name\"\";\\n select 1;\" {}", md5("5")),
-                    format!("CREATE ROLE \"MyRole\" {}", md5("5")),
+                    format!("CREATE ROLE \"postgres\"{}", md5("6")),
+                    format!("CREATE ROLE \"alexk\"{MEMBER} LOGIN PASSWORD NULL"),
+                    format!("CREATE ROLE \"zenith \"\"new\"\"\"{}", md5("5")),
+                    format!("CREATE ROLE \"zen\"{}", md5("9")),
+                    format!("CREATE ROLE \"\"\"name\"\";\\n select 1;\"{}", md5("5")),
+                    format!("CREATE ROLE \"MyRole\"{}", md5("5")),
                 ]
             ),
             (
@@ -102,14 +157,29 @@ fn fixture_on_a_fresh_cluster() {
                     "CREATE DATABASE \"DB2\" LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 \
                      OWNER \"alexk\""
                         .to_owned(),
+                    grant("DB2"),
                     "CREATE DATABASE \"zenith\" OWNER \"MyRole\"".to_owned(),
+                    grant("zenith"),
                     "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
+                    grant("zen"),
                 ]
+            ),
+            (
+                "schema privileges",
+                vec![
+                    schema("DB2", "alexk"),
+                    schema("zenith", "MyRole"),
+                    schema("zen", "zen"),
+                ]
+            ),
+            (
+                "extensions and health check",
+                neon::HEALTH_CHECK.map(str::to_owned).to_vec()
             ),
         ]
     );
     // Neon's expected rendering of the first role's clauses (leading space).
-    let Phase::Main { statements, .. } = &plan.phases[0] else {
+    let Phase::Main { statements, .. } = &plan.phases[1] else {
         unreachable!()
     };
     assert!(
@@ -122,9 +192,203 @@ fn fixture_on_a_fresh_cluster() {
 }
 
 #[test]
+fn roles_of_local_proxy_are_plain_and_options_win_over_neon_attributes() {
+    let spec = parse_spec(
+        serde_json::json!({"format_version": 1.0, "suspend_timeout_seconds": -1,
+            "cluster": {"roles": [
+                {"name": "app", "options": [{"name": "NOINHERIT", "value": null, "vartype": "bool"}]},
+                {"name": "jwt user", "options": null}
+            ], "databases": []},
+            "local_proxy_config": {"jwks": [{"id": "1", "role_names": ["jwt user"],
+                "jwks_url": "https://x", "provider_name": "p"}]}})
+        .to_string()
+        .as_bytes(),
+        &ADMIN,
+    )
+    .unwrap();
+    let catalog = prepared();
+    assert_eq!(
+        render(&plan(&spec, &catalog, &ADMIN).unwrap()),
+        [(
+            "create and alter roles",
+            vec![
+                "CREATE ROLE \"app\" CREATEDB CREATEROLE NOINHERIT REPLICATION BYPASSRLS \
+                 IN ROLE \"neon_superuser\" LOGIN PASSWORD NULL"
+                    .to_owned(),
+                "CREATE ROLE \"jwt user\" LOGIN PASSWORD NULL".to_owned(),
+            ]
+        )]
+    );
+    assert_idempotent(&spec, &catalog);
+}
+
+#[test]
+fn another_privileged_role_name() {
+    let roles = Reserved::new("admin", "db_owners");
+    let spec = parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1,
+             "cluster": {"roles": [{"name": "neon_superuser"}],
+                         "databases": [{"name": "d", "owner": "neon_superuser"}]}}"#,
+        &roles,
+    )
+    .unwrap();
+    let mut catalog = fresh();
+    catalog.main.health_check = true;
+    let rendered = render(&plan(&spec, &catalog, &roles).unwrap());
+    assert_eq!(
+        rendered[0],
+        (
+            "create privileged role",
+            vec![
+                "CREATE ROLE \"db_owners\" CREATEDB CREATEROLE NOLOGIN REPLICATION BYPASSRLS \
+                 IN ROLE pg_read_all_data, pg_write_all_data"
+                    .to_owned()
+            ]
+        )
+    );
+    assert!(
+        rendered[1].1[0].contains("IN ROLE \"db_owners\" LOGIN"),
+        "{rendered:?}"
+    );
+    assert_eq!(
+        rendered[2].1[1],
+        "GRANT ALL PRIVILEGES ON DATABASE \"d\" TO \"db_owners\""
+    );
+    assert!(rendered[3].1[0].contains("\"db_owners\" WITH GRANT OPTION"));
+    assert!(rendered[3].1[0].contains("$x$admin$x$"));
+}
+
+/// A spec database found without the privileged role's grant is granted and set up once; a
+/// template or a database that refuses connections is granted but not entered.
+#[test]
+fn existing_databases_are_granted_once() {
+    let spec = parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1,
+             "cluster": {"roles": [], "databases": [
+                {"name": "old", "owner": "cloud_admin"},
+                {"name": "closed", "owner": "cloud_admin"},
+                {"name": "done", "owner": "cloud_admin"}]}}"#,
+        &ADMIN,
+    )
+    .unwrap();
+    let mut catalog = prepared();
+    let mut old = db("cloud_admin");
+    old.granted = false;
+    catalog.databases.insert("old".to_owned(), old.clone());
+    old.attrs.allow_connections = false;
+    catalog.databases.insert("closed".to_owned(), old);
+    catalog
+        .databases
+        .insert("done".to_owned(), db("cloud_admin"));
+    assert_eq!(
+        render(&plan(&spec, &catalog, &ADMIN).unwrap()),
+        [
+            (
+                "create and alter databases",
+                vec![grant("old"), grant("closed")]
+            ),
+            ("schema privileges", vec![schema("old", "cloud_admin")]),
+        ]
+    );
+    assert_idempotent(&spec, &catalog);
+}
+
+/// `pg_stat_statements` in `shared_preload_libraries` is installed in the default database
+/// once; `public.health_check` is made when it is missing.
+#[test]
+fn pg_stat_statements_and_the_health_check() {
+    let spec = parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1,
+             "cluster": {"roles": [], "databases": [], "settings": [
+                {"name": "shared_preload_libraries", "value": "auto_explain,pg_stat_statements",
+                 "vartype": "string"}]}}"#,
+        &ADMIN,
+    )
+    .unwrap();
+    let mut catalog = prepared();
+    catalog.main.health_check = false;
+    let mut expected = vec![neon::CREATE_PG_STAT_STATEMENTS.to_owned()];
+    expected.extend(neon::HEALTH_CHECK.map(str::to_owned));
+    assert_eq!(
+        render(&plan(&spec, &catalog, &ADMIN).unwrap()),
+        [("extensions and health check", expected)]
+    );
+    assert_idempotent(&spec, &catalog);
+    catalog.main.health_check = true;
+    catalog
+        .main
+        .extensions
+        .insert("pg_stat_statements".to_owned());
+    assert!(plan(&spec, &catalog, &ADMIN).unwrap().is_empty());
+}
+
+/// Subscriptions go before a `delete_db` (in the database the delta drops, after the renames
+/// listed before it), and with `drop_subscriptions_before_start` once per timeline in the
+/// spec's databases.
+#[test]
+fn subscriptions_are_dropped_first() {
+    let timeline = "0123456789abcdef0123456789abcdef";
+    let spec = parse_spec(
+        serde_json::json!({"format_version": 1.0, "suspend_timeout_seconds": -1,
+            "timeline_id": timeline,
+            "drop_subscriptions_before_start": true,
+            "cluster": {"roles": [], "databases": [
+                {"name": "kept", "owner": "cloud_admin"},
+                {"name": "quiet", "owner": "cloud_admin"}]},
+            "delta_operations": [
+                {"action": "rename_db", "name": "a", "new_name": "b"},
+                {"action": "delete_db", "name": "b"},
+                {"action": "delete_db", "name": "gone"}]})
+        .to_string()
+        .as_bytes(),
+        &ADMIN,
+    )
+    .unwrap();
+    let mut catalog = prepared();
+    for (name, subscriptions) in [("a", 2), ("b", 0), ("kept", 1), ("quiet", 0), ("other", 1)] {
+        let mut state = db("cloud_admin");
+        state.subscriptions = subscriptions;
+        catalog.databases.insert(name.to_owned(), state);
+    }
+    let drop = neon::drop_subscriptions();
+    let rendered = render(&plan(&spec, &catalog, &ADMIN).unwrap());
+    assert_eq!(
+        rendered[0],
+        (
+            "drop subscriptions of deleted databases",
+            vec![format!("[a] {drop}")]
+        )
+    );
+    assert_eq!(
+        rendered[2],
+        (
+            "drop subscriptions before start",
+            vec![format!("[kept] {drop}")]
+        )
+    );
+    assert_eq!(
+        rendered[3],
+        (
+            "mark subscriptions dropped",
+            neon::mark_subscriptions_dropped(timeline).unwrap()
+        )
+    );
+    assert_idempotent(&spec, &catalog);
+
+    // Done for this timeline already: only the deletion's own drop remains.
+    catalog
+        .main
+        .subscriptions_dropped_for
+        .insert(timeline.to_owned());
+    let rendered = render(&plan(&spec, &catalog, &ADMIN).unwrap());
+    assert_eq!(rendered.len(), 2, "{rendered:?}");
+    assert_eq!(rendered[1].0, "rename and delete databases");
+}
+
+#[test]
 fn fixture_delta_operations() {
     let spec = fixture();
-    let mut catalog = fresh();
+    let mut catalog = prepared();
     for (name, password) in [
         ("postgres", Some("md56b1d16b78004bbd51fa06af9eda75972")),
         ("zenith new", Some("md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")),
@@ -140,7 +404,7 @@ fn fixture_delta_operations() {
     catalog
         .databases
         .insert("zenith2db".to_owned(), db("zenith2"));
-    let plan = plan(&spec, &catalog, "cloud_admin").unwrap();
+    let plan = plan(&spec, &catalog, &ADMIN).unwrap();
     let md5 = |h: &str| format!("LOGIN PASSWORD 'md5{h}b1d16b78004bbd51fa06af9eda75972'");
     assert_eq!(
         render(&plan),
@@ -154,9 +418,12 @@ fn fixture_delta_operations() {
                 vec![
                     // The rename cleared the md5 password (salted with the name): set again.
                     format!("ALTER ROLE \"zenith \"\"new\"\"\" {}", md5("5")),
-                    format!("CREATE ROLE \"zen\" {}", md5("9")),
-                    format!("CREATE ROLE \"\"\"name\"\";\\n select 1;\" {}", md5("5")),
-                    format!("CREATE ROLE \"MyRole\" {}", md5("5")),
+                    format!("CREATE ROLE \"zen\"{MEMBER} {}", md5("9")),
+                    format!(
+                        "CREATE ROLE \"\"\"name\"\";\\n select 1;\"{MEMBER} {}",
+                        md5("5")
+                    ),
+                    format!("CREATE ROLE \"MyRole\"{MEMBER} {}", md5("5")),
                 ]
             ),
             (
@@ -172,7 +439,9 @@ fn fixture_delta_operations() {
                     // DB2 exists (renamed): its creation options are not re-applied.
                     "ALTER DATABASE \"DB2\" OWNER TO \"alexk\"".to_owned(),
                     "CREATE DATABASE \"zenith\" OWNER \"MyRole\"".to_owned(),
+                    grant("zenith"),
                     "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
+                    grant("zen"),
                     // Owned by the deleted role itself: to the admin first.
                     "ALTER DATABASE \"zenith2db\" OWNER TO \"cloud_admin\"".to_owned(),
                 ]
@@ -193,6 +462,10 @@ fn fixture_delta_operations() {
                 ]
             ),
             (
+                "schema privileges",
+                vec![schema("zenith", "MyRole"), schema("zen", "zen")]
+            ),
+            (
                 "drop roles",
                 vec!["DROP ROLE IF EXISTS \"zenith2\"".to_owned()]
             ),
@@ -211,13 +484,13 @@ fn fixture_delta_operations() {
 #[test]
 fn an_invalid_database_is_dropped_and_created_again() {
     let spec = fixture();
-    let (_, mut catalog) = plan_with_outcome(&spec, &fresh(), "cloud_admin").unwrap();
+    let (_, mut catalog) = plan_with_outcome(&spec, &fresh(), &ADMIN).unwrap();
     catalog.databases.get_mut("zen").unwrap().invalid = true;
     let mut junk = db("cloud_admin");
     junk.invalid = true;
     catalog.databases.insert("half dropped".to_owned(), junk);
     assert_eq!(
-        render(&plan(&spec, &catalog, "cloud_admin").unwrap()),
+        render(&plan(&spec, &catalog, &ADMIN).unwrap()),
         [
             (
                 "drop invalid databases",
@@ -228,8 +501,12 @@ fn an_invalid_database_is_dropped_and_created_again() {
             ),
             (
                 "create and alter databases",
-                vec!["CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned()]
+                vec![
+                    "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
+                    grant("zen")
+                ]
             ),
+            ("schema privileges", vec![schema("zen", "zen")]),
         ]
     );
     assert_idempotent(&spec, &catalog);
@@ -244,19 +521,19 @@ fn renaming_to_the_same_name_does_nothing() {
                                   {"action": "rename_db", "name": "postgres", "new_name": "postgres"}]}"#,
      &ADMIN,)
     .unwrap();
-    let mut catalog = fresh();
+    let mut catalog = prepared();
     catalog.roles.insert("a".to_owned(), role(None));
-    assert!(plan(&spec, &catalog, "cloud_admin").unwrap().is_empty());
+    assert!(plan(&spec, &catalog, &ADMIN).unwrap().is_empty());
 }
 
 #[test]
 fn rename_role_is_skipped_when_the_old_name_is_gone() {
     let spec = fixture();
-    let mut catalog = fresh();
+    let mut catalog = prepared();
     catalog
         .roles
         .insert("zenith \"new\"".to_owned(), role(Some("x")));
-    let plan = plan(&spec, &catalog, "cloud_admin").unwrap();
+    let plan = plan(&spec, &catalog, &ADMIN).unwrap();
     assert!(plan.phases.iter().all(|p| p.name() != "rename roles"));
 }
 
@@ -269,12 +546,12 @@ fn a_deleted_template_database_stops_being_a_template_first() {
         &ADMIN,
     )
     .unwrap();
-    let mut catalog = fresh();
+    let mut catalog = prepared();
     let mut tpl = db("cloud_admin");
     tpl.attrs.is_template = true;
     catalog.databases.insert("tpl".to_owned(), tpl);
     assert_eq!(
-        render(&plan(&spec, &catalog, "cloud_admin").unwrap()),
+        render(&plan(&spec, &catalog, &ADMIN).unwrap()),
         [(
             "rename and delete databases",
             vec![
@@ -324,8 +601,11 @@ const SCRAM: &str = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2VydmVy";
 #[test]
 fn hostile_names_are_quoted() {
     let spec = hostile_spec();
-    let rendered = render(&plan(&spec, &fresh(), "cloud_admin").unwrap());
-    let opts = format!(" CREATEDB CONNECTION LIMIT 3 LOGIN PASSWORD '{SCRAM}'");
+    let rendered = render(&plan(&spec, &prepared(), &ADMIN).unwrap());
+    let opts = format!(
+        " CREATEDB CREATEROLE INHERIT REPLICATION BYPASSRLS CONNECTION LIMIT 3 \
+         IN ROLE \"neon_superuser\" LOGIN PASSWORD '{SCRAM}'"
+    );
     assert_eq!(
         rendered[0].1,
         [
@@ -349,7 +629,7 @@ fn hostile_names_are_quoted() {
 #[test]
 fn changed_options_password_and_owner_are_altered() {
     let spec = hostile_spec();
-    let (_, mut catalog) = plan_with_outcome(&spec, &fresh(), "cloud_admin").unwrap();
+    let (_, mut catalog) = plan_with_outcome(&spec, &fresh(), &ADMIN).unwrap();
     let emoji = catalog.roles.get_mut("emoji🐘").unwrap();
     emoji.attrs.connection_limit = 10;
     let tab = catalog.roles.get_mut("tab\there").unwrap();
@@ -357,7 +637,7 @@ fn changed_options_password_and_owner_are_altered() {
     catalog.databases.get_mut("db %20").unwrap().owner = "cloud_admin".to_owned();
     let opts = format!(" CREATEDB CONNECTION LIMIT 3 LOGIN PASSWORD '{SCRAM}'");
     assert_eq!(
-        render(&plan(&spec, &catalog, "cloud_admin").unwrap()),
+        render(&plan(&spec, &catalog, &ADMIN).unwrap()),
         [
             (
                 "create and alter roles",

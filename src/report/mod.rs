@@ -80,6 +80,8 @@ pub enum Input {
     VmMonitor(vm::Report),
     /// The control-plane requests made before the engine started.
     CplaneRequests(control_plane::Requests),
+    /// Neon's migration of this id failed (`compute_ctl_db_migration_failed_total`).
+    MigrationFailed(i64),
 }
 
 /// An input on its way to the engine.
@@ -137,6 +139,10 @@ impl Reporter {
 
     pub fn cplane_requests(&self, requests: control_plane::Requests) {
         self.send(Input::CplaneRequests(requests));
+    }
+
+    pub fn migration_failed(&self, id: i64) {
+        self.send(Input::MigrationFailed(id));
     }
 
     /// Send an input and wait until the machine accepted or rejected it.

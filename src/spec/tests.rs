@@ -93,7 +93,11 @@ fn compute_config_fixture_parses() {
         "at spec.cluster.roles[0].name: reserved role: compute_ctl's own superuser \
          (the --connstr user): cloud_admin"
     );
-    let config = parse_config(COMPUTE_CONFIG, &Reserved::new("compute_ctl")).unwrap();
+    let config = parse_config(
+        COMPUTE_CONFIG,
+        &Reserved::new("compute_ctl", "neon_superuser"),
+    )
+    .unwrap();
     assert_eq!(config.compute_ctl_config.jwks.keys.len(), 1);
     assert_eq!(config.compute_ctl_config.jwks.keys[0]["crv"], "Ed25519");
     assert_eq!(config.compute_ctl_config.tls, None);
@@ -647,7 +651,11 @@ fn reserved_roles_are_refused() {
     let mut v = fixture_value();
     v["cluster"]["roles"][1]["name"] = json!("admin");
     parse_value(&v).unwrap();
-    let err = parse_spec(&serde_json::to_vec(&v).unwrap(), &Reserved::new("admin")).unwrap_err();
+    let err = parse_spec(
+        &serde_json::to_vec(&v).unwrap(),
+        &Reserved::new("admin", "neon_superuser"),
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .starts_with("at cluster.roles[1].name: reserved role: compute_ctl's own superuser"),
@@ -711,4 +719,30 @@ fn validation_keeps_what_it_parsed() {
     let none = parse_value(&minimal()).unwrap();
     assert_eq!(none.setting_lines(), None);
     assert!(none.deltas().is_empty());
+}
+
+#[test]
+fn local_proxy_roles_are_read_and_checked() {
+    let mut v = minimal();
+    v["local_proxy_config"] = json!({"jwks": [
+        {"id": "a", "role_names": ["r1", "r 2"], "jwks_url": "https://x", "provider_name": "p"},
+        {"id": "b", "role_names": ["r1"], "jwks_url": "https://y", "provider_name": "p"}
+    ], "tls": null});
+    let spec = parse_value(&v).unwrap();
+    assert_eq!(spec.jwks_roles().iter().collect::<Vec<_>>(), ["r 2", "r1"]);
+    // Kept as given for local_proxy.
+    assert_eq!(
+        spec.local_proxy_config,
+        Some(v["local_proxy_config"].clone())
+    );
+
+    v["local_proxy_config"]["jwks"][1]["role_names"] = json!("r1");
+    let err = parse_value(&v).unwrap_err().to_string();
+    assert!(
+        err.starts_with("at local_proxy_config.jwks[1].role_names: invalid type"),
+        "{err}"
+    );
+    let mut v = minimal();
+    v["local_proxy_config"] = json!({});
+    assert!(parse_value(&v).unwrap().jwks_roles().is_empty());
 }

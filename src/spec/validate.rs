@@ -6,15 +6,15 @@
 //! compute itself depends on. It does not require storage information (safekeepers,
 //! pageservers), because this compute runs on local storage by default.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ops::Deref;
 
 use super::options::{DatabaseOptions, OptionError, RoleOptions, setting_line};
 use super::{ComputeMode, ComputeSpec, Database, GenericOption, MAX_NAME_BYTES, Role, SpecError};
 
-/// The privileged role Neon makes and grants to every spec role (Neon's
-/// `--privileged-role-name` default).
-pub const PRIVILEGED_ROLE: &str = "neon_superuser";
+/// The privileged role Neon makes and grants to every spec role: the default of
+/// `--privileged-role-name`.
+pub const DEFAULT_PRIVILEGED_ROLE: &str = "neon_superuser";
 
 /// The administrator role of Neon's older computes.
 const ZENITH_ADMIN: &str = "zenith_admin";
@@ -25,14 +25,16 @@ const ZENITH_ADMIN: &str = "zenith_admin";
 pub struct Reserved<'a> {
     /// compute_ctl's own superuser: the `--connstr` user.
     pub superuser: &'a str,
+    /// The role compute_ctl creates and makes every spec role a member of
+    /// (`--privileged-role-name`).
     pub privileged_role: &'a str,
 }
 
 impl<'a> Reserved<'a> {
-    pub fn new(superuser: &'a str) -> Self {
+    pub fn new(superuser: &'a str, privileged_role: &'a str) -> Self {
         Self {
             superuser,
-            privileged_role: PRIVILEGED_ROLE,
+            privileged_role,
         }
     }
 
@@ -82,6 +84,7 @@ pub struct ValidSpec {
     database_options: Vec<DatabaseOptions>,
     setting_lines: Option<Vec<String>>,
     deltas: Vec<Delta>,
+    jwks_roles: BTreeSet<String>,
 }
 
 impl Deref for ValidSpec {
@@ -116,6 +119,12 @@ impl ValidSpec {
     /// `delta_operations`, in order.
     pub fn deltas(&self) -> &[Delta] {
         &self.deltas
+    }
+
+    /// The roles named in `local_proxy_config.jwks[].role_names`: they authenticate through
+    /// local_proxy's JWTs, so they are created as plain roles, outside the privileged role.
+    pub fn jwks_roles(&self) -> &BTreeSet<String> {
+        &self.jwks_roles
     }
 }
 
@@ -269,13 +278,47 @@ pub(super) fn validate_at(
     }
 
     check_safekeepers(&spec, prefix)?;
+    let jwks_roles = jwks_roles(&spec, prefix)?;
     Ok(ValidSpec {
         spec,
         role_options,
         database_options,
         setting_lines,
         deltas,
+        jwks_roles,
     })
+}
+
+/// `local_proxy_config.jwks[].role_names`. The rest of `local_proxy_config` stays raw JSON,
+/// but this part must have Neon's shape (an array of strings per JWKS entry).
+fn jwks_roles(spec: &ComputeSpec, prefix: &str) -> Result<BTreeSet<String>, SpecError> {
+    #[derive(serde::Deserialize)]
+    struct LocalProxy {
+        jwks: Option<Vec<Jwks>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Jwks {
+        role_names: Vec<String>,
+    }
+    let Some(config) = &spec.local_proxy_config else {
+        return Ok(BTreeSet::new());
+    };
+    let parsed: LocalProxy = serde_path_to_error::deserialize(config).map_err(|e| {
+        let path = e.path().to_string();
+        SpecError::Json {
+            path: match path.as_str() {
+                "." => format!("{prefix}local_proxy_config"),
+                path => format!("{prefix}local_proxy_config.{path}"),
+            },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    Ok(parsed
+        .jwks
+        .into_iter()
+        .flatten()
+        .flat_map(|jwks| jwks.role_names)
+        .collect())
 }
 
 fn check_safekeepers(spec: &ComputeSpec, prefix: &str) -> Result<(), SpecError> {

@@ -371,9 +371,9 @@ fn pg_dump_children(c: &Compute) -> Vec<i32> {
         .collect()
 }
 
-/// `/check_writability` writes its row; `/insights` says why it has nothing until
-/// pg_stat_statements is installed (through `/extensions`), then lists a hostile role's
-/// statement and none of compute_ctl's.
+/// `/check_writability` writes its row; `/insights` says why it has nothing while
+/// pg_stat_statements is not installed, until it is (through `/extensions`), then lists a
+/// hostile role's statement and none of compute_ctl's.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_writability_and_insights() {
     let mut c = Compute::new("catalog-insights");
@@ -398,6 +398,12 @@ async fn check_writability_and_insights() {
         .unwrap();
     assert_eq!(rows, 1);
 
+    // The spec preloads pg_stat_statements, so the apply installed it (as Neon); without it
+    // /insights says why it has nothing.
+    let (code, body) = get(&c, "/insights", &[]).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body["pg_stat_statements"].is_array(), "{body}");
+    exec(&mut pg, "DROP EXTENSION pg_stat_statements").await;
     let (code, body) = get(&c, "/insights", &[]).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(
@@ -471,7 +477,12 @@ async fn check_writability_and_insights() {
 async fn extensions_and_grants() {
     let mut c = Compute::new("catalog-change");
     let names = hostile_names();
-    c.start_with_spec(&hostile_catalog_spec());
+    // The roles the grants are checked for are plain roles (as those local_proxy
+    // authenticates): a member of the privileged role reads every schema already.
+    let mut spec = hostile_catalog_spec();
+    spec["local_proxy_config"] = json!({"jwks": [{"id": "1", "role_names": [&names[0], &names[8]],
+        "jwks_url": "https://jwks.example", "provider_name": "test"}]});
+    c.start_with_spec(&spec);
     c.wait_for_status("running").await;
     let db = names[7].as_str(); // "name";\n select 1;
     let ext = |extension: &str, database: &str, version: &str| json!({"extension": extension, "database": database, "version": version});

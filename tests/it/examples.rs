@@ -10,7 +10,7 @@ fn example_configs_are_valid() {
     for file in ["examples/compute.json", "examples/docker/config.json"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         // Both run with `--connstr postgresql://cloud_admin@...`.
-        let config = spec::load_config(&path, &Reserved::new("cloud_admin"))
+        let config = spec::load_config(&path, &Reserved::new("cloud_admin", "neon_superuser"))
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(config.spec.is_some(), "{file} has no spec");
         jwks::verifying_keys(&config.compute_ctl_config.jwks, "compute_ctl_config.jwks.")

@@ -19,6 +19,7 @@ mod neon_storage;
 mod otel;
 mod outcomes;
 mod pid1;
+mod privileges;
 mod reconcile;
 mod storage;
 mod systemd;

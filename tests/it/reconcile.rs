@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnection;
 const FIXTURE: &str = include_str!("../fixtures/neon/cluster_spec.json");
 
 /// Statements run by the latest apply, from its log line `spec applied in … statements=N`.
-fn last_apply_statements(c: &Compute) -> usize {
+pub fn last_apply_statements(c: &Compute) -> usize {
     let log = c.log();
     let line = log
         .lines()
@@ -122,6 +122,7 @@ async fn neon_fixture_and_its_delta_operations() {
             "MyRole",
             "alexk",
             "cloud_admin",
+            "neon_superuser",
             "postgres",
             "zen",
             "zenith \"new\""
@@ -382,7 +383,8 @@ async fn hostile_names_options_renames_and_deletes() {
         .unwrap();
     let (code, body) = c.configure(&second).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(last_apply_statements(&c), 2, "{}", c.log_tail(20));
+    // DROP, CREATE, the privileged role's grant, the schema privileges of the new database.
+    assert_eq!(last_apply_statements(&c), 4, "{}", c.log_tail(20));
     let limit: i32 = sqlx::query_scalar("SELECT datconnlimit FROM pg_database WHERE datname = $1")
         .bind(&kept[1])
         .fetch_one(&mut pg)
