@@ -18,7 +18,7 @@ mod sql;
 pub mod storage;
 mod wal;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,22 +54,6 @@ pub struct Effects {
     vm_monitor: Option<VmMonitor>,
     /// `disable_lfc_resizing` of the latest spec, read by the vm-monitor at each resize.
     lfc_resizing_disabled: Arc<AtomicBool>,
-    extensions: Arc<ExtensionsRefresh>,
-}
-
-/// Reading the installed extensions after each configuration, one reading at a time: a
-/// configuration that asks while another reading runs gets the next one, which also serves
-/// every configuration that asked meanwhile (so a burst of them costs two readings).
-///
-/// Readings and applies take turns: a reading's session on a database would make an apply's
-/// `ALTER DATABASE … RENAME` or `CREATE DATABASE … TEMPLATE` of it fail.
-#[derive(Default)]
-struct ExtensionsRefresh {
-    /// Bumped by every configuration that asks.
-    asked: AtomicU64,
-    /// The turn, held by a reading or an apply; the `asked` count the latest reading started
-    /// at.
-    turn: tokio::sync::Mutex<u64>,
 }
 
 impl Effects {
@@ -86,7 +70,6 @@ impl Effects {
             storage: Arc::default(),
             vm_monitor: None,
             lfc_resizing_disabled: Arc::default(),
-            extensions: Arc::default(),
         }
     }
 
@@ -115,7 +98,6 @@ impl Effects {
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
-            extensions: self.extensions.clone(),
         };
         if let Job::Start(spec) | Job::Configure { spec, .. } = &job {
             self.mode = Some(spec.mode);
@@ -239,7 +221,6 @@ struct Work {
     reporter: Reporter,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
     storage: Arc<storage::StorageOptions>,
-    extensions: Arc<ExtensionsRefresh>,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.
@@ -395,8 +376,10 @@ impl Work {
         !spec.skip_pg_catalog_updates && spec.mode == ComputeMode::Primary
     }
 
-    /// Apply the spec by `deadline`; whether it was (`ConfigurationApplied`). Once it was,
-    /// read the installed extensions.
+    /// Apply the spec by `deadline`, then read the installed extensions; whether it was
+    /// applied (`ConfigurationApplied`). The reading is part of the configuration, so that its
+    /// sessions are over before the monitor counts sessions (`activity_monitor_experimental`)
+    /// and never hold a database an apply renames.
     async fn apply(&self, spec: &ValidSpec, concurrency: usize, deadline: Instant) -> bool {
         let began = Instant::now();
         let result = if !Self::updates_catalog(spec) {
@@ -406,15 +389,11 @@ impl Work {
             );
             Ok(0)
         } else {
-            let work = async {
-                let _turn = self.extensions.turn.lock().await;
-                apply::apply(&self.node, spec, concurrency).await
-            };
             within(
                 deadline,
                 self.node.configure_timeout,
                 "applying the spec (roles and databases)",
-                work,
+                apply::apply(&self.node, spec, concurrency),
             )
             .instrument(info_span!("apply_config"))
             .await
@@ -424,8 +403,8 @@ impl Work {
                 let took = began.elapsed();
                 tracing::info!(statements, "spec applied in {took:?}");
                 self.reporter.metrics(move |m| m.config_ms = millis(took));
+                self.read_extensions(deadline).await;
                 self.reporter.event(Event::ConfigurationApplied);
-                self.refresh_extensions().await;
                 true
             }
             Err(error) => {
@@ -437,16 +416,10 @@ impl Work {
         }
     }
 
-    /// Read the installed extensions for `/metrics` (as Neon does after a configuration); a
-    /// failure only keeps the previous figures.
-    async fn refresh_extensions(&self) {
-        let asked = self.extensions.asked.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut served = self.extensions.turn.lock().await;
-        if *served >= asked {
-            return;
-        }
-        *served = self.extensions.asked.load(Ordering::SeqCst);
-        let limit = self.node.configure_timeout;
+    /// Read the installed extensions for `/metrics` (as Neon does after a configuration), by
+    /// `deadline`; a failure only keeps the previous figures.
+    async fn read_extensions(&self, deadline: Instant) {
+        let limit = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(limit, extensions::installed(&self.node)).await {
             Ok(Ok(installed)) => {
                 if let Ok(json) =

@@ -472,8 +472,9 @@ async fn wait_until_serving(c: &mut Compute) {
     }
 }
 
-/// `/configure` with a verified token replaces the key set: the old key stops working, the
-/// new one works, and a key set that does not parse is refused whole.
+/// `/configure` with a verified token replaces the key set once its configuration runs: the
+/// old key stops working, the new one works; a key set that does not decode is refused whole,
+/// and a configuration that fails leaves the keys in force.
 #[tokio::test(flavor = "multi_thread")]
 async fn key_rotation_through_configure() {
     let mut c = Compute::new("rotation");
@@ -543,6 +544,31 @@ async fn key_rotation_through_configure() {
             StatusCode::UNAUTHORIZED
         );
     }
+
+    // A configuration that fails keeps the keys in force: its own keys never take effect.
+    let third = Signer::ed25519(Some("third-key"));
+    let third_token = third.sign(&json!({ "compute_id": c.compute_id() }));
+    let failing = spec(
+        vec![role("rot", None)],
+        vec![],
+        vec![setting("work_mem", "lots", "string")],
+    );
+    let mut body = config(Some(&failing));
+    body["compute_ctl_config"]["jwks"] = json!({ "keys": [third.jwk] });
+    let resp = client
+        .post(c.url("/configure"))
+        .bearer_auth(&new_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (code, answer) = Compute::response(resp).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    assert_eq!(status_with_token(&c, &new_token).await.0, StatusCode::OK);
+    assert_eq!(
+        status_with_token(&c, &third_token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 
     // An empty key set in a /configure body leaves the keys as they are (it would lock the
     // control plane out for good).
