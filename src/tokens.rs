@@ -8,16 +8,25 @@ use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// A new Ed25519 private key, PKCS#8 PEM.
+/// A new Ed25519 private key, PKCS#8 PEM in RFC 8410's form (v1, private key only), as
+/// `openssl genpkey` writes it. `SigningKey::to_pkcs8_pem` writes a v2 `OneAsymmetricKey`
+/// carrying the public key too, which OpenSSL 3 and Python's `cryptography` refuse to load;
+/// [`read_key`] accepts both.
 pub fn generate_key_pem() -> anyhow::Result<String> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let key = SigningKey::from_bytes(&seed);
+    let key = KeypairBytes {
+        secret_key: seed,
+        public_key: None,
+    };
+    seed.fill(0);
     Ok(key
         .to_pkcs8_pem(LineEnding::LF)
         .context("encode the private key")?

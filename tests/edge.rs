@@ -1,0 +1,94 @@
+//! The API edge against hostile clients and the process against operators' mistakes
+//! (issue 14): bounded connections, one compute_ctl per data directory, SIGHUP, keys other
+//! tools load, and error answers as the README says.
+
+mod common;
+
+use std::process::Command as StdCommand;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_compute_ctl");
+
+// ---------------------------------------------------------------------------------------------
+// keygen
+// ---------------------------------------------------------------------------------------------
+
+/// `compute_ctl keygen` writes a key that OpenSSL loads (RFC 8410's PKCS#8 v1), and keys
+/// written by earlier versions (PKCS#8 v2 with the public key) still sign tokens.
+#[test]
+fn keygen_pem_loads_in_openssl_and_old_keys_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let out = StdCommand::new(BIN)
+        .args(["keygen", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen: {out:?}");
+    let jwks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let openssl = StdCommand::new("openssl")
+        .args(["pkey", "-noout", "-text", "-in"])
+        .arg(&key)
+        .output()
+        .expect("the openssl CLI (scripts/install-postgres installs it)");
+    assert!(
+        openssl.status.success(),
+        "openssl pkey refused the key: {}\n{}",
+        String::from_utf8_lossy(&openssl.stderr),
+        std::fs::read_to_string(&key).unwrap()
+    );
+    // The public key OpenSSL derives is the one keygen printed.
+    let text = String::from_utf8_lossy(&openssl.stdout);
+    let public_hex: String = text
+        .split("pub:")
+        .nth(1)
+        .expect("openssl prints the public key")
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    use base64::Engine as _;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwks["keys"][0]["x"].as_str().unwrap())
+        .unwrap();
+    let x_hex: String = x.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(public_hex, x_hex);
+    // Python's `cryptography` too, where it is installed (CI does not need it).
+    let python = StdCommand::new("python3")
+        .args([
+            "-c",
+            "import sys\n\
+             try:\n    from cryptography.hazmat.primitives import serialization\n\
+             except ImportError:\n    sys.exit(3)\n\
+             serialization.load_pem_private_key(open(sys.argv[1], 'rb').read(), None)",
+        ])
+        .arg(&key)
+        .output();
+    if let Ok(python) = python
+        && python.status.code() != Some(3)
+    {
+        assert!(
+            python.status.success(),
+            "python cryptography refused the key: {}",
+            String::from_utf8_lossy(&python.stderr)
+        );
+    }
+
+    // A key in the form earlier versions wrote (v2, with the public key) still works.
+    let seed = [7u8; 32];
+    let old = {
+        use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+            .to_pkcs8_pem(LineEnding::LF)
+            .unwrap()
+            .to_string()
+    };
+    let old_key = dir.path().join("old.pem");
+    std::fs::write(&old_key, old).unwrap();
+    let token = StdCommand::new(BIN)
+        .args(["token", "-i", "x", "--key"])
+        .arg(&old_key)
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "token with an old key: {token:?}");
+}
