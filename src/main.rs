@@ -92,6 +92,7 @@ fn subcommand(command: Command) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    signals::ignore_others()?;
     let vm_monitor_tunables = args.vm_monitor_tunables();
     // clap enforces these; the Options only exist so that subcommands need none of them.
     let pgdata = args.pgdata.context("--pgdata is required")?;

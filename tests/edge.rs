@@ -5,8 +5,11 @@
 mod common;
 
 use std::process::Command as StdCommand;
+use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::Signal;
+use reqwest::StatusCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_compute_ctl");
 
@@ -91,4 +94,46 @@ fn keygen_pem_loads_in_openssl_and_old_keys_still_work() {
         .output()
         .unwrap();
     assert!(token.status.success(), "token with an old key: {token:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------------
+
+/// SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored: the compute keeps running, Postgres
+/// with it.
+#[tokio::test]
+async fn sighup_and_sigusr_are_logged_and_ignored() {
+    let mut c = Compute::new("sighup");
+    c.start_with_spec(&spec(vec![], vec![], vec![]));
+    c.wait_for_status("running").await;
+    let postmaster = c.postmaster_pid();
+    for (sig, line) in [
+        (Signal::SIGHUP, "received SIGHUP: ignored"),
+        (Signal::SIGUSR1, "received SIGUSR1: ignored"),
+        (Signal::SIGUSR2, "received SIGUSR2: ignored"),
+    ] {
+        c.signal(sig);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.log().contains(line) {
+            assert!(
+                c.try_exit().is_none(),
+                "compute_ctl exited on {sig}\n{}",
+                c.log_tail(40)
+            );
+            assert!(Instant::now() < deadline, "no {line:?} logged");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        c.try_exit().is_none(),
+        "compute_ctl exited\n{}",
+        c.log_tail(40)
+    );
+    assert_eq!(c.status().await["status"], "running");
+    assert_eq!(c.postmaster_pid(), postmaster, "Postgres was restarted");
+    c.assert_postgres_answers().await;
+    assert_eq!(c.terminate(None).await.0, StatusCode::OK);
+    assert!(c.wait_exit().await.success());
 }
