@@ -98,6 +98,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let pgdata = args.pgdata.context("--pgdata is required")?;
     let connstr = args.connstr.context("--connstr is required")?;
     let compute_id = args.compute_id.context("--compute-id is required")?;
+    // Before anything reads or removes PGDATA: a second compute_ctl on it stops here.
+    let _pgdata_lock = compute_ctl::effects::pgdata::lock(&pgdata)?;
 
     // First: validation needs the superuser's name (a spec may not touch that role).
     let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;

@@ -137,3 +137,56 @@ async fn sighup_and_sigusr_are_logged_and_ignored() {
     assert_eq!(c.terminate(None).await.0, StatusCode::OK);
     assert!(c.wait_exit().await.success());
 }
+
+// ---------------------------------------------------------------------------------------------
+// One compute_ctl per data directory
+// ---------------------------------------------------------------------------------------------
+
+/// A second compute_ctl on the same `-D` exits 1 at once naming the first one's pid, and the
+/// first (then in its `initdb`) goes on untouched.
+#[tokio::test]
+async fn second_compute_ctl_on_the_same_pgdata_is_refused() {
+    // Declared first, dropped last: its Drop kills whatever runs on the shared PGDATA.
+    let mut second = Compute::new("lock-second");
+    let mut first = Compute::new("lock-first");
+    second.pgdata = first.pgdata.clone();
+    first.start_with_spec(&spec(vec![], vec![], vec![]));
+    let pid = first.child_pid().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !first.log().contains("starting") {
+        assert!(Instant::now() < deadline, "{}", first.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let started = Instant::now();
+    second.start_with_spec(&spec(vec![], vec![], vec![]));
+    let exit = second.wait_exit().await;
+    assert_eq!(exit.code(), Some(1), "{}", second.log_tail(20));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    let stderr = second.stderr();
+    assert!(
+        stderr.contains(&format!("another compute_ctl (pid {pid})")),
+        "the holder's pid is not named: {stderr}"
+    );
+    assert!(!second.log().contains("initdb"), "{}", second.log());
+    let lock_file = first.root.join("pgdata.lock");
+    assert_eq!(
+        std::fs::read_to_string(&lock_file).unwrap(),
+        format!("{pid}\n")
+    );
+
+    first.wait_for_status("running").await;
+    first.assert_postgres_answers().await;
+    assert!(
+        !first.log().contains("ERROR"),
+        "the first compute logged an error\n{}",
+        first.log_tail(40)
+    );
+    assert_eq!(first.terminate(None).await.0, StatusCode::OK);
+    assert!(first.wait_exit().await.success());
+    first.assert_no_postgres_left();
+}

@@ -18,6 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
 
 use super::process;
 use crate::node::Node;
@@ -469,6 +470,75 @@ fn check_reachable(node: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The exclusive lock of a data directory, held for the life of the process: one compute_ctl
+/// per PGDATA. It is an `flock` on `<pgdata>.lock` beside the directory (PGDATA's contents
+/// are wiped, and a spare may replace the directory itself), whose first line is the pid of
+/// the holder. The kernel releases it when the process ends, however it ends.
+pub struct PgdataLock {
+    _held: Flock<fs::File>,
+}
+
+/// Take the lock of `pgdata`, before anything in it is read or removed; fail at once, naming
+/// the holder's pid, when another process holds it.
+pub fn lock(pgdata: &Path) -> anyhow::Result<PgdataLock> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let path = lock_path(pgdata)?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .with_context(|| format!("opening the lock file of PGDATA, {}", path.display()))?;
+    let held = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => held,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let pid = text.lines().next().unwrap_or_default().trim();
+            let pid = if pid.is_empty() { "unknown" } else { pid };
+            bail!(
+                "{} is in use by another compute_ctl (pid {pid}): {} is locked",
+                pgdata.display(),
+                path.display()
+            );
+        }
+        Err((_, e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    };
+    // Pid first, then cut what an older, longer pid left: a reader sees our pid in line one.
+    let line = format!("{}\n", std::process::id());
+    held.write_all_at(line.as_bytes(), 0)
+        .and_then(|()| held.set_len(line.len() as u64))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(PgdataLock { _held: held })
+}
+
+/// `<pgdata>.lock` in PGDATA's real parent directory, so that two spellings of one directory
+/// (relative, through a symlink) share a lock.
+fn lock_path(pgdata: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let absolute =
+        std::path::absolute(pgdata).with_context(|| format!("--pgdata {}", pgdata.display()))?;
+    let real = match fs::canonicalize(&absolute) {
+        Ok(real) => real,
+        Err(_) => {
+            let parent = absolute.parent().unwrap_or(Path::new("/"));
+            let parent = fs::canonicalize(parent)
+                .with_context(|| format!("the parent directory of {}", pgdata.display()))?;
+            parent.join(absolute.file_name().unwrap_or_default())
+        }
+    };
+    let name = real
+        .file_name()
+        .with_context(|| format!("--pgdata {}: names no directory", pgdata.display()))?;
+    let mut name = name.to_owned();
+    name.push(".lock");
+    Ok(real.with_file_name(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,6 +549,29 @@ mod tests {
             fs::write(dir.path().join(MARKER), text).unwrap();
         }
         Marker::read(dir.path())
+    }
+
+    #[test]
+    fn the_pgdata_lock_is_exclusive_and_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path().join("pgdata");
+        let held = lock(&pgdata).unwrap();
+        let lock_file = dir.path().join("pgdata.lock");
+        assert_eq!(
+            fs::read_to_string(&lock_file).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        // Another spelling of the same directory (through a symlink): the same lock.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(dir.path(), elsewhere.path().join("link")).unwrap();
+        let other = elsewhere.path().join("link/pgdata");
+        let err = lock(&other).err().expect("locked twice").to_string();
+        assert!(
+            err.contains(&format!("another compute_ctl (pid {})", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        lock(&pgdata).unwrap();
     }
 
     #[test]
