@@ -190,3 +190,265 @@ async fn second_compute_ctl_on_the_same_pgdata_is_refused() {
     assert!(first.wait_exit().await.success());
     first.assert_no_postgres_left();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Error answers
+// ---------------------------------------------------------------------------------------------
+
+/// An empty compute (no spec: no Postgres runs) trusting the harness's key, serving, with
+/// these `(flag, value)`s (replacing the harness's).
+async fn empty_compute(name: &str, flags: &[(&str, &str)]) -> Compute {
+    let mut c = Compute::new(name);
+    let mut cfg = config(None);
+    cfg["compute_ctl_config"]["jwks"] = c.jwks();
+    let path = c.write_file("config.json", &cfg.to_string());
+    let mut args = c.base_args();
+    for &(flag, value) in flags {
+        match args.iter().position(|a| a == flag) {
+            Some(at) => args[at + 1] = value.into(),
+            None => args.extend([flag.into(), value.into()]),
+        }
+    }
+    args.push("-c".into());
+    args.push(path.into());
+    c.start_raw(args);
+    c.wait_for_status("empty").await;
+    c
+}
+
+/// A client of its own (no pooled connection shared with other requests), with no token.
+fn bare_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The answer is `code` with a JSON `{"error": "…"}` body containing `text`.
+#[track_caller]
+fn assert_json_error(resp: &(StatusCode, String, String), code: u16, text: &str, what: &str) {
+    let (status, content_type, body) = resp;
+    assert_eq!(status.as_u16(), code, "{what}: {status} {body}");
+    assert_eq!(content_type, "application/json", "{what}: {body}");
+    let body: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {body:?}: {e}"));
+    let error = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: {body}"));
+    assert!(error.contains(text), "{what}: {error:?} lacks {text:?}");
+    assert_eq!(body.as_object().unwrap().len(), 1, "{what}: {body}");
+}
+
+async fn answer(req: reqwest::RequestBuilder) -> (StatusCode, String, String) {
+    let resp = req
+        .send()
+        .await
+        .expect("an answer, not a closed connection");
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (resp.status(), content_type, resp.text().await.unwrap())
+}
+
+/// Bodies over 2 MiB get a JSON 413, also one of 10 MB sent without waiting (the answer, not
+/// a reset connection) and a chunked one; a body that is not UTF-8 is a 400, on both ports.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_too_large_or_not_utf8_get_json_errors() {
+    let c = empty_compute("bodies", &[]).await;
+    for size in [3 << 20, 10_000_000, 10_000_000, 10_000_000] {
+        let resp = answer(
+            bare_client()
+                .post(c.url("/configure"))
+                .bearer_auth(&c.token)
+                .header("content-type", "application/json")
+                .body(vec![b' '; size]),
+        )
+        .await;
+        assert_json_error(&resp, 413, "larger than", &format!("{size} bytes"));
+    }
+    let resp = answer(
+        bare_client()
+            .post(c.internal_url("/grants"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 3 << 20]),
+    )
+    .await;
+    assert_json_error(&resp, 413, "larger than", "internal /grants");
+
+    // Chunked, without a Content-Length: read up to the limit, then refused the same way.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", c.external_port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /configure HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        c.token
+    );
+    let mut request = head.into_bytes();
+    let chunk = vec![b' '; 1 << 20];
+    for _ in 0..3 {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(&request).await.unwrap();
+    let mut reply = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("\"error\""), "{reply}");
+
+    // Not UTF-8: a 400, not the 422 of a wrong shape.
+    let not_utf8 = b"{\"spec\": \"\xff\xfe\"}".to_vec();
+    let resp = answer(
+        bare_client()
+            .post(c.url("/configure"))
+            .bearer_auth(&c.token)
+            .header("content-type", "application/json")
+            .body(not_utf8.clone()),
+    )
+    .await;
+    assert_json_error(&resp, 400, "not UTF-8", "/configure");
+    let resp = answer(
+        bare_client()
+            .post(c.internal_url("/grants"))
+            .header("content-type", "application/json")
+            .body(not_utf8),
+    )
+    .await;
+    assert_json_error(&resp, 400, "not UTF-8", "internal /grants");
+    assert_eq!(c.status().await["status"], "empty");
+}
+
+/// The scheme is case-insensitive (`bearer`, `BEARER`); a method a route does not have is a
+/// 405 with or without a token, an unknown path a 404; no header at all stays Neon's 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_scheme_case_and_wrong_methods() {
+    let c = empty_compute("scheme", &[]).await;
+    for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
+        let resp = answer(
+            bare_client()
+                .get(c.url("/status"))
+                .header("authorization", format!("{scheme} {}", c.token)),
+        )
+        .await;
+        assert_eq!(resp.0, StatusCode::OK, "{scheme}: {}", resp.2);
+    }
+    for (method, path) in [
+        ("OPTIONS", "/status"),
+        ("OPTIONS", "/configure"),
+        ("DELETE", "/configure"),
+        ("PUT", "/terminate"),
+        ("OPTIONS", "/readyz"),
+    ] {
+        for token in [None, Some(&c.token)] {
+            let mut req = bare_client().request(method.parse().unwrap(), c.url(path));
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            let resp = answer(req).await;
+            assert_eq!(
+                resp.0,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} (token: {}): {}",
+                token.is_some(),
+                resp.2
+            );
+        }
+    }
+    let resp =
+        answer(bare_client().request(reqwest::Method::OPTIONS, c.url("/no/such/route"))).await;
+    assert_eq!(resp.0, StatusCode::NOT_FOUND);
+    let resp = answer(bare_client().get(c.url("/status"))).await;
+    assert_json_error(&resp, 400, "invalid authorization token", "no header");
+}
+
+/// `?mode=` is case-insensitive; another value is a 400 naming the allowed ones. During the
+/// linger after a fast termination `/configure` is a 412, as in any status but empty, running
+/// and failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminate_mode_case_and_configure_during_the_linger() {
+    let mut c = empty_compute("linger", &[("--terminate-linger", "20s")]).await;
+    let resp = answer(
+        bare_client()
+            .post(c.url("/terminate?mode=slow"))
+            .bearer_auth(&c.token),
+    )
+    .await;
+    assert_json_error(&resp, 400, "expected fast or immediate", "mode=slow");
+    assert_eq!(c.status().await["status"], "empty");
+
+    let resp = answer(
+        bare_client()
+            .post(c.url("/terminate?mode=FAST"))
+            .bearer_auth(&c.token),
+    )
+    .await;
+    assert_eq!(resp.0, StatusCode::OK, "mode=FAST: {}", resp.2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log().contains("serving it for") {
+        assert!(Instant::now() < deadline, "{}", c.log_tail(20));
+        tokio::time::sleep(POLL).await;
+    }
+    let resp = answer(
+        bare_client()
+            .post(c.url("/configure"))
+            .bearer_auth(&c.token)
+            .json(&config(Some(&spec(vec![], vec![], vec![])))),
+    )
+    .await;
+    assert_json_error(
+        &resp,
+        412,
+        "invalid compute status: terminated",
+        "/configure in the linger",
+    );
+    c.signal(Signal::SIGTERM);
+    assert!(c.wait_exit().await.success());
+}
+
+/// A 503 of `/readyz` (not running yet) is no ERROR in the log; a 503 of a route that needs
+/// Postgres is.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_503_is_not_logged_as_an_error() {
+    let c = empty_compute("readyz", &[]).await;
+    for _ in 0..3 {
+        let resp = answer(bare_client().get(c.url("/readyz"))).await;
+        assert_eq!(resp.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let resp = answer(
+        bare_client()
+            .get(c.url("/dbs_and_roles"))
+            .bearer_auth(&c.token),
+    )
+    .await;
+    assert_eq!(resp.0, StatusCode::SERVICE_UNAVAILABLE, "{}", resp.2);
+    let log = c.log();
+    let lines = |path: &str| -> Vec<&str> {
+        log.lines()
+            .filter(|l| l.contains(&format!("uri={path}")))
+            .collect()
+    };
+    let readyz = lines("/readyz");
+    assert_eq!(
+        readyz
+            .iter()
+            .filter(|l| l.contains("finished processing request"))
+            .count(),
+        3,
+        "{readyz:#?}"
+    );
+    assert!(readyz.iter().all(|l| !l.contains("ERROR")), "{readyz:#?}");
+    assert!(
+        lines("/dbs_and_roles").iter().any(|l| l.contains("ERROR")),
+        "{log}"
+    );
+}

@@ -88,10 +88,14 @@ impl Auth {
         set
     }
 
-    /// Neon's decision (§4), with its status codes and texts.
+    /// Neon's decision (§4), with its status codes and texts. The scheme is case-insensitive
+    /// (RFC 7235): `bearer <token>` passes too.
     pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), ApiError> {
         let token = authorization
-            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .and_then(|v| {
+                let (scheme, token) = v.split_at(v.iter().position(|&b| b == b' ')?);
+                scheme.eq_ignore_ascii_case(b"Bearer").then_some(token)
+            })
             .and_then(|t| std::str::from_utf8(t).ok())
             .map(str::trim)
             .filter(|t| !t.is_empty())

@@ -2,6 +2,7 @@
 //! they hold no state logic. Authentication wraps the external router as one layer.
 
 pub mod auth;
+mod body;
 mod catalog;
 mod error;
 pub mod jwks;
@@ -12,13 +13,17 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use tokio::net::TcpListener;
 use tower_http::LatencyUnit;
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos, ServerErrorsAsFailures,
+    ServerErrorsFailureClass,
+};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::engine::EngineHandle;
@@ -56,30 +61,43 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
-/// The external routes, as (needing a token, open). Their handlers' annotations make the
-/// OpenAPI document, so a route cannot be served without being documented.
-fn external_routes() -> (OpenApiRouter<EngineHandle>, OpenApiRouter<EngineHandle>) {
-    let authenticated = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(routes::status))
-        .routes(routes!(routes::configure))
-        .routes(routes!(routes::terminate))
-        .routes(routes!(routes::metrics_json))
-        .routes(routes!(catalog::dbs_and_roles))
-        .routes(routes!(catalog::database_schema))
-        .routes(routes!(catalog::check_writability))
-        .routes(routes!(catalog::insights));
-    let open = OpenApiRouter::new()
-        .routes(routes!(routes::metrics))
-        .routes(routes!(routes::healthz))
-        .routes(routes!(routes::readyz))
-        .routes(routes!(openapi_json));
-    (authenticated, open)
+/// How a route is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Needs a token.
+    Token,
+    /// Needs a token, and may take as long as its work: `/configure` and `/terminate` answer
+    /// with the outcome, `/database_schema` streams a dump.
+    TokenLong,
+    /// No token: `/metrics`, the probes, `/openapi.json`.
+    Open,
+}
+
+/// A route's method router, wrapped as its [`Kind`] asks.
+type Wrap<'a> = &'a dyn Fn(Kind, MethodRouter<EngineHandle>) -> MethodRouter<EngineHandle>;
+
+/// The external routes. Their handlers' annotations make the OpenAPI document, so a route
+/// cannot be served without being documented; `wrap` adds what guards each.
+fn external_routes(wrap: Wrap) -> OpenApiRouter<EngineHandle> {
+    let route = |kind, routes: UtoipaMethodRouter<EngineHandle>| routes.map(|r| wrap(kind, r));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(route(Kind::Token, routes!(routes::status)))
+        .routes(route(Kind::TokenLong, routes!(routes::configure)))
+        .routes(route(Kind::TokenLong, routes!(routes::terminate)))
+        .routes(route(Kind::Token, routes!(routes::metrics_json)))
+        .routes(route(Kind::Token, routes!(catalog::dbs_and_roles)))
+        .routes(route(Kind::TokenLong, routes!(catalog::database_schema)))
+        .routes(route(Kind::Token, routes!(catalog::check_writability)))
+        .routes(route(Kind::Token, routes!(catalog::insights)))
+        .routes(route(Kind::Open, routes!(routes::metrics)))
+        .routes(route(Kind::Open, routes!(routes::healthz)))
+        .routes(route(Kind::Open, routes!(routes::readyz)))
+        .routes(route(Kind::Open, routes!(openapi_json)))
 }
 
 /// The OpenAPI 3 document of the external API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (authenticated, open) = external_routes();
-    authenticated.merge(open).split_for_parts().1
+    external_routes(&|_, route| route).split_for_parts().1
 }
 
 /// The document as served and committed (`docs/openapi.json`).
@@ -109,16 +127,17 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
 /// `reserved` names the roles a spec may not name (the `--connstr` user, the privileged role).
 pub fn external(engine: EngineHandle, compute_id: &str, reserved: &Reserved) -> Router {
     let auth = Auth::new(compute_id, engine.clone());
-    let (authenticated, open) = external_routes();
-    let (authenticated, _) = authenticated.split_for_parts();
-    let (open, _) = open.split_for_parts();
-    let authenticated = authenticated.route_layer(axum::middleware::from_fn_with_state(
-        auth.clone(),
-        auth::require_token,
-    ));
+    let token = axum::middleware::from_fn_with_state(auth, auth::require_token);
+    let (router, _) = external_routes(&|kind, route| {
+        let route = guard(kind, route);
+        match kind {
+            Kind::Token | Kind::TokenLong => route.route_layer(token.clone()),
+            Kind::Open => route,
+        }
+    })
+    .split_for_parts();
     with_request_log(
-        authenticated
-            .merge(open)
+        router
             .layer(axum::Extension(routes::ReservedRoles {
                 superuser: reserved.superuser.into(),
                 privileged_role: reserved.privileged_role.into(),
@@ -132,18 +151,29 @@ pub fn external(engine: EngineHandle, compute_id: &str, reserved: &Reserved) -> 
 pub fn internal(engine: EngineHandle) -> Router {
     with_request_log(
         Router::new()
-            .route("/status", get(routes::status))
-            .route("/metrics.json", get(routes::metrics_json))
-            .route("/extensions", post(catalog::extensions))
-            .route("/grants", post(catalog::grants))
+            .route("/status", guard(Kind::Open, get(routes::status)))
+            .route(
+                "/metrics.json",
+                guard(Kind::Open, get(routes::metrics_json)),
+            )
+            .route("/extensions", guard(Kind::Open, post(catalog::extensions)))
+            .route("/grants", guard(Kind::Open, post(catalog::grants)))
             .with_state(engine),
     )
 }
 
+/// What every route's handlers go through: the body check. Layers on a method router wrap its
+/// handlers only, so a method the route does not have is a 405 before any check (and before
+/// the token, which `external` adds outside), as an unknown path is a 404.
+fn guard(_kind: Kind, route: MethodRouter<EngineHandle>) -> MethodRouter<EngineHandle> {
+    route.route_layer(axum::middleware::from_fn(body::check))
+}
+
 /// `X-Request-Id` (echoed, or a new UUID) and one log line per request with its status and
-/// latency, as Neon's servers do.
+/// latency, as Neon's servers do. A 5xx is also logged at ERROR, but for the probes': a 503 of
+/// `/readyz` says "not running yet", not that something is wrong.
 fn with_request_log(router: Router) -> Router {
-    let trace = TraceLayer::new_for_http()
+    let trace = TraceLayer::new(ProbesAreNotFailures)
         .make_span_with(|request: &axum::http::Request<_>| {
             let id = request
                 .headers()
@@ -164,6 +194,47 @@ fn with_request_log(router: Router) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The request log's classifier: a 5xx is a failure (logged at ERROR) except on the probes.
+#[derive(Clone, Copy)]
+struct ProbesAreNotFailures;
+
+impl MakeClassifier for ProbesAreNotFailures {
+    type Classifier = ProbeOrNot;
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn make_classifier<B>(&self, request: &axum::http::Request<B>) -> ProbeOrNot {
+        ProbeOrNot {
+            probe: matches!(request.uri().path(), "/healthz" | "/readyz"),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ProbeOrNot {
+    probe: bool,
+}
+
+impl ClassifyResponse for ProbeOrNot {
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn classify_response<B>(
+        self,
+        response: &axum::http::Response<B>,
+    ) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        if self.probe {
+            ClassifiedResponse::Ready(Ok(()))
+        } else {
+            ServerErrorsAsFailures::new().classify_response(response)
+        }
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> Self::FailureClass {
+        ServerErrorsAsFailures::new().classify_error(error)
+    }
 }
 
 /// Bind a listener, naming the address in the error.

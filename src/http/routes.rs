@@ -162,16 +162,24 @@ pub async fn configure(
 
 #[derive(Debug, Deserialize)]
 pub struct TerminateQuery {
-    #[serde(default)]
-    mode: Mode,
+    mode: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Mode {
-    #[default]
-    Fast,
-    Immediate,
+impl TerminateQuery {
+    /// `fast` (the default) or `immediate`, in any case.
+    fn mode(&self) -> Result<TerminateMode, ApiError> {
+        match self.mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("fast") => Ok(TerminateMode::Fast),
+            Some("immediate") => Ok(TerminateMode::Immediate),
+            Some(_) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid mode {:?}: expected fast or immediate",
+                    self.mode.as_deref().unwrap_or_default()
+                ),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -185,7 +193,7 @@ pub struct TerminateResponse {
 /// after a fast stop, the end of the WAL on disk after an immediate one; `null` for a replica
 /// or static compute, or when Postgres never came up.
 #[utoipa::path(post, path = "/terminate", tag = "compute", security(("bearer" = [])),
-    params(("mode" = Option<String>, Query, description = "`fast` (default) or `immediate`")),
+    params(("mode" = Option<String>, Query, description = "`fast` (default) or `immediate`, in any case")),
     responses(
         (status = 200, description = "The compute is terminated", body = TerminateResponse),
         (status = 201, description = "It already was", body = TerminateResponse),
@@ -196,10 +204,7 @@ pub async fn terminate(
 ) -> Result<(StatusCode, Json<TerminateResponse>), ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text().to_lowercase()))?;
-    let mode = match query.mode {
-        Mode::Fast => TerminateMode::Fast,
-        Mode::Immediate => TerminateMode::Immediate,
-    };
+    let mode = query.mode()?;
     let terminated = |s: &Snapshot| TerminateResponse { lsn: s.lsn.clone() };
     match engine
         .request(Input::Event(Event::TerminateRequested { mode }))
