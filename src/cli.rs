@@ -136,6 +136,16 @@ pub struct RunArgs {
     #[arg(long, default_value = "300s", value_parser = configure_timeout)]
     pub configure_timeout: Duration,
 
+    /// Close an API connection that has not sent a whole request head within this time (e.g.
+    /// `10s`, `500ms`): a new one, or one idle between requests (HTTP keep-alive).
+    #[arg(long, default_value = "10s", value_parser = http_timeout)]
+    pub http_header_timeout: Duration,
+
+    /// Answer 503 to a request that has not been answered within this time, except
+    /// `/configure`, `/terminate` and `/database_schema`, which take as long as their work.
+    #[arg(long, default_value = "60s", value_parser = http_timeout)]
+    pub http_request_timeout: Duration,
+
     /// Reap orphaned processes as a child subreaper. Always on when compute_ctl is PID 1.
     #[arg(long)]
     pub reap_orphans: bool,
@@ -248,6 +258,14 @@ fn poll_interval(value: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))?;
     if d < Duration::from_millis(10) || d > Duration::from_secs(60) {
         return Err(format!("{value:?} is not between 10ms and 60s"));
+    }
+    Ok(d)
+}
+
+fn http_timeout(value: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("{value:?} is shorter than 10ms"));
     }
     Ok(d)
 }

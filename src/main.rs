@@ -181,20 +181,29 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let external = http::bind(external_addr).await?;
     let internal = http::bind(internal_addr).await?;
     let stop_serving = CancellationToken::new();
+    let request_timeout = args.http_request_timeout;
+    let (external_cap, internal_cap) = http::serve::connection_caps();
+    tracing::info!(
+        "API connections at once: {external_cap} external, {internal_cap} internal \
+         (RLIMIT_NOFILE less {} descriptors kept in reserve)",
+        http::serve::RESERVED_DESCRIPTORS
+    );
+    let external_router = http::external(handle.clone(), &compute_id, &reserved, request_timeout);
+    let internal_router = http::internal(handle.clone(), request_timeout);
     let servers = [
-        (
-            external,
-            http::external(handle.clone(), &compute_id, &reserved),
-        ),
-        (internal, http::internal(handle.clone())),
+        (external, external_router, external_cap),
+        (internal, internal_router, internal_cap),
     ]
-    .map(|(listener, router)| {
+    .map(|(listener, router, cap)| {
         let stop = stop_serving.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
+        let header_timeout = args.http_header_timeout;
+        tokio::spawn(http::serve::serve(
+            listener,
+            router,
+            cap,
+            header_timeout,
+            stop,
+        ))
     });
     let notifier = systemd::spawn(&handle);
     let signalled = CancellationToken::new();

@@ -5,6 +5,8 @@
 mod common;
 
 use std::process::Command as StdCommand;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -451,4 +453,219 @@ async fn readyz_503_is_not_logged_as_an_error() {
         lines("/dbs_and_roles").iter().any(|l| l.contains("ERROR")),
         "{log}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded connections
+// ---------------------------------------------------------------------------------------------
+
+/// Open a connection, send half a request head (counted in `sent`), and wait until the server
+/// closes it. Returns how long after the connection was established it was closed, or None
+/// when it could not connect.
+async fn half_sent(port: u16, sent: Arc<AtomicUsize>) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let mut stream = tokio::time::timeout(Duration::from_secs(30), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let connected = Instant::now();
+    stream.write_all(b"GET /status HTTP/1.1\r\n").await.ok()?;
+    sent.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0; 1024];
+    let closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), closed)
+        .await
+        .expect("a half-sent request is never closed");
+    Some(connected.elapsed())
+}
+
+/// 2,000 connections that never finish their request head, against a compute_ctl with 1,024
+/// descriptors: both ports still answer `/status` (the internal one at once), and the server
+/// closes every one of them after the header timeout; an idle keep-alive connection too. A
+/// request not answered within the request timeout is a JSON 503, but for the long calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn half_sent_requests_are_bounded_and_timed_out() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FLOOD: usize = 2000;
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+    // This process holds the flood's client ends.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 4 * FLOOD as u64 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 16), hard).unwrap();
+    }
+
+    let mut c = Compute::new("flood");
+    let mut cfg = config(None);
+    cfg["compute_ctl_config"]["jwks"] = c.jwks();
+    let path = c.write_file("config.json", &cfg.to_string());
+    let mut args = c.base_args();
+    args.extend([
+        "--http-header-timeout".into(),
+        "2s".into(),
+        "--http-request-timeout".into(),
+        "1s".into(),
+        "-c".into(),
+        path.into(),
+    ]);
+    c.start_raw_via(&["prlimit", "--nofile=1024:1024"], args);
+    c.wait_for_status("empty").await;
+
+    let started = Instant::now();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| tokio::spawn(half_sent(c.external_port, sent.clone())))
+        .collect();
+    // compute_ctl is saturated: it holds as many connections as it takes (all it can, or
+    // 1,024 descriptors less its reserve), and no more come in.
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", c.child_pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let (mut held, mut since) = (0, Instant::now());
+    while held < 700 || since.elapsed() < Duration::from_millis(500) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the flood is too slow: {} sent, compute_ctl holds {held} descriptors",
+            sent.load(Ordering::Relaxed),
+        );
+        if fds() != held {
+            (held, since) = (fds(), Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "{} half-sent requests, {} descriptors held after {:?}",
+        sent.load(Ordering::Relaxed),
+        fds(),
+        started.elapsed()
+    );
+
+    // The internal port answers at once, the external one as soon as the flood's turn is over.
+    let client = bare_client();
+    let resp = client
+        .get(c.internal_url("/status"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("internal /status under the flood: {e}\n{}", c.log_tail(20)));
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = client
+        .get(c.url("/status"))
+        .bearer_auth(&c.token)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("external /status under the flood: {e}\n{}", c.log_tail(20)));
+    assert_eq!(resp.status(), StatusCode::OK);
+    eprintln!(
+        "external /status answered {:?} into the flood",
+        started.elapsed()
+    );
+
+    let mut lifetimes = Vec::new();
+    for task in flood {
+        lifetimes.push(task.await.unwrap().expect("every connection gets through"));
+    }
+    let shortest = lifetimes.iter().min().unwrap();
+    eprintln!(
+        "flood closed after {:?} (connections lived {shortest:?} to {:?})",
+        started.elapsed(),
+        lifetimes.iter().max().unwrap()
+    );
+    assert!(
+        *shortest >= HEADER_TIMEOUT - Duration::from_millis(300),
+        "a half-sent connection was closed after {shortest:?}"
+    );
+    assert!(
+        !c.log().contains("accepting a connection failed"),
+        "{}",
+        c.log_tail(20)
+    );
+
+    // An idle keep-alive connection is closed after the same time.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", c.external_port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let idle = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("an idle keep-alive connection is never closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let idle = idle.elapsed();
+    assert!(
+        idle >= HEADER_TIMEOUT - Duration::from_millis(300),
+        "idle for {idle:?}"
+    );
+
+    // A request whose body never comes: 503 after the request timeout on the quick routes,
+    // on both ports; the long calls wait for it.
+    for (port, path, token) in [
+        (c.external_port, "/check_writability", true),
+        (c.internal_port, "/grants", false),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let auth = if token {
+            format!("Authorization: Bearer {}\r\n", c.token)
+        } else {
+            String::new()
+        };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"a\""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let asked = Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer"))
+            .unwrap();
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        assert!(reply.starts_with("HTTP/1.1 503"), "{path}: {reply}");
+        assert!(
+            reply.contains("request timed out after 1s"),
+            "{path}: {reply}"
+        );
+        assert!(asked.elapsed() >= Duration::from_millis(900), "{path}");
+    }
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", c.external_port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /configure HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 4\r\n\r\n{{",
+        c.token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(b"xx}").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("/configure answers")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+
+    assert_eq!(c.status().await["status"], "empty");
+    c.signal(Signal::SIGTERM);
+    assert!(c.wait_exit().await.success());
 }

@@ -8,9 +8,14 @@ mod error;
 pub mod jwks;
 mod metrics;
 mod routes;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::http::StatusCode;
 
 use axum::Router;
 use axum::routing::{MethodRouter, get, post};
@@ -125,11 +130,16 @@ async fn openapi_json() -> impl axum::response::IntoResponse {
 /// The control plane's API (Neon's external port). Every route but `/metrics`, the probes and
 /// `/openapi.json` needs a token that `auth` verifies against the keys in force.
 /// `reserved` names the roles a spec may not name (the `--connstr` user, the privileged role).
-pub fn external(engine: EngineHandle, compute_id: &str, reserved: &Reserved) -> Router {
+pub fn external(
+    engine: EngineHandle,
+    compute_id: &str,
+    reserved: &Reserved,
+    request_timeout: Duration,
+) -> Router {
     let auth = Auth::new(compute_id, engine.clone());
     let token = axum::middleware::from_fn_with_state(auth, auth::require_token);
     let (router, _) = external_routes(&|kind, route| {
-        let route = guard(kind, route);
+        let route = guard(kind, route, request_timeout);
         match kind {
             Kind::Token | Kind::TokenLong => route.route_layer(token.clone()),
             Kind::Open => route,
@@ -148,25 +158,46 @@ pub fn external(engine: EngineHandle, compute_id: &str, reserved: &Reserved) -> 
 
 /// The on-box API, bound to loopback and without auth, as Neon's: read-only views for local
 /// tools, and the catalog changes of `/extensions` and `/grants`.
-pub fn internal(engine: EngineHandle) -> Router {
+pub fn internal(engine: EngineHandle, request_timeout: Duration) -> Router {
+    let route = |route| guard(Kind::Open, route, request_timeout);
     with_request_log(
         Router::new()
-            .route("/status", guard(Kind::Open, get(routes::status)))
-            .route(
-                "/metrics.json",
-                guard(Kind::Open, get(routes::metrics_json)),
-            )
-            .route("/extensions", guard(Kind::Open, post(catalog::extensions)))
-            .route("/grants", guard(Kind::Open, post(catalog::grants)))
+            .route("/status", route(get(routes::status)))
+            .route("/metrics.json", route(get(routes::metrics_json)))
+            .route("/extensions", route(post(catalog::extensions)))
+            .route("/grants", route(post(catalog::grants)))
             .with_state(engine),
     )
 }
 
-/// What every route's handlers go through: the body check. Layers on a method router wrap its
-/// handlers only, so a method the route does not have is a 405 before any check (and before
-/// the token, which `external` adds outside), as an unknown path is a 404.
-fn guard(_kind: Kind, route: MethodRouter<EngineHandle>) -> MethodRouter<EngineHandle> {
-    route.route_layer(axum::middleware::from_fn(body::check))
+/// What every route's handlers go through: the body check, and but for the long calls the
+/// request timeout (reading the body included). Layers on a method router wrap its handlers
+/// only, so a method the route does not have is a 405 before any check (and before the
+/// token, which `external` adds outside), as an unknown path is a 404.
+fn guard(
+    kind: Kind,
+    route: MethodRouter<EngineHandle>,
+    request_timeout: Duration,
+) -> MethodRouter<EngineHandle> {
+    let route = route.route_layer(axum::middleware::from_fn(body::check));
+    if kind == Kind::TokenLong {
+        return route;
+    }
+    route.route_layer(
+        tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(
+                move |_: tower::BoxError| async move {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "request timed out after {}",
+                            humantime::format_duration(request_timeout)
+                        ),
+                    )
+                },
+            ))
+            .timeout(request_timeout),
+    )
 }
 
 /// `X-Request-Id` (echoed, or a new UUID) and one log line per request with its status and
