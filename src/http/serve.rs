@@ -53,13 +53,13 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             accepted = async {
-                let permit = permits.clone().acquire_owned().await;
+                let permit = permits.clone().acquire_owned().await.expect("never closed");
                 (permit, listener.accept().await)
             } => accepted,
             _ = stop.cancelled() => break,
         };
         let (permit, stream) = match accepted {
-            (Ok(permit), Ok((stream, _))) => (permit, stream),
+            (permit, Ok((stream, _))) => (permit, stream),
             (_, Err(e)) if is_connection_error(&e) => continue,
             (_, Err(e)) => {
                 // Out of descriptors despite the cap, or the like: let them come back.
@@ -69,7 +69,6 @@ pub async fn serve(
                     _ = stop.cancelled() => break,
                 }
             }
-            (Err(_), _) => unreachable!("the semaphore is never closed"),
         };
         let service = TowerToHyperService::new(router.clone());
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
