@@ -10,6 +10,7 @@ mod fake_pageserver;
 mod auth;
 mod catalog;
 mod control_plane;
+mod edge;
 mod examples;
 mod layers;
 mod lifecycle;
