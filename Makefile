@@ -25,10 +25,13 @@ run: postgres build
 	$(BIN) -D $(RUN_DIR)/pgdata -C postgresql://cloud_admin@127.0.0.1:$(PG_PORT)/postgres \
 	    -i local-demo -c .run/compute.json
 
-## Formatting, lints, then every test (needs PostgreSQL: installed if missing). The tests
-## include the diagram's freshness (states/src/mermaid.rs).
+## Formatting, lints, every test (needs PostgreSQL: installed if missing; the tests include the
+## diagram's freshness, states/src/mermaid.rs), then the OpenAPI fuzz (schemathesis, installed
+## into .run/venv if missing) against a live compute.
 test: postgres lint
+	scripts/install-schemathesis
 	$(CARGO) test --workspace
+	scripts/api-fuzz
 
 lint:
 	$(CARGO) fmt --all --check

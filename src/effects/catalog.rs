@@ -158,8 +158,13 @@ pub async fn schema_dump(
     database: &str,
     cancel: CancellationToken,
 ) -> Result<(SchemaDump, JoinHandle<()>), CatalogError> {
-    // Empty, too long or with a NUL byte: no database can have that name.
-    quoted("database", database)?;
+    // Empty, too long or with a NUL byte: no database has that name (and a name over 63 bytes
+    // must not reach pg_dump, where libpq's server would cut it to another database's name).
+    if quoted("database", database).is_err() {
+        return Err(CatalogError::NotFound(format!(
+            "database {database:?} does not exist"
+        )));
+    }
     let mut conn = connect(node, node.default_database(), "compute_ctl:database_schema").await?;
     let exists: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1")

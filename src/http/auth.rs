@@ -91,21 +91,35 @@ impl Auth {
     /// Neon's decision (§4), with its status codes and texts. The scheme is case-insensitive
     /// (RFC 7235): `bearer <token>` passes too.
     pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), ApiError> {
-        let token = authorization
-            .and_then(|v| {
-                let (scheme, token) = v.split_at(v.iter().position(|&b| b == b' ')?);
-                scheme.eq_ignore_ascii_case(b"Bearer").then_some(token)
-            })
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid authorization token"))?;
-        let claims = self.verify(token).ok_or_else(|| {
-            ApiError::new(
+        // No credentials at all: RFC 7235's 401 (Neon answers 400, as for a malformed header).
+        let Some(authorization) = authorization else {
+            return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "failed to verify authorization token",
-            )
-        })?;
+                "missing authorization token",
+            ));
+        };
+        // Another scheme, or none: Neon's 400. A Bearer credential that is empty or not text
+        // is simply one no key verifies (401).
+        let split = authorization.iter().position(|&b| b == b' ');
+        let (scheme, token) = authorization.split_at(split.unwrap_or(authorization.len()));
+        if !scheme.eq_ignore_ascii_case(b"Bearer") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid authorization token",
+            ));
+        }
+        let token = std::str::from_utf8(token)
+            .map(str::trim)
+            .unwrap_or_default();
+        let claims = (!token.is_empty())
+            .then(|| self.verify(token))
+            .flatten()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "failed to verify authorization token",
+                )
+            })?;
         if claims.scope == Some(Scope::Admin) {
             return match &claims.aud {
                 None => Err(ApiError::new(
@@ -209,6 +223,17 @@ pub async fn require_token(State(auth): State<Auth>, request: Request, next: Nex
         .map(|v| v.as_bytes());
     match auth.check(header) {
         Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+            let mut response = e.into_response();
+            if unauthorized {
+                // RFC 6750: a 401 names the scheme it wants.
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
     }
 }

@@ -127,9 +127,9 @@ pub struct SchemaQuery {
         (status = 200, description = "The output of `pg_dump --schema-only`, streamed as it \
             is written. A failure after the first byte cuts the response short.",
             body = String, content_type = "text/plain; charset=utf-8"),
-        (status = 400, description = "No `database` parameter, or one that no database can \
-            have (empty, a NUL byte, over 63 bytes)", body = ErrorBody),
-        (status = 404, description = "No such database (checked before `pg_dump` starts)", body = ErrorBody),
+        (status = 400, description = "No `database` parameter", body = ErrorBody),
+        (status = 404, description = "No such database (checked before `pg_dump` starts), \
+            including names no database can have (empty, a NUL byte, over 63 bytes)", body = ErrorBody),
         (status = 412, description = "A termination has begun", body = ErrorBody),
         (status = 500, description = "`pg_dump` failed before writing anything (its stderr)", body = ErrorBody),
         (status = 503, description = "Postgres cannot be reached", body = ErrorBody)))]
@@ -163,7 +163,7 @@ fn first_chunk(
 #[utoipa::path(post, path = "/check_writability", tag = "catalog", security(("bearer" = [])),
     responses(
         (status = 200, description = "The write succeeded (or failed only because the disk is \
-            full, as on Neon): `true`", body = bool),
+            full, as on Neon): `true`", body = bool, content_type = "application/json"),
         (status = 409, description = "Postgres accepts no writes: it is in recovery (a standby) \
             or read-only", body = ErrorBody),
         (status = 412, description = "The compute is not running", body = ErrorBody),

@@ -102,7 +102,61 @@ fn external_routes(wrap: Wrap) -> OpenApiRouter<EngineHandle> {
 
 /// The OpenAPI 3 document of the external API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    external_routes(&|_, route| route).split_for_parts().1
+    let mut doc = external_routes(&|_, route| route).split_for_parts().1;
+    common_responses(&mut doc);
+    doc
+}
+
+/// The routes that answer when their work is done, without the request timeout.
+const LONG_PATHS: [&str; 3] = ["/configure", "/terminate", "/database_schema"];
+
+/// The answers the layers give around every handler, so that the document lists every status
+/// a route can answer: the token check's (400 malformed header, 401 missing or unverified
+/// token, 403 another compute's token), the body's (400 not UTF-8, 413 too large) and the
+/// request timeout's 503.
+fn common_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            let mut added = Vec::new();
+            if operation.security.is_some() {
+                added.push(("400", "The `Authorization` header is not `Bearer <token>` (Neon's `invalid authorization token`), or the request is malformed"));
+                added.push(("401", "No token, or no trusted key verifies it (also an admin token without the `compute` audience); the answer has `WWW-Authenticate: Bearer`"));
+                added.push((
+                    "403",
+                    "The token's `compute_id` is missing or names another compute",
+                ));
+            }
+            if operation.request_body.is_some() {
+                added.push(("400", "The body is not UTF-8 or not JSON"));
+                added.push(("413", "The body is larger than 2 MiB"));
+            }
+            if !LONG_PATHS.contains(&path.as_str()) {
+                added.push((
+                    "503",
+                    "The request did not finish within `--http-request-timeout`",
+                ));
+            }
+            for (code, description) in added {
+                operation
+                    .responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error(description).into());
+            }
+        }
+    }
 }
 
 /// The document as served and committed (`docs/openapi.json`).

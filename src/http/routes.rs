@@ -99,11 +99,54 @@ pub async fn metrics_json(State(engine): State<EngineHandle>) -> Json<ComputeMet
     Json(engine.snapshot().metrics.clone())
 }
 
+/// The shape of a `/configure` body, for the OpenAPI document: the required fields of Neon's
+/// `ComputeSpec` and `ComputeCtlConfig`. The handler parses with `spec::parse_request`, which
+/// checks every field (a wrong shape is a 422 naming its JSON path, a bad value a 400).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ConfigureBody {
+    spec: SpecShape,
+    compute_ctl_config: CtlConfigShape,
+}
+
+/// Neon's `ComputeSpec`; its other fields are optional.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct SpecShape {
+    /// 1.x
+    #[schema(minimum = 1.0, exclusive_maximum = 2.0)]
+    format_version: f64,
+    suspend_timeout_seconds: i64,
+    cluster: ClusterShape,
+}
+
+/// Neon's `Cluster`: roles `{"name", "encrypted_password", "options"}`, databases `{"name",
+/// "owner", "options"}`, settings `{"name", "value", "vartype"}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ClusterShape {
+    #[schema(value_type = Vec<Object>)]
+    roles: (),
+    #[schema(value_type = Vec<Object>)]
+    databases: (),
+    #[schema(value_type = Option<Vec<Object>>)]
+    settings: (),
+}
+
+/// `{"jwks": {"keys": [JWK, ...]}}`: the keys that will verify tokens once this configuration
+/// runs (an empty set keeps the keys in force).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CtlConfigShape {
+    #[schema(value_type = Object)]
+    jwks: (),
+}
+
 /// `POST /configure`: validate, hand the spec to the machine, answer with the outcome. The
 /// body's key set goes with the spec: the engine trusts it once the spec reaches `running`.
 #[utoipa::path(post, path = "/configure", tag = "compute", security(("bearer" = [])),
-    request_body(content = Object, content_type = "application/json",
-        description = "`{\"spec\": ComputeSpec, \"compute_ctl_config\": {\"jwks\": JwkSet}}` (Neon's `ConfigurationRequest`)"),
+    request_body(content = ConfigureBody, content_type = "application/json",
+        description = "Neon's `ConfigurationRequest`: both fields required"),
     responses(
         (status = 200, description = "The compute is running with this spec", body = StatusResponse),
         (status = 400, description = "Not JSON, or a value fails validation (named by its JSON path)", body = ErrorBody),

@@ -363,7 +363,7 @@ async fn auth_scheme_case_and_wrong_methods() {
         answer(bare_client().request(reqwest::Method::OPTIONS, c.url("/no/such/route"))).await;
     assert_eq!(resp.0, StatusCode::NOT_FOUND);
     let resp = answer(bare_client().get(c.url("/status"))).await;
-    assert_json_error(&resp, 400, "invalid authorization token", "no header");
+    assert_json_error(&resp, 401, "missing authorization token", "no header");
 }
 
 /// `?mode=` is case-insensitive; another value is a 400 naming the allowed ones. During the
