@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::Connection;
+use sqlx::{Connection, PgConnection};
 
 /// A database name that libpq would read as a connection string if it were passed as
 /// `pg_dump -d`: it must be dumped as a name.
@@ -54,6 +54,18 @@ async fn post_internal(c: &Compute, path: &str, body: &Value) -> (StatusCode, Va
         .await
         .unwrap_or_else(|e| panic!("POST {path}: {e}"));
     Compute::response(resp).await
+}
+
+/// A session of `db` that holds an exclusive lock on a new table, so a dump of `db` waits.
+async fn hold_a_lock(c: &Compute, db: &str) -> PgConnection {
+    let mut holder = c.connect(db).await;
+    exec(&mut holder, "CREATE TABLE busy (id int)").await;
+    exec(
+        &mut holder,
+        "BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    holder
 }
 
 /// `GET /database_schema?database=<db>`: (status, content type, body text).
@@ -258,13 +270,7 @@ async fn schema_dump_is_killed_when_the_client_goes_away() {
     ));
     c.wait_for_status("running").await;
 
-    let mut holder = c.connect(name).await;
-    exec(&mut holder, "CREATE TABLE busy (id int)").await;
-    exec(
-        &mut holder,
-        "BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE",
-    )
-    .await;
+    let mut holder = hold_a_lock(&c, name).await;
 
     let url = c.url("/database_schema");
     let client = c.http().clone();
@@ -667,13 +673,7 @@ async fn catalog_requests_racing_a_termination_get_an_answer_or_412() {
     c.wait_for_status("running").await;
 
     // A dump that cannot finish: its table is locked.
-    let mut holder = c.connect(name).await;
-    exec(&mut holder, "CREATE TABLE busy (id int)").await;
-    exec(
-        &mut holder,
-        "BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE",
-    )
-    .await;
+    let holder = hold_a_lock(&c, name).await;
     let url = c.url("/database_schema");
     let client = c.http().clone();
     let dump = tokio::spawn(async move {
