@@ -13,13 +13,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release/compute_ctl /usr/local/bin/compute_ctl
 
 FROM debian:${DEBIAN}-slim
-# No default cluster: compute_ctl builds its own PGDATA at every start. Unpinned versions on
+# No default cluster: compute_ctl builds its own PGDATA at every start. openssl checks the key
+# of compute_ctl_config.tls against its certificate. Unpinned versions on
 # purpose: the image takes Debian's security updates of PostgreSQL 15 when rebuilt.
 # hadolint ignore=DL3008
 RUN mkdir -p /etc/postgresql-common/createcluster.d \
     && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/compute_ctl.conf \
     && apt-get update \
-    && apt-get install -y --no-install-recommends postgresql-15 ca-certificates \
+    && apt-get install -y --no-install-recommends postgresql-15 ca-certificates openssl \
     && rm -rf /var/lib/apt/lists/* \
     # Postgres's socket directory (systemd-tmpfiles makes it on a host; nothing does here).
     && install -d -o postgres -g postgres -m 2775 /var/run/postgresql \

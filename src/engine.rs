@@ -322,9 +322,13 @@ impl<R: Runner> Engine<R> {
                         postgres_running, ..
                     } => Job::Configure {
                         spec: configuration.spec,
+                        tls: configuration.tls,
                         postgres_running,
                     },
-                    _ => Job::Start(configuration.spec),
+                    _ => Job::Start {
+                        spec: configuration.spec,
+                        tls: configuration.tls,
+                    },
                 }
             }
             Command::RunOperation { op } => {

@@ -127,7 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         Some(_) => SpecSource::ControlPlane,
         None => SpecSource::File,
     };
-    let (spec, jwks) = match (config, &args.spec_path) {
+    let (spec, jwks, tls) = match (config, &args.spec_path) {
         (Some(config), _) => {
             // Checked here (each key must decode); the engine trusts the set from the start.
             http::jwks::verifying_keys(&config.compute_ctl_config.jwks, "compute_ctl_config.jwks.")
@@ -135,10 +135,19 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     Some(path) => path.display().to_string(),
                     None => "the control plane's answer".to_owned(),
                 })?;
-            (config.spec, config.compute_ctl_config.jwks)
+            (
+                config.spec,
+                config.compute_ctl_config.jwks,
+                config.compute_ctl_config.tls,
+            )
         }
-        // A bare spec has no compute_ctl_config, hence no keys: the API refuses every token.
-        (None, Some(path)) => (Some(spec::load_spec(path, &reserved)?), Default::default()),
+        // A bare spec has no compute_ctl_config, hence no keys (the API refuses every token)
+        // and no TLS.
+        (None, Some(path)) => (
+            Some(spec::load_spec(path, &reserved)?),
+            Default::default(),
+            None,
+        ),
         (None, None) => {
             anyhow::bail!("give a spec with --config, --spec-path or --control-plane-uri")
         }
@@ -216,6 +225,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             let configuration = Configuration {
                 spec: Arc::new(spec),
                 jwks: Default::default(),
+                tls,
                 source,
             };
             tokio::spawn(

@@ -16,6 +16,7 @@ pub mod process;
 pub mod reaper;
 mod sql;
 pub mod storage;
+pub mod tls;
 mod wal;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +34,7 @@ use crate::monitor::{self, Monitor};
 use crate::node::Node;
 use crate::report::{Job, Runner};
 use crate::report::{Reporter, millis};
-use crate::spec::{ComputeFeature, ComputeMode, ValidSpec};
+use crate::spec::{ComputeFeature, ComputeMode, TlsConfig, ValidSpec};
 use crate::vm_monitor::VmMonitor;
 use postgres::Postmaster;
 
@@ -99,7 +100,7 @@ impl Effects {
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
         };
-        if let Job::Start(spec) | Job::Configure { spec, .. } = &job {
+        if let Job::Start { spec, .. } | Job::Configure { spec, .. } = &job {
             self.mode = Some(spec.mode);
             let experimental = spec
                 .features
@@ -110,19 +111,20 @@ impl Effects {
                 .store(spec.disable_lfc_resizing == Some(true), Ordering::Relaxed);
         }
         match job {
-            Job::Start(spec) => self.spawn_cancellable(
-                async move { work.start(spec).await }.instrument(info_span!("start_postgres")),
+            Job::Start { spec, tls } => self.spawn_cancellable(
+                async move { work.start(spec, tls).await }.instrument(info_span!("start_postgres")),
             ),
             Job::Configure {
                 spec,
+                tls,
                 postgres_running,
             } => self.spawn_cancellable(
                 async move {
                     work.reporter.event(Event::ConfigurationStarted);
                     if postgres_running {
-                        work.reconfigure(spec).await
+                        work.reconfigure(spec, tls).await
                     } else {
-                        work.start(spec).await
+                        work.start(spec, tls).await
                     }
                 }
                 .instrument(info_span!("configure", postgres_running)),
@@ -242,8 +244,8 @@ async fn within<T>(
 
 impl Work {
     /// Build PGDATA, start Postgres, then apply the spec.
-    async fn start(&self, spec: Arc<ValidSpec>) {
-        let started = match self.start_postgres(&spec).await {
+    async fn start(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) {
+        let started = match self.start_postgres(&spec, tls.as_ref()).await {
             Ok(started) => started,
             Err(error) => {
                 self.reporter.event(Event::StartFailed {
@@ -297,8 +299,14 @@ impl Work {
     async fn start_postgres(
         &self,
         spec: &ValidSpec,
+        tls: Option<&TlsConfig>,
     ) -> anyhow::Result<(Postmaster, std::time::Duration, Box<dyn storage::Backend>)> {
         let backend = storage::choose(&self.storage, spec)?;
+        // Checked before PGDATA is touched: a bad pair fails the start at once.
+        let tls_pair = match tls {
+            Some(tls) => Some(tls::check(&self.node, tls).await?),
+            None => None,
+        };
         let cx = storage::Prepare {
             node: &self.node,
             spec,
@@ -308,7 +316,10 @@ impl Work {
             .prepare(&cx)
             .await
             .with_context(|| format!("preparing PGDATA ({} storage)", backend.name()))?;
-        pgdata::write_postgresql_conf(&self.node, spec)?;
+        if let Some(pair) = &tls_pair {
+            pair.write(&self.node)?;
+        }
+        pgdata::write_postgresql_conf(&self.node, spec, tls.is_some())?;
         pgdata::write_static_files(&self.node, backend.ephemeral())?;
         let began = Instant::now();
         let postmaster = postgres::spawn(&self.node, self.reporter.clone())?;
@@ -318,11 +329,11 @@ impl Work {
         Ok((postmaster, began.elapsed(), backend))
     }
 
-    /// Rewrite postgresql.conf, have Postgres check it, reload, apply the spec; all within
-    /// `--configure-timeout`.
-    async fn reconfigure(&self, spec: Arc<ValidSpec>) {
+    /// Install the TLS pair, rewrite postgresql.conf, have Postgres check it, reload, apply the
+    /// spec; all within `--configure-timeout`.
+    async fn reconfigure(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) {
         let deadline = Instant::now() + self.node.configure_timeout;
-        if let Err(error) = self.reload(&spec, deadline).await {
+        if let Err(error) = self.reload(&spec, tls.as_ref(), deadline).await {
             self.reporter.event(Event::ConfigurationFailed {
                 error: format!("{error:#}"),
             });
@@ -332,15 +343,40 @@ impl Work {
             .await;
     }
 
-    /// Write the new postgresql.conf and reload Postgres once it accepts the file. When it
-    /// does not (or cannot be asked), the previous file is put back and reloaded, so the
-    /// configuration in force, and the warnings that describe it, stay as they were.
-    async fn reload(&self, spec: &ValidSpec, deadline: Instant) -> anyhow::Result<()> {
+    /// Install the TLS pair (a pair that does not match fails here, before anything is
+    /// written), write the new postgresql.conf and reload Postgres once it accepts the file.
+    /// When it does not (or cannot be asked), the previous files are put back and reloaded, so
+    /// the configuration in force, and the warnings that describe it, stay as they were.
+    async fn reload(
+        &self,
+        spec: &ValidSpec,
+        tls: Option<&TlsConfig>,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
         let postmaster = lock(&self.postmaster)
             .clone()
             .context("no postmaster to reconfigure")?;
         let previous = pgdata::read_postgresql_conf(&self.node)?;
-        pgdata::write_postgresql_conf(&self.node, spec)?;
+        let previous_tls = tls::installed(&self.node)?;
+        if let Some(tls) = tls {
+            let installed = within(
+                deadline,
+                self.node.configure_timeout,
+                "checking the TLS key and certificate",
+                tls::install(&self.node, tls),
+            )
+            .await;
+            if let Err(error) = installed {
+                // Only a failed write leaves anything to undo: a bad pair writes nothing.
+                tls::restore(&self.node, &previous_tls).with_context(|| {
+                    format!("{error:#}; putting back the previous TLS key and certificate")
+                })?;
+                return Err(anyhow!(
+                    "{error:#}; the previous TLS key and certificate stay in force"
+                ));
+            }
+        }
+        pgdata::write_postgresql_conf(&self.node, spec, tls.is_some())?;
         let checked = within(
             deadline,
             self.node.configure_timeout,
@@ -360,6 +396,9 @@ impl Work {
             Err(error) => {
                 pgdata::restore_postgresql_conf(&self.node, &previous).with_context(|| {
                     format!("{error:#}; putting back the previous postgresql.conf")
+                })?;
+                tls::restore(&self.node, &previous_tls).with_context(|| {
+                    format!("{error:#}; putting back the previous TLS key and certificate")
                 })?;
                 // Should anything have reloaded the new file meanwhile.
                 postmaster.signal(Signal::SIGHUP);

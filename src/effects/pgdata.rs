@@ -370,8 +370,10 @@ pub fn initdb_command(node: &Node, target: &Path) -> tokio::process::Command {
 /// initdb's options besides the target and the superuser (part of a template's key).
 pub const INITDB_OPTIONS: &[&str] = &["--encoding=UTF8", "--locale=C.UTF-8", "--auth=trust"];
 
-/// Write `postgresql.conf` for this spec (at start and on every reconfiguration).
-pub fn write_postgresql_conf(node: &Node, spec: &ValidSpec) -> anyhow::Result<()> {
+/// Write `postgresql.conf` for this spec (at start and on every reconfiguration). With `tls`,
+/// Postgres serves TLS with the pair `tls::install` put into PGDATA; these lines come
+/// last, so the spec's settings cannot turn it off.
+pub fn write_postgresql_conf(node: &Node, spec: &ValidSpec, tls: bool) -> anyhow::Result<()> {
     let body = pgconf::postgresql_conf(spec, node.port)?;
     let socket = match node.socket_directory() {
         Some(dir) => format!(
@@ -381,11 +383,22 @@ pub fn write_postgresql_conf(node: &Node, spec: &ValidSpec) -> anyhow::Result<()
         ),
         None => String::new(),
     };
+    let tls = if tls {
+        format!(
+            "\n# compute_ctl_config.tls: the pair compute_ctl checked and copied into PGDATA\n\
+             ssl = on\n\
+             ssl_cert_file = '{}'\n\
+             ssl_key_file = '{}'\n",
+            TLS_CERT_FILE, TLS_KEY_FILE
+        )
+    } else {
+        String::new()
+    };
     let text = format!(
         "# Written by compute_ctl at every start and reconfiguration: edits are lost.\n\
          # initdb's probed defaults come first; everything below overrides them.\n\
          include_if_exists = '{INITDB_CONF}'\n\
-         include_if_exists = '{STORAGE_CONF}'\n{socket}\n{body}"
+         include_if_exists = '{STORAGE_CONF}'\n{socket}\n{body}{tls}"
     );
     write_owned(node, "postgresql.conf", &text)
 }
@@ -418,14 +431,33 @@ pub fn write_static_files(node: &Node, ephemeral: bool) -> anyhow::Result<()> {
     write_owned(node, STORAGE_CONF, storage)
 }
 
+/// The copies of `compute_ctl_config.tls`'s pair in PGDATA (`tls.rs`), as Neon names
+/// them; `ssl_cert_file` and `ssl_key_file` name them relative to PGDATA.
+pub const TLS_CERT_FILE: &str = "server.crt";
+pub const TLS_KEY_FILE: &str = "server.key";
+
 /// Settings that follow from the storage backend, included before the spec's.
 const STORAGE_CONF: &str = "compute_ctl_storage.conf";
 
 /// Write a file into PGDATA atomically (temp + rename), owned by the Postgres user, mode 0600.
 fn write_owned(node: &Node, name: &str, text: &str) -> anyhow::Result<()> {
+    write_owned_bytes(node, name, text.as_bytes())
+}
+
+/// [`write_owned`] for any contents.
+pub fn write_owned_bytes(node: &Node, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = node.pgdata.join(name);
     let tmp = node.pgdata.join(format!(".{name}.tmp"));
-    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    // Created 0600: a key is never readable by others, not even for a moment.
+    let _ = fs::remove_file(&tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| io::Write::write_all(&mut file, bytes))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
     give_to_postgres(node, &tmp)?;
     fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;

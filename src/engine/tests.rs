@@ -102,6 +102,7 @@ impl Harness {
             .request(Input::Spec(Configuration {
                 spec: spec(),
                 jwks,
+                tls: None,
                 source: SpecSource::Configure,
             }))
             .await
@@ -160,6 +161,7 @@ async fn a_startup_spec_starts_and_the_monitor_follows_the_first_running() {
         .request(Input::Spec(Configuration {
             spec: spec(),
             jwks: JwkSet::default(),
+            tls: None,
             source: SpecSource::File,
         }))
         .await

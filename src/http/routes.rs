@@ -133,13 +133,25 @@ struct ClusterShape {
     settings: (),
 }
 
-/// `{"jwks": {"keys": [JWK, ...]}}`: the keys that will verify tokens once this configuration
-/// runs (an empty set keeps the keys in force).
+/// `{"jwks": {"keys": [JWK, ...]}, "tls": {...}}`: the keys that will verify tokens once this
+/// configuration runs (an empty set keeps the keys in force), and the pair Postgres serves TLS
+/// with (none: no TLS).
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct CtlConfigShape {
     #[schema(value_type = Object)]
     jwks: (),
+    tls: Option<TlsShape>,
+}
+
+/// Neon's `TlsConfig`: paths, as compute_ctl sees them, of the server's PEM key and certificate.
+/// A key that does not match its certificate, or a file that cannot be read, fails the
+/// configuration (500) and the pair in force keeps serving.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct TlsShape {
+    key_path: String,
+    cert_path: String,
 }
 
 /// `POST /configure`: validate, hand the spec to the machine, answer with the outcome. The
@@ -180,6 +192,7 @@ pub async fn configure(
     let configuration = Configuration {
         spec: Arc::new(request.spec),
         jwks: request.compute_ctl_config.jwks,
+        tls: request.compute_ctl_config.tls,
         source: SpecSource::Configure,
     };
     let seq = engine

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control_plane;
 use crate::operation::{Operation, OperationError};
-use crate::spec::{JwkSet, ValidSpec};
+use crate::spec::{JwkSet, TlsConfig, ValidSpec};
 
 /// Startup timings, with Neon's field names and order (all milliseconds unless named).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -56,6 +56,8 @@ pub struct Configuration {
     /// `compute_ctl_config.jwks`: trusted once this configuration reaches `running` (an empty
     /// set keeps the keys in force).
     pub jwks: JwkSet,
+    /// `compute_ctl_config.tls`: the pair Postgres serves TLS with (none: no TLS).
+    pub tls: Option<TlsConfig>,
     pub source: SpecSource,
 }
 
@@ -199,10 +201,14 @@ pub enum OperateError {
 /// [`Runner`] executes. `Exit` never gets here: the engine itself leaves.
 pub enum Job {
     /// Build PGDATA, start Postgres, apply the spec.
-    Start(Arc<ValidSpec>),
+    Start {
+        spec: Arc<ValidSpec>,
+        tls: Option<TlsConfig>,
+    },
     /// Apply a spec from `/configure`, starting Postgres if it does not run.
     Configure {
         spec: Arc<ValidSpec>,
+        tls: Option<TlsConfig>,
         postgres_running: bool,
     },
     StartMonitor,
@@ -214,7 +220,7 @@ pub enum Job {
 impl Job {
     pub fn name(&self) -> &'static str {
         match self {
-            Job::Start(_) => "start",
+            Job::Start { .. } => "start",
             Job::Configure { .. } => "configure",
             Job::StartMonitor => "start monitor",
             Job::Operation(_) => "operation",

@@ -25,5 +25,6 @@ mod reconcile;
 mod storage;
 mod systemd;
 mod termination;
+mod tls;
 mod upstream;
 mod vm_monitor;

@@ -157,7 +157,7 @@ impl Backend for Neon {
     fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             pgdata::claim(cx.node).await?;
-            pgdata::write_postgresql_conf(cx.node, cx.spec)?;
+            pgdata::write_postgresql_conf(cx.node, cx.spec, false)?;
             let lsn = self.lsn(cx).await?;
             tracing::info!("getting basebackup@{lsn} from pageserver");
             self.basebackup(cx, lsn).await?;
