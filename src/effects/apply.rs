@@ -238,9 +238,10 @@ pub struct MigrationFailed {
 /// transaction, stopping at the first failure. Returns how many ran or were skipped. When all
 /// are done already this only reads the tracking table.
 pub async fn migrate(node: &Node) -> Result<usize, MigrationFailed> {
-    let options = node.connect_options(node.default_database(), "compute_ctl:migrations");
+    // A configuration's session: bounded connect and statements, like the apply's.
+    let options = sql::options(node, node.default_database(), "compute_ctl:migrations");
     let failed = |id: i64| move |error: anyhow::Error| MigrationFailed { id, error };
-    let mut conn = PgConnection::connect_with(&options)
+    let mut conn = sql::connect(&options, sql::connect_timeout(node))
         .await
         .context("connecting to postgres")
         .map_err(failed(1))?;

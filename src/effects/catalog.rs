@@ -17,13 +17,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::process;
+use super::sql::CONNECT_TIMEOUT;
 use crate::node::Node;
 use crate::operation::{Catalog, Insights, OperationError as CatalogError, Privilege, SchemaDump};
 use crate::quote;
 use crate::spec::{Database, MAX_NAME_BYTES, Role};
-
-/// How long a catalog request waits for a connection before it reports Postgres unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a `pg_dump` whose client went away has to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);

@@ -3,6 +3,8 @@
 //! A termination cancels it: the reply is dropped unanswered (the requester then answers with
 //! the status that cancelled it), and a schema dump already streaming is cut with an error.
 
+use std::time::Duration;
+
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -10,6 +12,10 @@ use super::catalog;
 use crate::node::Node;
 use crate::operation::{Operation, OperationError};
 use crate::vm_monitor::filecache::FileCache;
+
+/// A resize is a connection and three short statements; a Postgres that does not answer in
+/// this time fails the downscale rather than holding the agent's request.
+const RESIZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(node: &Node, operation: Operation, cancel: CancellationToken) {
     let streaming = tokio::select! {
@@ -81,10 +87,13 @@ async fn answer(
         }
         Operation::ResizeFileCache { bytes, reply } => {
             let options = node.connect_options(node.default_database(), "vm-monitor");
-            let result = FileCache::new(options)
-                .set_size(bytes)
-                .await
-                .map_err(|e| OperationError::Failed(format!("{e:#}")));
+            let cache = FileCache::new(options);
+            let result = match tokio::time::timeout(RESIZE_TIMEOUT, cache.set_size(bytes)).await {
+                Ok(set) => set.map_err(|e| OperationError::Failed(format!("{e:#}"))),
+                Err(_) => Err(OperationError::Unreachable(format!(
+                    "resizing the file cache took more than {RESIZE_TIMEOUT:?}"
+                ))),
+            };
             let _ = reply.send(result);
         }
     }

@@ -12,8 +12,8 @@ use sqlx::{Connection, PgConnection};
 
 use crate::node::Node;
 
-/// The longest a connection may take to be established.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection of compute_ctl's may take to be established.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a configuration's connection may take: 10 s, or `--configure-timeout` if shorter.
 pub fn connect_timeout(node: &Node) -> Duration {

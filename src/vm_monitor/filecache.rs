@@ -59,8 +59,8 @@ impl FileCache {
         Self { options }
     }
 
-    /// `Some` when Postgres has the neon extension's `neon.file_cache_size_limit`.
-    pub async fn detect(options: PgConnectOptions) -> anyhow::Result<Option<Self>> {
+    /// Whether Postgres has the neon extension's `neon.file_cache_size_limit`.
+    pub async fn present(options: PgConnectOptions) -> anyhow::Result<bool> {
         let mut conn = PgConnection::connect_with(&options)
             .await
             .context("connecting to Postgres")?;
@@ -72,7 +72,7 @@ impl FileCache {
         .await
         .context("looking for neon.file_cache_size_limit in pg_settings")?;
         let _ = conn.close().await;
-        Ok(found.then_some(Self { options }))
+        Ok(found)
     }
 
     /// Set the cache size (capped by `neon.max_file_cache_size`) and reload; returns the size

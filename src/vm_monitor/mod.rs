@@ -199,9 +199,9 @@ impl VmMonitor {
             cancel.clone(),
         ));
         let options = node.connect_options(node.default_database(), "vm-monitor");
-        let file_cache = match filecache::FileCache::detect(options).await {
-            Ok(Some(_)) => true,
-            Ok(None) => {
+        let file_cache = match filecache::FileCache::present(options).await {
+            Ok(true) => true,
+            Ok(false) => {
                 tracing::info!(
                     "vm-monitor: Postgres has no neon.file_cache_size_limit (not a Neon Postgres): the file cache is not resized"
                 );
