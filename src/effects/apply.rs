@@ -3,9 +3,13 @@
 //! Each phase is one round trip where Postgres allows it: consecutive statements that may share
 //! a transaction are sent as one multi-statement query (one implicit transaction: all or none);
 //! `CREATE`/`DROP DATABASE` go alone. Per-database phases open one connection per database and
-//! run up to `concurrency` databases at once.
+//! run up to `concurrency` databases at once. The database phase ([`Phase::Concurrent`]) runs
+//! its groups on the maintenance connection and a few more (see [`create_sessions`]): each
+//! `CREATE DATABASE` is a round trip of its own that mostly waits on I/O, so several at once
+//! finish sooner than one after the other.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
@@ -18,7 +22,7 @@ use crate::node::Node;
 use crate::reconcile::migrations::{self, Migration};
 use crate::reconcile::{self, Catalog, DatabaseState, Phase, RoleState, Statement};
 use crate::reconcile::{DatabaseAttrs, RoleAttrs};
-use crate::spec::{Reserved, ValidSpec};
+use crate::spec::{READY_DATABASE_PREFIX, Reserved, ValidSpec};
 
 const APPLICATION_NAME: &str = "compute_ctl:apply_config";
 
@@ -37,6 +41,11 @@ pub async fn apply(node: &Node, spec: &ValidSpec, concurrency: usize) -> anyhow:
             Phase::Main { name, statements } => run(&mut conn, name, None, statements).await?,
             Phase::PerDatabase { name, databases } => {
                 per_database(node, name, databases, concurrency).await?
+            }
+            Phase::Concurrent { name, groups } => {
+                let sessions = create_sessions().min(groups.len());
+                tracing::info!(sessions, "{name}: {} databases", groups.len());
+                concurrent(node, &mut conn, name, groups, sessions).await?
             }
         }
     }
@@ -74,6 +83,89 @@ async fn per_database(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// At most how many sessions the database phase uses: twice the cores, at most 8 (measured in
+/// BENCHMARKS.md: on 2 cores, several sessions create databases two to three times as fast as
+/// one). Not bounded by Neon's per-database concurrency (`reconfigure_concurrency` is 1 by
+/// default): these sessions all use the maintenance database, as compute_ctl's superuser,
+/// which may use the slots Postgres reserves for superusers; one that cannot connect leaves its
+/// share to the others.
+fn create_sessions() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * 2).clamp(1, 8)
+}
+
+/// Run the groups of a [`Phase::Concurrent`] on `conn` and up to `sessions - 1` more
+/// connections to the maintenance database, each session taking the next group when it is done
+/// with one. Every group runs even when another failed (they are independent: what succeeded
+/// stays, as it would one after the other); the error reported is that of the first failed
+/// group in plan order, so the same spec fails the same way whatever the timing. A session
+/// that cannot connect leaves its share to the others.
+async fn concurrent(
+    node: &Node,
+    conn: &mut PgConnection,
+    phase: &'static str,
+    groups: &[(String, Vec<Statement>)],
+    sessions: usize,
+) -> anyhow::Result<()> {
+    let groups: Arc<[(String, Vec<Statement>)]> = groups.into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let timeout = sql::connect_timeout(node);
+    let mut tasks = JoinSet::new();
+    for _ in 1..sessions {
+        let options = sql::options(node, node.default_database(), APPLICATION_NAME);
+        let (groups, next) = (groups.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut conn = match sql::connect(&options, timeout).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!("phase {phase:?}: one session fewer: {error:#}");
+                    return Vec::new();
+                }
+            };
+            let failed = take_groups(&mut conn, phase, &groups, &next).await;
+            conn.close().await.ok();
+            failed
+        });
+    }
+    let mut failed = take_groups(conn, phase, &groups, &next).await;
+    // Wait for every session, so nothing still runs when the error is reported.
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(errors) => failed.extend(errors),
+            Err(error) => failed.push((usize::MAX, anyhow::Error::from(error))),
+        }
+    }
+    failed.sort_by_key(|(at, _)| *at);
+    match failed.into_iter().next() {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Run groups, taking the next one not taken, until none is left; the failed ones by index. A
+/// session that no longer answers stops taking groups.
+async fn take_groups(
+    conn: &mut PgConnection,
+    phase: &'static str,
+    groups: &[(String, Vec<Statement>)],
+    next: &AtomicUsize,
+) -> Vec<(usize, anyhow::Error)> {
+    let mut failed = Vec::new();
+    loop {
+        let at = next.fetch_add(1, Ordering::Relaxed);
+        let Some((_, statements)) = groups.get(at) else {
+            break;
+        };
+        if let Err(error) = run(conn, phase, None, statements).await {
+            failed.push((at, error));
+            if conn.ping().await.is_err() {
+                break;
+            }
+        }
+    }
+    failed
 }
 
 /// Run `statements` in order, batching what may share a transaction.
@@ -198,16 +290,30 @@ async fn read_catalog(conn: &mut PgConnection, roles: &Reserved<'_>) -> anyhow::
             granted: row.try_get(5)?,
             subscriptions: subscriptions.try_into().unwrap_or(usize::MAX),
         };
-        catalog.databases.insert(row.try_get(0)?, state);
+        let name: String = row.try_get(0)?;
+        if is_ready_database(&name, &state.owner, roles.superuser) {
+            // compute_ctl's own: never the user's. Taken only when intact (connectable ones
+            // were not made by compute_ctl, or someone used them).
+            if !state.invalid && !state.attrs.allow_connections && !state.attrs.is_template {
+                catalog.ready.push((name, state.attrs));
+            }
+            continue;
+        }
+        catalog.databases.insert(name, state);
     }
-    let (health_check, marks): (bool, bool) = sqlx::query_as(
+    catalog.ready.sort_by(|a, b| a.0.cmp(&b.0));
+    let (health_check, marks, file_copy): (bool, bool, bool) = sqlx::query_as(
         "SELECT pg_catalog.to_regclass('public.health_check') IS NOT NULL, \
-         pg_catalog.to_regclass('neon.drop_subscriptions_done') IS NOT NULL",
+         pg_catalog.to_regclass('neon.drop_subscriptions_done') IS NOT NULL, \
+         NOT pg_catalog.current_setting('fsync')::pg_catalog.bool \
+         AND COALESCE(pg_catalog.current_setting('neon.pageserver_connstring', true), '') \
+         OPERATOR(pg_catalog.=) ''",
     )
     .fetch_one(&mut *conn)
     .await
     .context("looking for public.health_check")?;
     catalog.main.health_check = health_check;
+    catalog.file_copy = file_copy;
     catalog.main.extensions =
         sqlx::query_scalar("SELECT extname::text FROM pg_catalog.pg_extension")
             .fetch_all(&mut *conn)
@@ -224,6 +330,12 @@ async fn read_catalog(conn: &mut PgConnection, roles: &Reserved<'_>) -> anyhow::
         catalog.main.subscriptions_dropped_for = timelines.into_iter().flatten().collect();
     }
     Ok(catalog)
+}
+
+/// Whether a database is one of compute_ctl's ready databases ([`READY_DATABASE_PREFIX`],
+/// owned by its superuser), hidden from everything that reports or reconciles the user's.
+pub fn is_ready_database(name: &str, owner: &str, superuser: &str) -> bool {
+    name.starts_with(READY_DATABASE_PREFIX) && owner == superuser
 }
 
 /// Why Neon's migrations stopped: the migration that failed, and how.

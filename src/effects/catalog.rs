@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::apply::is_ready_database;
 use super::process;
 use super::sql::CONNECT_TIMEOUT;
 use crate::node::Node;
@@ -87,7 +88,8 @@ fn quoted(what: &str, name: &str) -> Result<String, CatalogError> {
 // ---------------------------------------------------------------------------------------------
 
 /// Every role of `pg_authid` and every database of `pg_database`, as Postgres has them now
-/// (not as the spec asks), sorted by name.
+/// (not as the spec asks), sorted by name; but compute_ctl's ready databases (made ahead for
+/// specs to take, see [`crate::spec::READY_DATABASE_PREFIX`]), which are not the user's.
 pub async fn dbs_and_roles(node: &Node) -> Result<Catalog, CatalogError> {
     let mut conn = connect(node, node.default_database(), "compute_ctl:dbs_and_roles").await?;
     let roles =
@@ -118,6 +120,10 @@ pub async fn dbs_and_roles(node: &Node) -> Result<Catalog, CatalogError> {
     .await
     .map_err(|e| from_sqlx("reading pg_database", e))?
     .into_iter()
+    .filter(|row| {
+        let (name, owner) = (row.try_get::<&str, _>(0), row.try_get::<&str, _>(1));
+        !matches!((name, owner), (Ok(name), Ok(owner)) if is_ready_database(name, owner, &node.superuser))
+    })
     .map(|row| {
         Ok(Database {
             name: row.try_get(0)?,

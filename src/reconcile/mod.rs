@@ -9,6 +9,12 @@
 //! `public.health_check`, drop roles, and the mark that subscriptions were dropped ([`neon`]
 //! writes the SQL of Neon's model; Neon's migrations are listed in [`migrations`]).
 //!
+//! Databases are created in one phase, one group of statements per database, which the apply
+//! runs on several sessions at once (`CREATE DATABASE` cannot share a transaction, so each is a
+//! round trip of its own). A new database without creation-only options takes an empty one
+//! made ahead ([`Catalog::ready`]) with `ALTER DATABASE … RENAME TO`, which costs a catalog
+//! update instead of a copy of `template1`.
+//!
 //! The planner walks an in-memory copy of the catalog through the phases, so every statement is
 //! planned against the state the previous ones leave; and it only plans what changes
 //! something, so re-planning after the plan ran yields nothing, even with the same delta
@@ -22,6 +28,7 @@ pub mod neon;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::quote::{self, QuoteError};
+use crate::spec::options::DatabaseOptions;
 use crate::spec::{ComputeSpec, Delta, Reserved, Role, ValidSpec};
 pub use attrs::{DatabaseAttrs, RoleAttrs};
 
@@ -32,6 +39,15 @@ pub struct Catalog {
     pub databases: BTreeMap<String, DatabaseState>,
     /// What the default (`--connstr`) database holds.
     pub main: MainDatabase,
+    /// Empty databases compute_ctl made ahead ([`crate::spec::READY_DATABASE_PREFIX`], owned by
+    /// its superuser, not connectable), in the order they are taken: never in `databases`,
+    /// never the user's until a spec database takes one.
+    pub ready: Vec<(String, DatabaseAttrs)>,
+    /// `CREATE DATABASE` gets `STRATEGY FILE_COPY` (unless the spec names a strategy):
+    /// Postgres runs with `fsync = off` on local storage, where copying the files is about twice
+    /// as fast as WAL-logging every page (the default); with fsync on it is far slower
+    /// (two synced checkpoints per database). Figures in BENCHMARKS.md.
+    pub file_copy: bool,
 }
 
 /// The objects of the default database that the plan creates when they are missing.
@@ -96,12 +112,21 @@ pub enum Phase {
         name: &'static str,
         databases: Vec<(String, Vec<Statement>)>,
     },
+    /// Runs on connections to the maintenance database, several groups at once: each group's
+    /// statements in order on one connection, the groups in any order. One group per database
+    /// (named by its first member), independent of the others.
+    Concurrent {
+        name: &'static str,
+        groups: Vec<(String, Vec<Statement>)>,
+    },
 }
 
 impl Phase {
     pub fn name(&self) -> &'static str {
         match self {
-            Phase::Main { name, .. } | Phase::PerDatabase { name, .. } => name,
+            Phase::Main { name, .. }
+            | Phase::PerDatabase { name, .. }
+            | Phase::Concurrent { name, .. } => name,
         }
     }
 
@@ -109,6 +134,7 @@ impl Phase {
         match self {
             Phase::Main { statements, .. } => statements.len(),
             Phase::PerDatabase { databases, .. } => databases.iter().map(|(_, s)| s.len()).sum(),
+            Phase::Concurrent { groups, .. } => groups.iter().map(|(_, s)| s.len()).sum(),
         }
     }
 
@@ -176,6 +202,20 @@ pub fn startup_concurrency(spec: &ComputeSpec) -> usize {
         Some(_) => 100,
         None => 10,
     }
+}
+
+/// Options of `CREATE DATABASE` that `ALTER DATABASE` can set afterwards, as rendered in
+/// [`DatabaseOptions::create`].
+const ALTERABLE: [&str; 3] = ["ALLOW_CONNECTIONS ", "CONNECTION LIMIT ", "IS_TEMPLATE "];
+
+/// Whether a spec database asks for something only `CREATE DATABASE` gives (a template, an
+/// encoding, a locale, a strategy, a tablespace…): it cannot be a ready database renamed, which
+/// has `template1`'s.
+pub fn creation_only(wanted: &DatabaseOptions) -> bool {
+    wanted
+        .create
+        .iter()
+        .any(|clause| !ALTERABLE.iter().any(|a| clause.starts_with(a)))
 }
 
 /// Whether `shared_preload_libraries` names `pg_stat_statements` (Neon's test: a substring).
@@ -410,21 +450,54 @@ pub fn plan_with_outcome(
         statements,
     });
 
-    let mut statements = Vec::new();
+    let mut groups: Vec<(String, Vec<Statement>)> = Vec::new();
     // Spec databases granted to the privileged role by this plan: their schema `public` is
     // set up below.
     let mut granted = Vec::new();
     for (db, wanted) in spec.databases() {
         let name = quote::ident(&db.name)?;
         let owner = quote::ident(&db.owner)?;
+        let mut statements = Vec::new();
         match now.databases.get_mut(&db.name) {
             None => {
-                let opts: String = wanted.create.iter().map(|c| format!("{c} ")).collect();
-                statements.push(Statement::alone(format!(
-                    "CREATE DATABASE {name} {opts}OWNER {owner}"
-                )));
                 let mut attrs = DatabaseAttrs::default();
                 attrs.apply(wanted);
+                if !creation_only(wanted) && !now.ready.is_empty() {
+                    // What CREATE DATABASE … OWNER would leave, in one transaction: the
+                    // ready database has template1's contents, encoding and locale, no ACL.
+                    let (ready, has) = now.ready.remove(0);
+                    statements.push(Statement::batched(format!(
+                        "ALTER DATABASE {} RENAME TO {name}",
+                        quote::ident(&ready)?
+                    )));
+                    statements.push(Statement::batched(format!(
+                        "ALTER DATABASE {name} OWNER TO {owner}"
+                    )));
+                    let target = DatabaseOptions {
+                        create: Vec::new(),
+                        allow_connections: Some(attrs.allow_connections),
+                        connection_limit: Some(attrs.connection_limit),
+                        is_template: Some(attrs.is_template),
+                    };
+                    let changes = has.alter_clauses(&target);
+                    if !changes.is_empty() {
+                        statements.push(Statement::batched(format!(
+                            "ALTER DATABASE {name} WITH {}",
+                            changes.join(" ")
+                        )));
+                    }
+                } else {
+                    let opts: String = wanted.create.iter().map(|c| format!("{c} ")).collect();
+                    let strategy = match now.file_copy
+                        && !wanted.create.iter().any(|c| c.starts_with("STRATEGY "))
+                    {
+                        true => "STRATEGY FILE_COPY ",
+                        false => "",
+                    };
+                    statements.push(Statement::alone(format!(
+                        "CREATE DATABASE {name} {opts}{strategy}OWNER {owner}"
+                    )));
+                }
                 now.databases.insert(
                     db.name.clone(),
                     DatabaseState {
@@ -464,6 +537,9 @@ pub fn plan_with_outcome(
             state.granted = true;
             granted.push(db.name.clone());
         }
+        if !statements.is_empty() {
+            groups.push((db.name.clone(), statements));
+        }
     }
     // A role cannot be dropped while it owns objects or holds privileges in any database.
     let doomed: Vec<&str> = spec
@@ -477,19 +553,24 @@ pub fn plan_with_outcome(
         .collect();
     // A database owned by a role being deleted goes to the admin here, not to whichever
     // per-database REASSIGN (which also moves databases) happens to run first.
+    // After the database's own statements, on the same connection.
     for (db, state) in now.databases.iter_mut() {
         if doomed.contains(&state.owner.as_str()) {
-            statements.push(Statement::batched(format!(
+            let statement = Statement::batched(format!(
                 "ALTER DATABASE {} OWNER TO {}",
                 quote::ident(db)?,
                 quote::ident(admin)?
-            )));
+            ));
+            match groups.iter_mut().find(|(name, _)| name == db) {
+                Some((_, statements)) => statements.push(statement),
+                None => groups.push((db.clone(), vec![statement])),
+            }
             state.owner = admin.to_owned();
         }
     }
-    plan.push(Phase::Main {
+    plan.push(Phase::Concurrent {
         name: "create and alter databases",
-        statements,
+        groups,
     });
 
     let mut databases = Vec::new();

@@ -57,6 +57,8 @@ fn fresh() -> Catalog {
         ]
         .into(),
         main: MainDatabase::default(),
+        ready: Vec::new(),
+        file_copy: false,
     }
 }
 
@@ -102,6 +104,10 @@ fn render(plan: &Plan) -> Vec<(&'static str, Vec<String>)> {
                 Phase::PerDatabase { databases, .. } => databases
                     .iter()
                     .flat_map(|(db, st)| st.iter().map(move |s| format!("[{db}] {}", s.sql)))
+                    .collect(),
+                Phase::Concurrent { groups, .. } => groups
+                    .iter()
+                    .flat_map(|(_, st)| st.iter().map(|s| s.sql.clone()))
                     .collect(),
             };
             (phase.name(), statements)
@@ -696,5 +702,199 @@ fn startup_concurrency_follows_neon() {
             Some("fsync = off\nmax_connections = 60\n")
         ),
         20
+    );
+}
+
+/// A spec of databases with these options (`[name, value, vartype]`), owned by `app`.
+fn databases_spec(databases: &[(&str, &[[&str; 3]])]) -> ValidSpec {
+    let databases: Vec<_> = databases
+        .iter()
+        .map(|(name, options)| {
+            let options: Vec<_> = options
+                .iter()
+                .map(|[n, v, t]| serde_json::json!({"name": n, "value": v, "vartype": t}))
+                .collect();
+            serde_json::json!({"name": name, "owner": "app", "options": options})
+        })
+        .collect();
+    parse_spec(
+        serde_json::json!({"format_version": 1.0, "suspend_timeout_seconds": -1,
+            "cluster": {"roles": [{"name": "app", "encrypted_password": null, "options": null}],
+                        "databases": databases}})
+        .to_string()
+        .as_bytes(),
+        &ADMIN,
+    )
+    .unwrap()
+}
+
+/// How the template backend's ready databases look in the catalog.
+fn ready(names: &[&str]) -> Vec<(String, DatabaseAttrs)> {
+    names
+        .iter()
+        .map(|n| {
+            let attrs = DatabaseAttrs {
+                allow_connections: false,
+                ..DatabaseAttrs::default()
+            };
+            (n.to_string(), attrs)
+        })
+        .collect()
+}
+
+/// The groups of the database phase: database → statements.
+fn groups(plan: &Plan) -> Vec<(String, Vec<(String, bool)>)> {
+    let phase = plan
+        .phases
+        .iter()
+        .find(|p| p.name() == "create and alter databases")
+        .expect("a database phase");
+    let Phase::Concurrent { groups, .. } = phase else {
+        panic!("the database phase runs its groups concurrently: {phase:?}")
+    };
+    groups
+        .iter()
+        .map(|(db, st)| {
+            let st = st.iter().map(|s| (s.sql.clone(), s.alone)).collect();
+            (db.clone(), st)
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_database_takes_a_ready_one_unless_it_asks_for_creation_options() {
+    let spec = databases_spec(&[
+        ("plain", &[]),
+        ("c", &[["TEMPLATE", "template0", "enum"]]),
+        ("limited", &[["CONNECTION LIMIT", "5", "integer"]]),
+        ("l", &[["LOCALE", "C", "string"]]),
+        ("late", &[]),
+    ]);
+    let mut catalog = prepared();
+    catalog.ready = ready(&["compute_ctl_ready_0", "compute_ctl_ready_1"]);
+    let (plan, after) = plan_with_outcome(&spec, &catalog, &ADMIN).unwrap();
+    let b = |sql: &str| (sql.to_owned(), false);
+    assert_eq!(
+        groups(&plan),
+        [
+            (
+                "plain".to_owned(),
+                vec![
+                    b("ALTER DATABASE \"compute_ctl_ready_0\" RENAME TO \"plain\""),
+                    b("ALTER DATABASE \"plain\" OWNER TO \"app\""),
+                    b("ALTER DATABASE \"plain\" WITH ALLOW_CONNECTIONS true"),
+                    b(&grant("plain")),
+                ]
+            ),
+            (
+                "c".to_owned(),
+                vec![
+                    (
+                        "CREATE DATABASE \"c\" TEMPLATE template0 OWNER \"app\"".to_owned(),
+                        true
+                    ),
+                    b(&grant("c")),
+                ]
+            ),
+            (
+                // An option ALTER DATABASE can set does not stop a take.
+                "limited".to_owned(),
+                vec![
+                    b("ALTER DATABASE \"compute_ctl_ready_1\" RENAME TO \"limited\""),
+                    b("ALTER DATABASE \"limited\" OWNER TO \"app\""),
+                    b("ALTER DATABASE \"limited\" WITH ALLOW_CONNECTIONS true CONNECTION LIMIT 5"),
+                    b(&grant("limited")),
+                ]
+            ),
+            (
+                "l".to_owned(),
+                vec![
+                    (
+                        "CREATE DATABASE \"l\" LOCALE 'C' OWNER \"app\"".to_owned(),
+                        true
+                    ),
+                    b(&grant("l")),
+                ]
+            ),
+            (
+                // None left: created.
+                "late".to_owned(),
+                vec![
+                    ("CREATE DATABASE \"late\" OWNER \"app\"".to_owned(), true),
+                    b(&grant("late")),
+                ]
+            ),
+        ]
+    );
+    // Taken ones are the user's now, as created ones are; the rest are still ready.
+    assert!(after.ready.is_empty());
+    assert_eq!(after.databases["limited"].attrs.connection_limit, 5);
+    assert!(after.databases["plain"].attrs.allow_connections);
+    assert_eq!(after.databases["plain"].owner, "app");
+    // Every database gets its schema privileges, taken or created.
+    let rendered = render(&plan);
+    let schemas = rendered
+        .iter()
+        .find(|(n, _)| *n == "schema privileges")
+        .unwrap();
+    assert_eq!(schemas.1.len(), 5);
+    assert_idempotent(&spec, &catalog);
+}
+
+#[test]
+fn ready_databases_are_left_alone_when_nothing_is_created() {
+    let spec = databases_spec(&[("plain", &[])]);
+    let (_, mut catalog) = plan_with_outcome(&spec, &prepared(), &ADMIN).unwrap();
+    catalog.ready = ready(&["compute_ctl_ready_0"]);
+    let (plan, after) = plan_with_outcome(&spec, &catalog, &ADMIN).unwrap();
+    assert!(plan.is_empty(), "{plan:#?}");
+    assert_eq!(after.ready, catalog.ready);
+}
+
+#[test]
+fn file_copy_is_the_strategy_unless_the_spec_names_one() {
+    let spec = databases_spec(&[
+        ("plain", &[]),
+        ("walled", &[["STRATEGY", "wal_log", "enum"]]),
+        ("c", &[["TEMPLATE", "template0", "enum"]]),
+    ]);
+    let mut catalog = prepared();
+    catalog.file_copy = true;
+    let creates: Vec<String> = groups(&plan(&spec, &catalog, &ADMIN).unwrap())
+        .into_iter()
+        .map(|(_, st)| st[0].0.clone())
+        .collect();
+    assert_eq!(
+        creates,
+        [
+            "CREATE DATABASE \"plain\" STRATEGY FILE_COPY OWNER \"app\"",
+            "CREATE DATABASE \"walled\" STRATEGY wal_log OWNER \"app\"",
+            "CREATE DATABASE \"c\" TEMPLATE template0 STRATEGY FILE_COPY OWNER \"app\"",
+        ]
+    );
+    // Without it, Postgres's default.
+    catalog.file_copy = false;
+    let first = &groups(&plan(&spec, &catalog, &ADMIN).unwrap())[0].1[0].0;
+    assert_eq!(first, "CREATE DATABASE \"plain\" OWNER \"app\"");
+}
+
+#[test]
+fn the_database_of_a_deleted_role_is_handed_over_in_its_own_group() {
+    let spec = fixture();
+    let (_, mut catalog) = plan_with_outcome(&spec, &fresh(), &ADMIN).unwrap();
+    catalog.roles.insert("zenith2".to_owned(), role(None));
+    catalog
+        .databases
+        .insert("zenith2db".to_owned(), db("zenith2"));
+    let found = groups(&plan(&spec, &catalog, &ADMIN).unwrap());
+    assert_eq!(
+        found,
+        [(
+            "zenith2db".to_owned(),
+            vec![(
+                "ALTER DATABASE \"zenith2db\" OWNER TO \"cloud_admin\"".to_owned(),
+                false
+            )]
+        )]
     );
 }

@@ -606,6 +606,48 @@ fn unknown_delta_actions_are_refused() {
 }
 
 #[test]
+fn the_ready_database_prefix_is_refused_with_its_path() {
+    let name = format!("{}0", crate::spec::READY_DATABASE_PREFIX);
+    for (path, field) in [
+        (
+            vec!["cluster", "databases", "1", "name"],
+            "cluster.databases[1].name",
+        ),
+        (
+            vec!["delta_operations", "0", "name"],
+            "delta_operations[0].name",
+        ),
+        (
+            vec!["delta_operations", "1", "name"],
+            "delta_operations[1].name",
+        ),
+        (
+            vec!["delta_operations", "1", "new_name"],
+            "delta_operations[1].new_name",
+        ),
+    ] {
+        let mut v = fixture_value();
+        let mut at = &mut v;
+        for step in path {
+            at = match step.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[step],
+            };
+        }
+        *at = json!(name);
+        let err = parse_value(&v).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("at {field}: reserved database name: ")),
+            "{err}"
+        );
+    }
+    // Only the exact prefix is compute_ctl's: another case is another name.
+    let mut v = fixture_value();
+    v["cluster"]["databases"][1]["name"] = json!("Compute_ctl_ready_0");
+    parse_value(&v).unwrap();
+}
+
+#[test]
 fn reserved_roles_are_refused() {
     for name in [
         "cloud_admin",

@@ -19,6 +19,27 @@ pub const DEFAULT_PRIVILEGED_ROLE: &str = "neon_superuser";
 /// The administrator role of Neon's older computes.
 const ZENITH_ADMIN: &str = "zenith_admin";
 
+/// Databases whose name starts with this, owned by compute_ctl's superuser, are compute_ctl's
+/// own: empty databases made ahead (the `template` backend makes them with its template) that
+/// a new spec database takes with a rename instead of `CREATE DATABASE`. They are never
+/// reported as the user's, and a spec may not name a database with this prefix.
+pub const READY_DATABASE_PREFIX: &str = "compute_ctl_ready_";
+
+/// Refuse a database name with the reserved prefix ([`READY_DATABASE_PREFIX`]).
+fn check_database_name(field: String, name: &str) -> Result<(), SpecError> {
+    if name.starts_with(READY_DATABASE_PREFIX) {
+        return Err(SpecError::invalid(
+            field,
+            name,
+            format!(
+                "reserved database name: compute_ctl keeps names starting with \
+                 {READY_DATABASE_PREFIX} for the empty databases it makes ahead"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The roles a spec may not create, alter, rename or delete. A spec that demoted or dropped
 /// compute_ctl's own superuser would leave a compute that no later spec can repair.
 #[derive(Debug, Clone, Copy)]
@@ -199,6 +220,7 @@ pub(super) fn validate_at(
     for (i, db) in spec.cluster.databases.iter().enumerate() {
         let field = at(&format!("cluster.databases[{i}]"));
         check_name(format!("{field}.name"), &db.name, "database name")?;
+        check_database_name(format!("{field}.name"), &db.name)?;
         if !names.insert(db.name.as_str()) {
             return Err(SpecError::invalid(
                 format!("{field}.name"),
@@ -273,6 +295,12 @@ pub(super) fn validate_at(
         }
         if let Delta::RenameRole { new_name, .. } = &delta {
             reserved.check(format!("{field}.new_name"), new_name)?;
+        }
+        if let Delta::DeleteDb { name } | Delta::RenameDb { name, .. } = &delta {
+            check_database_name(format!("{field}.name"), name)?;
+        }
+        if let Delta::RenameDb { new_name, .. } = &delta {
+            check_database_name(format!("{field}.new_name"), new_name)?;
         }
         deltas.push(delta);
     }

@@ -19,7 +19,8 @@ const STAMP: &str = "template.stamp";
 pub(super) const ORIGIN: &str = "origin";
 const STAMP_HEADER: &str = "compute_ctl template 1";
 /// Bump when the layout of a template changes, so old caches are not mistaken for new ones.
-const LAYOUT: &str = "layout 1";
+/// Layout 2: the template holds ready databases (see [`super::READY_DATABASES`]).
+const LAYOUT: &str = "layout 2";
 
 /// The uid and gid the files of PGDATA belong to: the Postgres user's when compute_ctl is root,
 /// else compute_ctl's own (and nothing is changed).

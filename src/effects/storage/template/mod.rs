@@ -15,6 +15,15 @@
 //! the copy. Concurrent starts that find no template take the key's lock in turn: the first
 //! builds, the others find the template complete once they hold the lock.
 //!
+//! A template also holds [`READY_DATABASES`] empty databases made ahead
+//! ([`crate::spec::READY_DATABASE_PREFIX`]`0`, …): a spec database without creation-only
+//! options takes one with `ALTER DATABASE … RENAME TO` (a catalog update) instead of
+//! `CREATE DATABASE` (a copy of `template1`, ~45 ms), which was most of a template start's
+//! spec. They are made when the template is built, never on a running compute: nothing then
+//! competes with the user's work or races an apply, and a copy of the template (a spare, taken
+//! with a rename) has them for free. Those a spec does not take stay, hidden and closed to
+//! connections, for a later `/configure`, and go with the ephemeral PGDATA.
+//!
 //! Once a compute runs, it makes a spare copy of its template in the background; the next
 //! start renames that spare into PGDATA instead of copying.
 //!
@@ -222,6 +231,7 @@ async fn build(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
+    make_ready_databases(node, &data).await?;
     fs::rename(data.join("postgresql.conf"), data.join(pgdata::INITDB_CONF))?;
     let version = server_version(node).await?;
     let origin = origin(node)?;
@@ -252,4 +262,50 @@ async fn build(
     let (cache, key) = (cache.to_owned(), key.to_owned());
     tokio::task::spawn_blocking(move || prune(&cache, &key, &origin)).await?;
     Ok(manifest)
+}
+
+/// How many empty databases a template holds for spec databases to take. Two: a spec usually
+/// names one database (Neon's default has one), and one more serves a later `/configure` that
+/// adds one. Each costs ~7.5 MB and ~300 files in every copy of the template (a start without a
+/// spare copies them on its path; with a spare, the background copy does), so a larger pool
+/// would slow the start that finds no spare more than it would ever save.
+pub const READY_DATABASES: usize = 2;
+
+/// Make the template's ready databases with a single-user `postgres` on the freshly built
+/// cluster: empty copies of `template1` with its encoding and locale, owned by the superuser,
+/// closed to connections (so nobody puts anything in one before a spec takes it).
+/// `FILE_COPY` and `-F`: the template is synced once when complete.
+async fn make_ready_databases(node: &Node, data: &Path) -> anyhow::Result<()> {
+    let mut script = String::new();
+    for i in 0..READY_DATABASES {
+        let name = crate::quote::ident(&format!("{}{i}", crate::spec::READY_DATABASE_PREFIX))?;
+        script.push_str(&format!(
+            "CREATE DATABASE {name} ALLOW_CONNECTIONS false STRATEGY FILE_COPY\n"
+        ));
+    }
+    // The script is a few hundred bytes: it fits a pipe's buffer, so it is written whole
+    // before the child starts.
+    let (read, write) = nix::unistd::pipe().context("making a pipe")?;
+    let mut write = File::from(write);
+    std::io::Write::write_all(&mut write, script.as_bytes())?;
+    drop(write);
+    let mut cmd = process::command(node, &node.postgres);
+    cmd.arg("--single")
+        .arg("-F")
+        .arg("-D")
+        .arg(data)
+        .arg("postgres")
+        .stdin(std::process::Stdio::from(read));
+    let output = process::output(&mut cmd)
+        .await
+        .context("running postgres --single to make the ready databases")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || stderr.contains("ERROR:") || stderr.contains("FATAL:") {
+        bail!(
+            "making the ready databases failed ({}): {}",
+            output.status,
+            stderr.trim()
+        );
+    }
+    Ok(())
 }
