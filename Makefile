@@ -53,3 +53,15 @@ docker-lint:
 .PHONY: bench-monitor
 bench-monitor: postgres
 	bench/monitor
+
+## Every benchmark, on the release build (figures and how to read them: BENCHMARKS.md): cold
+## start on ext4 (/var/tmp) and tmpfs (/dev/shm), spec apply on both, the API, the monitor.
+.PHONY: bench
+bench: postgres
+	$(CARGO) build --release --bin compute_ctl
+	TMPDIR=/var/tmp bench/startup -n 20
+	TMPDIR=/dev/shm bench/startup -n 20
+	TMPDIR=/var/tmp bench/apply
+	TMPDIR=/dev/shm bench/apply
+	bench/api
+	bench/monitor
