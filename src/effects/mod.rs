@@ -13,6 +13,7 @@ mod operate;
 pub mod pgdata;
 pub mod postgres;
 pub mod process;
+mod promote;
 pub mod reaper;
 mod sql;
 pub mod storage;
@@ -32,9 +33,9 @@ use tracing::{Instrument, info_span};
 
 use crate::monitor::{self, Monitor};
 use crate::node::Node;
-use crate::report::{Job, Runner};
+use crate::report::{Configuration, Job, PromoteState, Runner};
 use crate::report::{Reporter, millis};
-use crate::spec::{ComputeFeature, ComputeMode, TlsConfig, ValidSpec};
+use crate::spec::{ComputeFeature, ComputeMode, Lsn, Reserved, TlsConfig, ValidSpec};
 use crate::vm_monitor::VmMonitor;
 use postgres::Postmaster;
 
@@ -47,8 +48,9 @@ pub struct Effects {
     monitor_period: Duration,
     /// `activity_monitor_experimental` of the latest spec, read by the monitor at each check.
     activity_monitor_experimental: Arc<AtomicBool>,
-    /// The mode of the latest spec: only a primary reports its final LSN.
-    mode: Option<ComputeMode>,
+    /// The mode of the latest spec (a promotion makes it `Primary`): only a primary reports
+    /// its final LSN, only a replica is promoted.
+    mode: Arc<Mutex<Option<ComputeMode>>>,
     storage: Arc<storage::StorageOptions>,
     /// The vm-monitor, prepared at startup when `AUTOSCALING` is set; started with the compute
     /// monitor.
@@ -67,7 +69,7 @@ impl Effects {
             postmaster: Arc::default(),
             monitor_period: monitor::DEFAULT_PERIOD,
             activity_monitor_experimental: Arc::default(),
-            mode: None,
+            mode: Arc::default(),
             storage: Arc::default(),
             vm_monitor: None,
             lfc_resizing_disabled: Arc::default(),
@@ -99,9 +101,15 @@ impl Effects {
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
+            mode: self.mode.clone(),
         };
-        if let Job::Start { spec, .. } | Job::Configure { spec, .. } = &job {
-            self.mode = Some(spec.mode);
+        if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
+            &job
+        {
+            if !matches!(job, Job::Promote { .. }) {
+                // A promotion changes the mode once Postgres is promoted.
+                *lock(&self.mode) = Some(spec.mode);
+            }
             let experimental = spec
                 .features
                 .contains(&ComputeFeature::ActivityMonitorExperimental);
@@ -122,12 +130,24 @@ impl Effects {
                 async move {
                     work.reporter.event(Event::ConfigurationStarted);
                     if postgres_running {
-                        work.reconfigure(spec, tls).await
+                        // Reported as an event; nobody else waits for the error.
+                        let _ = work.reconfigure(spec, tls).await;
                     } else {
                         work.start(spec, tls).await
                     }
                 }
                 .instrument(info_span!("configure", postgres_running)),
+            ),
+            Job::Promote {
+                spec,
+                tls,
+                wal_flush_lsn,
+            } => self.spawn_cancellable(
+                async move { work.promote(spec, tls, wal_flush_lsn).await }
+                    .instrument(info_span!("promote")),
+            ),
+            Job::FetchSpec => self.spawn_cancellable(
+                async move { work.fetch_spec().await }.instrument(info_span!("refresh_configuration")),
             ),
             Job::StartMonitor => {
                 let monitor = Monitor::new(
@@ -158,18 +178,20 @@ impl Effects {
                 self.tasks
                     .push(tokio::spawn(task.instrument(info_span!("operation"))));
             }
-            Job::Stop(mode) => {
+            Job::Stop(mode_of_stop) => {
                 self.cancel.cancel();
                 let running = std::mem::take(&mut self.tasks);
-                let primary = self.mode == Some(ComputeMode::Primary);
+                let mode = self.mode.clone();
                 tokio::spawn(
                     async move {
                         for task in running {
                             let _ = task.await;
                         }
-                        work.stop(mode, primary).await;
+                        // Read after the tasks ended: a promotion may have made it a primary.
+                        let primary = *lock(&mode) == Some(ComputeMode::Primary);
+                        work.stop(mode_of_stop, primary).await;
                     }
-                    .instrument(info_span!("stop_postgres", mode = mode.as_str())),
+                    .instrument(info_span!("stop_postgres", mode = mode_of_stop.as_str())),
                 );
             }
         }
@@ -223,6 +245,7 @@ struct Work {
     reporter: Reporter,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
     storage: Arc<storage::StorageOptions>,
+    mode: Arc<Mutex<Option<ComputeMode>>>,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.
@@ -274,7 +297,8 @@ impl Work {
                 crate::reconcile::startup_concurrency(&spec),
                 deadline,
             )
-            .await;
+            .await
+            .is_ok();
         if applied && Self::updates_catalog(&spec) {
             // As Neon: at start only, in the background of a running compute; a failure is
             // counted and logged, and the compute stays up.
@@ -331,16 +355,117 @@ impl Work {
 
     /// Install the TLS pair, rewrite postgresql.conf, have Postgres check it, reload, apply the
     /// spec; all within `--configure-timeout`.
-    async fn reconfigure(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) {
+    /// Reports `ConfigurationApplied` or `ConfigurationFailed`; returns the error too.
+    async fn reconfigure(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) -> Result<(), String> {
         let deadline = Instant::now() + self.node.configure_timeout;
         if let Err(error) = self.reload(&spec, tls.as_ref(), deadline).await {
+            let error = format!("{error:#}");
             self.reporter.event(Event::ConfigurationFailed {
-                error: format!("{error:#}"),
+                error: error.clone(),
             });
-            return;
+            return Err(error);
         }
         self.apply(&spec, spec.reconfigure_concurrency, deadline)
-            .await;
+            .await
+    }
+
+    /// Promote the replica, then apply `spec` as a primary; the outcome goes to the callers
+    /// of `/promote` as well as to the machine.
+    async fn promote(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>, wal_flush_lsn: Lsn) {
+        let fail = |error: String| {
+            tracing::error!("promotion failed: {error}");
+            self.reporter.promote_outcome(PromoteState::Failed { error });
+        };
+        let mode = *lock(&self.mode);
+        if mode != Some(ComputeMode::Replica) {
+            let mode = mode.map_or("none", |m| m.as_str());
+            let error = format!("the compute is not a replica (mode {mode})");
+            self.reporter.event(Event::PromotionFailed {
+                error: error.clone(),
+            });
+            return fail(error);
+        }
+        let timings = match promote::promote(&self.node, &spec, wal_flush_lsn).await {
+            Ok(timings) => timings,
+            Err(failure) => {
+                let error = format!("{:#}", failure.error);
+                if failure.promoted {
+                    *lock(&self.mode) = Some(ComputeMode::Primary);
+                    self.reporter.event(Event::Promoted);
+                    self.reporter.event(Event::ConfigurationFailed {
+                        error: error.clone(),
+                    });
+                } else {
+                    self.reporter.event(Event::PromotionFailed {
+                        error: error.clone(),
+                    });
+                }
+                return fail(error);
+            }
+        };
+        *lock(&self.mode) = Some(ComputeMode::Primary);
+        self.reporter.event(Event::Promoted);
+        let began = Instant::now();
+        match self.reconfigure(spec, tls).await {
+            Ok(()) => {
+                let reconfigure_time_ms = millis(began.elapsed());
+                tracing::info!(
+                    lsn_wait_time_ms = timings.lsn_wait_time_ms,
+                    pg_promote_time_ms = timings.pg_promote_time_ms,
+                    reconfigure_time_ms,
+                    "promoted to primary"
+                );
+                self.reporter.promote_outcome(PromoteState::Completed {
+                    lsn_wait_time_ms: timings.lsn_wait_time_ms,
+                    pg_promote_time_ms: timings.pg_promote_time_ms,
+                    reconfigure_time_ms,
+                });
+            }
+            Err(error) => fail(format!("promoted, but the spec was not applied: {error}")),
+        }
+    }
+
+    /// Fetch the configuration again from the control plane; its spec comes back as a
+    /// refreshed `SpecReceived`. A failure, or an answer without a spec, leaves the
+    /// configuration in force.
+    async fn fetch_spec(&self) {
+        let Some(control_plane) = &self.node.control_plane else {
+            self.reporter.event(Event::ConfigurationFailed {
+                error: "refreshing the configuration: no --control-plane-uri to fetch it from"
+                    .to_owned(),
+            });
+            return;
+        };
+        let reserved = Reserved::new(&self.node.superuser, &self.node.privileged_role);
+        let mut requests = crate::control_plane::Requests::new();
+        let fetched = crate::control_plane::fetch_config(
+            &control_plane.uri,
+            &control_plane.compute_id,
+            &mut requests,
+            &reserved,
+        )
+        .await;
+        self.reporter.cplane_requests(requests);
+        let error = match fetched {
+            Ok(config) => match config.spec {
+                Some(spec) => {
+                    // The keys in force stay (an empty set changes nothing): a refresh is
+                    // Postgres's request, and must not be able to lock the API out.
+                    self.reporter.spec(Configuration {
+                        spec: Arc::new(spec),
+                        jwks: Default::default(),
+                        tls: config.compute_ctl_config.tls,
+                        source: compute_states::SpecSource::Refresh,
+                    });
+                    return;
+                }
+                None => "the control plane has no spec for this compute (status empty)".to_owned(),
+            },
+            Err(error) => format!("{error:#}"),
+        };
+        self.reporter.event(Event::ConfigurationFailed {
+            error: format!("refreshing the configuration: {error}; the configuration in force stays"),
+        });
     }
 
     /// Install the TLS pair (a pair that does not match fails here, before anything is
@@ -419,7 +544,12 @@ impl Work {
     /// applied (`ConfigurationApplied`). The reading is part of the configuration, so that its
     /// sessions are over before the monitor counts sessions (`activity_monitor_experimental`)
     /// and never hold a database an apply renames.
-    async fn apply(&self, spec: &ValidSpec, concurrency: usize, deadline: Instant) -> bool {
+    async fn apply(
+        &self,
+        spec: &ValidSpec,
+        concurrency: usize,
+        deadline: Instant,
+    ) -> Result<(), String> {
         let began = Instant::now();
         let result = if !Self::updates_catalog(spec) {
             tracing::info!(
@@ -444,13 +574,14 @@ impl Work {
                 self.reporter.metrics(move |m| m.config_ms = millis(took));
                 self.read_extensions(deadline).await;
                 self.reporter.event(Event::ConfigurationApplied);
-                true
+                Ok(())
             }
             Err(error) => {
+                let error = format!("{error:#}");
                 self.reporter.event(Event::ConfigurationFailed {
-                    error: format!("{error:#}"),
+                    error: error.clone(),
                 });
-                false
+                Err(error)
             }
         }
     }

@@ -56,6 +56,14 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         }
     }
 
+    // Neon's name: Postgres calls /refresh_configuration when its page stream fails.
+    let refreshes = IntCounter::new(
+        "pg_cctl_pagestream_request_errors_total",
+        "POST /refresh_configuration calls (Neon counts them as page-stream request errors)",
+    )?;
+    registry.register(Box::new(refreshes.clone()))?;
+    refreshes.inc_by(snapshot.refresh_requests);
+
     // Once read after a configuration (Neon omits a family without samples).
     if !snapshot.installed_extensions.is_empty() {
         let extensions = IntGaugeVec::new(

@@ -7,6 +7,7 @@ mod catalog;
 mod error;
 pub mod jwks;
 mod metrics;
+mod promote;
 mod routes;
 pub mod serve;
 
@@ -89,6 +90,7 @@ fn external_routes(wrap: Wrap) -> OpenApiRouter<EngineHandle> {
         .routes(route(Kind::Token, routes!(routes::status)))
         .routes(route(Kind::TokenLong, routes!(routes::configure)))
         .routes(route(Kind::TokenLong, routes!(routes::terminate)))
+        .routes(route(Kind::TokenLong, routes!(promote::promote)))
         .routes(route(Kind::Token, routes!(routes::metrics_json)))
         .routes(route(Kind::Token, routes!(catalog::dbs_and_roles)))
         .routes(route(Kind::TokenLong, routes!(catalog::database_schema)))
@@ -108,7 +110,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The routes that answer when their work is done, without the request timeout.
-const LONG_PATHS: [&str; 3] = ["/configure", "/terminate", "/database_schema"];
+const LONG_PATHS: [&str; 4] = ["/configure", "/terminate", "/promote", "/database_schema"];
 
 /// The answers the layers give around every handler, so that the document lists every status
 /// a route can answer: the token check's (400 malformed header, 401 missing or unverified
@@ -211,8 +213,9 @@ pub fn external(
 }
 
 /// The on-box API, bound to loopback and without auth, as Neon's: read-only views for local
-/// tools, and the catalog changes of `/extensions` and `/grants`.
-pub fn internal(engine: EngineHandle, request_timeout: Duration) -> Router {
+/// tools, the catalog changes of `/extensions` and `/grants`, and `/refresh_configuration`
+/// (`refreshable`: there is a control plane to fetch from).
+pub fn internal(engine: EngineHandle, request_timeout: Duration, refreshable: bool) -> Router {
     let route = |route| guard(Kind::Open, route, request_timeout);
     with_request_log(
         Router::new()
@@ -220,6 +223,11 @@ pub fn internal(engine: EngineHandle, request_timeout: Duration) -> Router {
             .route("/metrics.json", route(get(routes::metrics_json)))
             .route("/extensions", route(post(catalog::extensions)))
             .route("/grants", route(post(catalog::grants)))
+            .route(
+                "/refresh_configuration",
+                route(post(routes::refresh_configuration)),
+            )
+            .layer(axum::Extension(routes::Refreshable(refreshable)))
             .with_state(engine),
     )
 }
