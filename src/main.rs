@@ -106,13 +106,13 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     node.wipe_persistent = args.wipe_persistent;
     node.configure_timeout = args.configure_timeout;
     node.privileged_role = args.privileged_role_name.clone();
-    node.control_plane = args
-        .control_plane_uri
-        .clone()
-        .map(|uri| compute_ctl::node::ControlPlane {
-            uri,
-            compute_id: compute_id.clone(),
-        });
+    node.control_plane =
+        args.control_plane_uri
+            .clone()
+            .map(|uri| compute_ctl::node::ControlPlane {
+                uri,
+                compute_id: compute_id.clone(),
+            });
     let node = Arc::new(node);
     let reserved = Reserved::new(&node.superuser, &node.privileged_role);
 

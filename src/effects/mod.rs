@@ -147,7 +147,8 @@ impl Effects {
                     .instrument(info_span!("promote")),
             ),
             Job::FetchSpec => self.spawn_cancellable(
-                async move { work.fetch_spec().await }.instrument(info_span!("refresh_configuration")),
+                async move { work.fetch_spec().await }
+                    .instrument(info_span!("refresh_configuration")),
             ),
             Job::StartMonitor => {
                 let monitor = Monitor::new(
@@ -356,7 +357,11 @@ impl Work {
     /// Install the TLS pair, rewrite postgresql.conf, have Postgres check it, reload, apply the
     /// spec; all within `--configure-timeout`.
     /// Reports `ConfigurationApplied` or `ConfigurationFailed`; returns the error too.
-    async fn reconfigure(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) -> Result<(), String> {
+    async fn reconfigure(
+        &self,
+        spec: Arc<ValidSpec>,
+        tls: Option<TlsConfig>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + self.node.configure_timeout;
         if let Err(error) = self.reload(&spec, tls.as_ref(), deadline).await {
             let error = format!("{error:#}");
@@ -374,7 +379,8 @@ impl Work {
     async fn promote(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>, wal_flush_lsn: Lsn) {
         let fail = |error: String| {
             tracing::error!("promotion failed: {error}");
-            self.reporter.promote_outcome(PromoteState::Failed { error });
+            self.reporter
+                .promote_outcome(PromoteState::Failed { error });
         };
         let mode = *lock(&self.mode);
         if mode != Some(ComputeMode::Replica) {
@@ -464,7 +470,9 @@ impl Work {
             Err(error) => format!("{error:#}"),
         };
         self.reporter.event(Event::ConfigurationFailed {
-            error: format!("refreshing the configuration: {error}; the configuration in force stays"),
+            error: format!(
+                "refreshing the configuration: {error}; the configuration in force stays"
+            ),
         });
     }
 

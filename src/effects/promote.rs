@@ -38,7 +38,11 @@ pub struct Failure {
 }
 
 /// Promote the replica Postgres is to a primary once its replay reached `wal_flush_lsn`.
-pub async fn promote(node: &Node, spec: &ValidSpec, wal_flush_lsn: Lsn) -> Result<Timings, Failure> {
+pub async fn promote(
+    node: &Node,
+    spec: &ValidSpec,
+    wal_flush_lsn: Lsn,
+) -> Result<Timings, Failure> {
     let before = |error| Failure {
         error,
         promoted: false,
@@ -51,7 +55,9 @@ pub async fn promote(node: &Node, spec: &ValidSpec, wal_flush_lsn: Lsn) -> Resul
     let began = Instant::now();
     catch_up(&mut conn, wal_flush_lsn).await.map_err(before)?;
     let lsn_wait = began.elapsed();
-    point_at_safekeepers(&mut conn, spec).await.map_err(before)?;
+    point_at_safekeepers(&mut conn, spec)
+        .await
+        .map_err(before)?;
 
     let began = Instant::now();
     let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, $1)")
@@ -123,10 +129,11 @@ async fn catch_up(conn: &mut PgConnection, target: Lsn) -> anyhow::Result<()> {
 /// `neon.safekeepers` and the walproposer as synchronous standby, and reload. Skipped where
 /// Postgres has no such setting (stock PostgreSQL replicates by itself).
 async fn point_at_safekeepers(conn: &mut PgConnection, spec: &ValidSpec) -> anyhow::Result<()> {
-    let known: Option<String> = sqlx::query_scalar("SELECT current_setting('neon.safekeepers', true)")
-        .fetch_one(&mut *conn)
-        .await
-        .context("looking for neon.safekeepers")?;
+    let known: Option<String> =
+        sqlx::query_scalar("SELECT current_setting('neon.safekeepers', true)")
+            .fetch_one(&mut *conn)
+            .await
+            .context("looking for neon.safekeepers")?;
     if known.is_none() {
         return Ok(());
     }

@@ -302,10 +302,7 @@ pub async fn refresh_configuration(
             "no --control-plane-uri: there is no control plane to fetch the configuration from",
         ));
     }
-    match engine
-        .request(Input::Event(Event::RefreshRequested))
-        .await
-    {
+    match engine.request(Input::Event(Event::RefreshRequested)).await {
         Ok(_) => Ok(StatusCode::OK),
         Err(_) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

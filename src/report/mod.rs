@@ -88,7 +88,10 @@ pub enum PromoteState {
 impl PromoteState {
     /// Whether this is the outcome of a promotion.
     pub fn is_final(&self) -> bool {
-        matches!(self, PromoteState::Completed { .. } | PromoteState::Failed { .. })
+        matches!(
+            self,
+            PromoteState::Completed { .. } | PromoteState::Failed { .. }
+        )
     }
 }
 

@@ -49,9 +49,15 @@ use EventKind as E;
 use StateKind as S;
 use Target::{Stay, To};
 
-const STARTUP_SPEC: E = E::SpecReceived { origin: SpecOrigin::Startup };
-const CONFIGURE_SPEC: E = E::SpecReceived { origin: SpecOrigin::Configure };
-const REFRESHED_SPEC: E = E::SpecReceived { origin: SpecOrigin::Refresh };
+const STARTUP_SPEC: E = E::SpecReceived {
+    origin: SpecOrigin::Startup,
+};
+const CONFIGURE_SPEC: E = E::SpecReceived {
+    origin: SpecOrigin::Configure,
+};
+const REFRESHED_SPEC: E = E::SpecReceived {
+    origin: SpecOrigin::Refresh,
+};
 
 /// Every accepted pair, one edge per line. Any pair not listed is rejected with `invalid
 /// compute status`.

@@ -21,6 +21,7 @@ mod otel;
 mod outcomes;
 mod pid1;
 mod privileges;
+mod promote;
 mod reconcile;
 mod storage;
 mod systemd;
