@@ -15,6 +15,7 @@ use compute_states::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::operation::{Operation, Reply};
+pub use crate::report::lfc::{LfcCounts, LfcOffloadState, LfcPrewarmState, LfcState};
 pub use crate::report::{
     ComputeMetrics, Configuration, Input, InstalledExtension, Job, OperateError, PromoteState,
     Promotion, RequestError, Runner,
@@ -58,6 +59,10 @@ pub struct Snapshot {
     pub jwks: Arc<JwkSet>,
     /// The latest `/promote`: under way, or how it ended.
     pub promotion: PromoteState,
+    /// The LFC prewarm and offload, and how often each was asked for and failed.
+    pub lfc_prewarm: LfcPrewarmState,
+    pub lfc_offload: LfcOffloadState,
+    pub lfc_counts: LfcCounts,
     /// `POST /refresh_configuration` calls, accepted or not
     /// (`pg_cctl_pagestream_request_errors_total`: Postgres calls it on page-stream errors).
     pub refresh_requests: u64,
@@ -135,6 +140,9 @@ pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
         migrations_failed: Default::default(),
         jwks: Arc::new(jwks),
         promotion: PromoteState::NotPromoted,
+        lfc_prewarm: LfcPrewarmState::default(),
+        lfc_offload: LfcOffloadState::default(),
+        lfc_counts: LfcCounts::default(),
         refresh_requests: 0,
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
@@ -212,6 +220,15 @@ impl<R: Runner> Engine<R> {
                     let spec = SpecRef(self.next_ref());
                     let event = Event::PromoteRequested { spec };
                     (event, Attached::Promotion(spec, promotion))
+                }
+                Input::Lfc(state) => {
+                    self.snapshot.lfc_counts.count(&state);
+                    match state {
+                        LfcState::Prewarm(state) => self.snapshot.lfc_prewarm = state,
+                        LfcState::Offload(state) => self.snapshot.lfc_offload = state,
+                    }
+                    self.publish();
+                    continue;
                 }
                 Input::PromoteOutcome(state) => {
                     self.snapshot.promotion = state;

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod catalog;
 mod conf_check;
 mod extensions;
+mod lfc;
 mod operate;
 pub mod pgdata;
 pub mod postgres;
@@ -57,10 +58,19 @@ pub struct Effects {
     vm_monitor: Option<VmMonitor>,
     /// `disable_lfc_resizing` of the latest spec, read by the vm-monitor at each resize.
     lfc_resizing_disabled: Arc<AtomicBool>,
+    /// The latest spec, read by the LFC prewarm and offload.
+    spec: Arc<Mutex<Option<Arc<ValidSpec>>>>,
+    lfc: Arc<lfc::Lfc>,
 }
 
 impl Effects {
     pub fn new(node: Arc<Node>, reporter: Reporter) -> Self {
+        let spec = Arc::default();
+        let lfc = Arc::new(lfc::Lfc::new(
+            node.clone(),
+            reporter.clone(),
+            Arc::clone(&spec),
+        ));
         Self {
             node,
             reporter,
@@ -73,6 +83,8 @@ impl Effects {
             storage: Arc::default(),
             vm_monitor: None,
             lfc_resizing_disabled: Arc::default(),
+            spec,
+            lfc,
         }
     }
 
@@ -106,6 +118,7 @@ impl Effects {
         if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
             &job
         {
+            *lock(&self.spec) = Some(spec.clone());
             if !matches!(job, Job::Promote { .. }) {
                 // A promotion changes the mode once Postgres is promoted.
                 *lock(&self.mode) = Some(spec.mode);
@@ -174,7 +187,8 @@ impl Effects {
                 // not cleanly, when a termination cuts it.
                 let cancel = self.cancel.clone();
                 let node = work.node;
-                let task = async move { operate::run(&node, operation, cancel).await };
+                let lfc = self.lfc.clone();
+                let task = async move { operate::run(&node, &lfc, operation, cancel).await };
                 self.tasks.retain(|task| !task.is_finished());
                 self.tasks
                     .push(tokio::spawn(task.instrument(info_span!("operation"))));

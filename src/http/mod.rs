@@ -6,6 +6,7 @@ mod body;
 mod catalog;
 mod error;
 pub mod jwks;
+mod lfc;
 mod metrics;
 mod promote;
 mod routes;
@@ -96,6 +97,14 @@ fn external_routes(wrap: Wrap) -> OpenApiRouter<EngineHandle> {
         .routes(route(Kind::TokenLong, routes!(catalog::database_schema)))
         .routes(route(Kind::Token, routes!(catalog::check_writability)))
         .routes(route(Kind::Token, routes!(catalog::insights)))
+        .routes(route(
+            Kind::Token,
+            routes!(lfc::prewarm_state, lfc::prewarm, lfc::cancel_prewarm),
+        ))
+        .routes(route(
+            Kind::Token,
+            routes!(lfc::offload_state, lfc::offload),
+        ))
         .routes(route(Kind::Open, routes!(routes::metrics)))
         .routes(route(Kind::Open, routes!(routes::healthz)))
         .routes(route(Kind::Open, routes!(routes::readyz)))
@@ -130,7 +139,10 @@ fn common_responses(doc: &mut utoipa::openapi::OpenApi) {
             .build()
     };
     for (path, item) in doc.paths.paths.iter_mut() {
-        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
             let mut added = Vec::new();
             if operation.security.is_some() {
                 added.push(("400", "The `Authorization` header is not `Bearer <token>` (Neon's `invalid authorization token`), or the request is malformed"));

@@ -3,6 +3,7 @@
 //! the engine hands down, and the [`Runner`] trait that executes them. Effects and watchers
 //! import this module, never the engine.
 
+pub mod lfc;
 pub mod vm;
 
 use std::sync::Arc;
@@ -106,6 +107,8 @@ pub enum Input {
     Promote(Promotion),
     /// How the promotion under way ended.
     PromoteOutcome(PromoteState),
+    /// The LFC prewarm or offload moved on.
+    Lfc(lfc::LfcState),
     /// A timing measured by an effect.
     Metrics(Box<dyn FnOnce(&mut ComputeMetrics) + Send>),
     /// The final WAL position, read by the stop effect after the postmaster stopped.
@@ -164,6 +167,10 @@ impl Reporter {
 
     pub fn promote_outcome(&self, state: PromoteState) {
         self.send(Input::PromoteOutcome(state));
+    }
+
+    pub fn lfc(&self, state: lfc::LfcState) {
+        self.send(Input::Lfc(state));
     }
 
     pub fn metrics(&self, update: impl FnOnce(&mut ComputeMetrics) + Send + 'static) {

@@ -13,6 +13,7 @@ mod control_plane;
 mod edge;
 mod examples;
 mod layers;
+mod lfc;
 mod lifecycle;
 mod log_format;
 mod monitor;
