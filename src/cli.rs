@@ -156,6 +156,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = LocalStorage::Initdb)]
     pub storage: LocalStorage,
 
+    /// A compute started without a spec starts Postgres at once (`--storage template` or
+    /// `initdb`), reachable by compute_ctl only; the first `/configure` then attaches to it:
+    /// writes the spec's configuration, reloads (restarts only for a setting that needs it),
+    /// opens `pg_hba.conf` and applies the spec.
+    #[arg(long)]
+    pub prestart: bool,
+
     /// Where `--storage template` caches its `initdb` results.
     #[arg(long, default_value = "/var/cache/compute_ctl/templates")]
     pub template_cache: PathBuf,

@@ -402,6 +402,7 @@ impl<R: Runner> Engine<R> {
                 }
             }
             Command::FetchSpec => Job::FetchSpec,
+            Command::Prestart => Job::Prestart,
             Command::RunOperation { op } => {
                 let Attached::Operation(id, operation) =
                     std::mem::replace(attached, Attached::None)

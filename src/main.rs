@@ -100,6 +100,12 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let compute_id = args.compute_id.context("--compute-id is required")?;
     // Before anything reads or removes PGDATA: a second compute_ctl on it stops here.
     let _pgdata_lock = compute_ctl::effects::pgdata::lock(&pgdata)?;
+    if args.prestart && args.storage == compute_ctl::effects::storage::LocalStorage::Persistent {
+        anyhow::bail!(
+            "--prestart needs an ephemeral --storage (template or initdb): a persistent \
+             PGDATA belongs to its spec"
+        );
+    }
 
     // First: validation needs the superuser's name (a spec may not touch that role).
     let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
@@ -243,6 +249,15 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 async move { handle.request(Input::Spec(configuration)).await }
                     .instrument(telemetry::startup_span()),
             );
+        }
+        None if args.prestart => {
+            tracing::info!("no spec yet: pre-starting postgres, then waiting for POST /configure");
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = handle
+                    .request(Input::Event(compute_states::Event::PrestartRequested))
+                    .await;
+            });
         }
         None => tracing::info!("no spec yet: waiting for POST /configure"),
     }

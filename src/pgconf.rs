@@ -186,6 +186,19 @@ fn neon_line(name: &str, value: &str, field: &str) -> Result<String, SpecError> 
     Ok(format!("{name}={quoted}"))
 }
 
+/// `pg_hba.conf` of a pre-started Postgres (`--prestart`): compute_ctl's superuser on loopback
+/// and the socket, nobody else, until the first spec attaches and [`PG_HBA`] replaces it.
+pub fn prestart_hba(superuser: &str) -> Result<String, quote::QuoteError> {
+    let superuser = quote::hba_name(superuser)?;
+    Ok(format!(
+        "# Written by compute_ctl: a pre-started Postgres (--prestart) admits compute_ctl only,\n\
+         # until the first spec attaches.\n\
+         local all {superuser} trust\n\
+         host all {superuser} 127.0.0.1/32 trust\n\
+         host all {superuser} ::1/128 trust\n"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

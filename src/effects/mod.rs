@@ -6,6 +6,7 @@
 //! process kills it) before Postgres is stopped.
 
 pub mod apply;
+mod attach;
 pub mod catalog;
 mod conf_check;
 mod extensions;
@@ -61,6 +62,8 @@ pub struct Effects {
     /// The latest spec, read by the LFC prewarm and offload.
     spec: Arc<Mutex<Option<Arc<ValidSpec>>>>,
     lfc: Arc<lfc::Lfc>,
+    /// The Postgres of `--prestart`, until the first spec attaches to it.
+    prestarted: attach::Slot,
 }
 
 impl Effects {
@@ -85,6 +88,7 @@ impl Effects {
             lfc_resizing_disabled: Arc::default(),
             spec,
             lfc,
+            prestarted: attach::Slot::default(),
         }
     }
 
@@ -114,6 +118,7 @@ impl Effects {
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
             mode: self.mode.clone(),
+            prestarted: self.prestarted.clone(),
         };
         if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
             &job
@@ -159,6 +164,12 @@ impl Effects {
                 async move { work.promote(spec, tls, wal_flush_lsn).await }
                     .instrument(info_span!("promote")),
             ),
+            Job::Prestart => match self.prestarted.claim() {
+                Some(slot) => self.spawn_cancellable(
+                    async move { work.prestart(slot).await }.instrument(info_span!("prestart")),
+                ),
+                None => tracing::warn!("a pre-start is already under way"),
+            },
             Job::FetchSpec => self.spawn_cancellable(
                 async move { work.fetch_spec().await }
                     .instrument(info_span!("refresh_configuration")),
@@ -261,6 +272,7 @@ struct Work {
     postmaster: Arc<Mutex<Option<Postmaster>>>,
     storage: Arc<storage::StorageOptions>,
     mode: Arc<Mutex<Option<ComputeMode>>>,
+    prestarted: attach::Slot,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.
@@ -283,7 +295,11 @@ async fn within<T>(
 impl Work {
     /// Build PGDATA, start Postgres, then apply the spec.
     async fn start(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) {
-        let started = match self.start_postgres(&spec, tls.as_ref()).await {
+        let started = match self.take_prestarted(&spec).await {
+            Some(prestarted) => self.attach(prestarted, &spec, tls.as_ref()).await,
+            None => self.start_postgres(&spec, tls.as_ref(), false).await,
+        };
+        let started = match started {
             Ok(started) => started,
             Err(error) => {
                 self.reporter.event(Event::StartFailed {
@@ -335,10 +351,13 @@ impl Work {
         }
     }
 
+    /// Fill PGDATA, write the configuration and start Postgres. A pre-start (`prestart`)
+    /// admits compute_ctl only.
     async fn start_postgres(
         &self,
         spec: &ValidSpec,
         tls: Option<&TlsConfig>,
+        prestart: bool,
     ) -> anyhow::Result<(Postmaster, std::time::Duration, Box<dyn storage::Backend>)> {
         let backend = storage::choose(&self.storage, spec)?;
         // Checked before PGDATA is touched: a bad pair fails the start at once.
@@ -360,6 +379,9 @@ impl Work {
         }
         pgdata::write_postgresql_conf(&self.node, spec, tls.is_some())?;
         pgdata::write_static_files(&self.node, backend.ephemeral())?;
+        if prestart {
+            pgdata::write_prestart_hba(&self.node)?;
+        }
         let began = Instant::now();
         let postmaster = postgres::spawn(&self.node, self.reporter.clone())?;
         *lock(&self.postmaster) = Some(postmaster.clone());

@@ -35,6 +35,9 @@ pub struct ComputeMetrics {
     pub total_ext_download_size: u64,
     /// Ours, not Neon's: copying the cached template into PGDATA (`--storage template`).
     pub template_copy_ms: u64,
+    /// Ours: with `--prestart`, the restart of the pre-started Postgres at attach because a
+    /// setting of the spec needs one; 0 when a reload took the spec's configuration.
+    pub attach_restart_ms: u64,
 }
 
 /// One series of `compute_installed_extensions`: a version of an extension, whether the
@@ -265,6 +268,8 @@ pub enum Job {
         tls: Option<TlsConfig>,
         postgres_running: bool,
     },
+    /// Start Postgres before any spec (`--prestart`).
+    Prestart,
     /// Promote the replica, then apply `spec` as a primary.
     Promote {
         spec: Arc<ValidSpec>,
@@ -284,6 +289,7 @@ impl Job {
         match self {
             Job::Start { .. } => "start",
             Job::Configure { .. } => "configure",
+            Job::Prestart => "prestart",
             Job::Promote { .. } => "promote",
             Job::FetchSpec => "fetch spec",
             Job::StartMonitor => "start monitor",

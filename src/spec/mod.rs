@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use parse::{
     SpecError, load_config, load_spec, parse_config, parse_control_plane_response,
-    parse_promote_request, parse_request, parse_spec,
+    parse_promote_request, parse_request, parse_spec, prestart_spec,
 };
 pub use validate::{DEFAULT_PRIVILEGED_ROLE, Delta, Reserved, ValidSpec, validate};
 

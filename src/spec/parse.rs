@@ -178,6 +178,16 @@ pub fn parse_promote_request(
     })
 }
 
+/// The spec a pre-started Postgres (`--prestart`) runs with until the first real one: no
+/// roles, no databases, no settings.
+pub fn prestart_spec(reserved: &Reserved) -> ValidSpec {
+    parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1, "cluster": {"roles": [], "databases": []}}"#,
+        reserved,
+    )
+    .expect("the empty spec is valid")
+}
+
 fn valid_option(
     spec: Option<ComputeSpec>,
     reserved: &Reserved,

@@ -746,3 +746,10 @@ fn local_proxy_roles_are_read_and_checked() {
     v["local_proxy_config"] = json!({});
     assert!(parse_value(&v).unwrap().jwks_roles().is_empty());
 }
+
+#[test]
+fn the_prestart_spec_is_valid_and_empty() {
+    let spec = crate::spec::prestart_spec(&Reserved::new("cloud_admin", "neon_superuser"));
+    assert_eq!(spec.roles().count(), 0);
+    assert_eq!(spec.databases().count(), 0);
+}

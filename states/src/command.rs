@@ -15,6 +15,10 @@ pub enum Command {
         spec: SpecRef,
         postgres_running: bool,
     },
+    /// Start Postgres without a spec (`--prestart`), reachable by compute_ctl only; the
+    /// `Configure` of the first spec then attaches to it instead of starting one. Reports
+    /// nothing: a pre-start that fails leaves the cold start to that `Configure`.
+    Prestart,
     /// Promote the replica with `spec` (Neon's `/promote`): wait for replay to reach the
     /// primary's last flush, `pg_promote()`, check the session is writable, then apply `spec`
     /// as a primary as `Configure` does. Reports `Promoted`, then `ConfigurationApplied` /
@@ -41,6 +45,7 @@ pub enum Command {
 pub enum CommandKind {
     StartCompute,
     Configure,
+    Prestart,
     Promote,
     FetchSpec,
     StartMonitor,
@@ -54,6 +59,7 @@ impl CommandKind {
         match self {
             CommandKind::StartCompute => "StartCompute",
             CommandKind::Configure => "Configure",
+            CommandKind::Prestart => "Prestart",
             CommandKind::Promote => "Promote",
             CommandKind::FetchSpec => "FetchSpec",
             CommandKind::StartMonitor => "StartMonitor",
@@ -69,6 +75,7 @@ impl Command {
         match self {
             Command::StartCompute { .. } => CommandKind::StartCompute,
             Command::Configure { .. } => CommandKind::Configure,
+            Command::Prestart => CommandKind::Prestart,
             Command::Promote { .. } => CommandKind::Promote,
             Command::FetchSpec => CommandKind::FetchSpec,
             Command::StartMonitor => CommandKind::StartMonitor,

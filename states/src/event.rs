@@ -110,6 +110,9 @@ pub enum Event {
     CatalogRequested { op: OpRef },
     /// The vm-monitor asks to resize the file cache; it runs wherever Postgres is supervised.
     FileCacheResizeRequested { op: OpRef },
+    /// `--prestart` on a compute without a spec: start Postgres before a spec arrives, kept
+    /// closed to all but compute_ctl, so that `/configure` only attaches to it.
+    PrestartRequested,
     /// `POST /promote` with a validated spec: make this replica the primary.
     PromoteRequested { spec: SpecRef },
     /// The promotion effect promoted Postgres; the spec's configuration follows.
@@ -153,6 +156,7 @@ pub enum EventKind {
     InspectRequested,
     CatalogRequested,
     FileCacheResizeRequested,
+    PrestartRequested,
     PromoteRequested,
     Promoted,
     PromotionFailed,
@@ -170,7 +174,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::SpecReceived {
             origin: SpecOrigin::Startup,
         },
@@ -184,6 +188,7 @@ impl EventKind {
         EventKind::InspectRequested,
         EventKind::CatalogRequested,
         EventKind::FileCacheResizeRequested,
+        EventKind::PrestartRequested,
         EventKind::PromoteRequested,
         EventKind::Promoted,
         EventKind::PromotionFailed,
@@ -206,6 +211,7 @@ impl EventKind {
             EventKind::InspectRequested => "InspectRequested",
             EventKind::CatalogRequested => "CatalogRequested",
             EventKind::FileCacheResizeRequested => "FileCacheResizeRequested",
+            EventKind::PrestartRequested => "PrestartRequested",
             EventKind::PromoteRequested => "PromoteRequested",
             EventKind::Promoted => "Promoted",
             EventKind::PromotionFailed => "PromotionFailed",
@@ -245,6 +251,7 @@ impl Event {
             Event::InspectRequested { .. } => EventKind::InspectRequested,
             Event::CatalogRequested { .. } => EventKind::CatalogRequested,
             Event::FileCacheResizeRequested { .. } => EventKind::FileCacheResizeRequested,
+            Event::PrestartRequested => EventKind::PrestartRequested,
             Event::PromoteRequested { .. } => EventKind::PromoteRequested,
             Event::Promoted => EventKind::Promoted,
             Event::PromotionFailed { .. } => EventKind::PromotionFailed,

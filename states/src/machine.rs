@@ -56,6 +56,10 @@ impl Logic {
                 SpecOrigin::Configure => self.configure(*spec, context),
                 SpecOrigin::Refresh => Super,
             },
+            Event::PrestartRequested => {
+                context.commands.push(Command::Prestart);
+                Handled
+            }
             _ => Super,
         }
     }

@@ -66,6 +66,7 @@ pub const TRANSITIONS: &[Edge] = &[
     edge(S::Empty, STARTUP_SPEC, To(S::Init), &[C::StartCompute], "startup config"),
     edge(S::Empty, CONFIGURE_SPEC, To(S::ConfigurationPending), &[C::Configure], "POST /configure"),
     edge(S::Empty, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Empty, E::PrestartRequested, Stay, &[C::Prestart], "--prestart: Postgres without a spec"),
     edge(S::Empty, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], ""),
     edge(S::ConfigurationPending, E::ConfigurationStarted, To(S::Configuration), &[], ""),
     edge(S::ConfigurationPending, E::InspectRequested, Stay, &[C::RunOperation], ""),

@@ -21,6 +21,7 @@ mod neon_storage;
 mod otel;
 mod outcomes;
 mod pid1;
+mod prestart;
 mod privileges;
 mod promote;
 mod reconcile;

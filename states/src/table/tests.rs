@@ -38,6 +38,7 @@ fn sample_event(kind: EventKind) -> Event {
             SpecOrigin::Configure => configure_spec(2),
             SpecOrigin::Refresh => refreshed_spec(3),
         },
+        EventKind::PrestartRequested => Event::PrestartRequested,
         EventKind::PromoteRequested => Event::PromoteRequested { spec: SpecRef(4) },
         EventKind::Promoted => Event::Promoted,
         EventKind::PromotionFailed => Event::PromotionFailed {
@@ -319,6 +320,7 @@ fn any_event() -> impl Strategy<Value = Event> {
             error: "not a replica".into()
         }),
         Just(Event::RefreshRequested),
+        Just(Event::PrestartRequested),
         any::<u64>().prop_map(|n| Event::InspectRequested { op: OpRef(n) }),
         any::<u64>().prop_map(|n| Event::CatalogRequested { op: OpRef(n) }),
         any::<u64>().prop_map(|n| Event::FileCacheResizeRequested { op: OpRef(n) }),

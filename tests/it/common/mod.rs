@@ -630,7 +630,7 @@ impl Compute {
         }
     }
 
-    fn options(&self, user: &str, db: &str) -> PgConnectOptions {
+    pub fn options(&self, user: &str, db: &str) -> PgConnectOptions {
         PgConnectOptions::new_without_pgpass()
             .host("127.0.0.1")
             .port(self.pg_port)
