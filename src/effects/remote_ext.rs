@@ -363,11 +363,11 @@ impl RemoteExtensions {
                 }
             }
         };
-        let result = match outcome.wait_for(Option::is_some).await {
-            Ok(result) => result.clone().expect("waited for Some"),
-            Err(_) => Err("the download stopped without an outcome".to_owned()),
-        };
-        result
+        let stopped = || Err("the download stopped without an outcome".to_owned());
+        match outcome.wait_for(Option::is_some).await {
+            Ok(result) => result.clone().unwrap_or_else(stopped),
+            Err(_) => stopped(),
+        }
     }
 
     /// Postgres's directories, read once from `pg_config`.

@@ -24,6 +24,7 @@ mod pid1;
 mod privileges;
 mod promote;
 mod reconcile;
+mod remote_ext;
 mod storage;
 mod systemd;
 mod termination;
