@@ -370,9 +370,16 @@ impl RemoteExtensions {
         }
     }
 
-    /// Postgres's directories, read once from `pg_config`.
+    /// Postgres's directories, read once from `pg_config`; then the staging directories of
+    /// compute_ctl processes that died half-way are removed.
     async fn layout(&self) -> anyhow::Result<&Layout> {
-        self.layout.get_or_try_init(|| pg_layout(&self.node)).await
+        self.layout
+            .get_or_try_init(|| async {
+                let layout = pg_layout(&self.node).await?;
+                remove_stale_staging(&layout.staging);
+                Ok(layout)
+            })
+            .await
     }
 
     /// Download, unpack and install one archive; its size.
@@ -494,6 +501,31 @@ impl Drop for Staging {
             && error.kind() != io::ErrorKind::NotFound
         {
             tracing::warn!("removing {}: {error}", self.0.display());
+        }
+    }
+}
+
+/// Remove the staging directories (`<ext>.<pid>.<n>`) whose process is gone: a process
+/// that exited during a download leaves its own behind.
+fn remove_stale_staging(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.rsplit('.').nth(1))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let path = entry.path();
+            tracing::info!("removing {}, left by process {pid}", path.display());
+            if let Err(error) = fs::remove_dir_all(&path) {
+                tracing::warn!("removing {}: {error}", path.display());
+            }
         }
     }
 }
@@ -801,6 +833,20 @@ mod tests {
                 arch()
             )
         );
+    }
+
+    #[test]
+    fn staging_left_by_a_dead_process_is_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let mine = root.path().join(format!("a.b.{}.0", std::process::id()));
+        // No process has a pid this large (the kernel's maximum is 2^22).
+        let dead = root.path().join("ext.99999999.3");
+        let other = root.path().join("unrelated");
+        for dir in [&mine, &dead, &other] {
+            fs::create_dir(dir).unwrap();
+        }
+        remove_stale_staging(root.path());
+        assert!(mine.exists() && other.exists() && !dead.exists());
     }
 
     #[test]
