@@ -531,6 +531,11 @@ async fn without_a_gateway_412_and_without_remote_extensions_409() {
             "information about remote extensions is unavailable"
         );
     }
+    // A spec without remote_extensions: 409 as well.
+    let (status, body) = c.configure(&common::spec(vec![], vec![], vec![])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = fetch(&c, "anything").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(gateway.all_requests(), 0);
     c.terminate(None).await;
     c.wait_exit().await;
