@@ -575,6 +575,18 @@ impl<R: BufRead> Read for Frames<R> {
                     continue;
                 }
             }
+            if self.started
+                && let (Some(stated), Some(computed)) = (
+                    self.decoder.get_checksum_from_data(),
+                    self.decoder.get_calculated_checksum(),
+                )
+                && stated != computed
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a zstd frame's checksum does not match its content",
+                ));
+            }
             // The next frame, if the stream has more.
             if self.source.fill_buf()?.is_empty() {
                 return Ok(0);
@@ -866,6 +878,20 @@ mod tests {
         let mut out = String::new();
         Frames::new(&stream[..]).read_to_string(&mut out).unwrap();
         assert_eq!(out, "hello world");
+        // `zstd` writes a checksum: a frame whose content does not match it is refused.
+        let checked: [u8; 24] = [
+            0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x58, 0x59, 0x00, 0x00, b'h', b'e', b'l', b'l', b'o',
+            b' ', b'w', b'o', b'r', b'l', b'd', 0x68, 0x69, 0x1e, 0xb2,
+        ];
+        let mut out = String::new();
+        Frames::new(&checked[..]).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "hello world");
+        let mut corrupt = checked;
+        corrupt[9] = b'j';
+        let error = Frames::new(&corrupt[..])
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(error.to_string().contains("checksum"), "{error}");
         let mut limited = Limited {
             inner: Frames::new(&stream[..]),
             left: 4,

@@ -19,7 +19,7 @@ use compute_ctl::effects::remote_ext::arch;
 use compute_ctl::node::BUILD_TAG;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::common::{self, Compute, PG_BIN, exec};
 
@@ -145,20 +145,24 @@ fn hypopg_archive(name: &str) -> Vec<u8> {
     zstd(tar.into_inner().unwrap())
 }
 
-/// The gateway: archives by name, requests counted by path; while `hold` is set, the first
-/// request of an archive waits for `release` before it is answered.
-#[derive(Clone, Default)]
+/// The gateway: archives by name, requests counted by path; while the gate is closed,
+/// requests wait for it to open before they are answered.
+#[derive(Clone)]
 struct Gateway {
     archives: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     requests: Arc<Mutex<HashMap<String, u64>>>,
-    hold: Arc<Mutex<bool>>,
-    release: Arc<Notify>,
+    gate: Arc<watch::Sender<bool>>,
     base: String,
 }
 
 impl Gateway {
     async fn start() -> Self {
-        let mut gateway = Gateway::default();
+        let mut gateway = Gateway {
+            archives: Arc::default(),
+            requests: Arc::default(),
+            gate: Arc::new(watch::Sender::new(true)),
+            base: String::new(),
+        };
         let app = Router::new()
             .route("/{*path}", get(serve))
             .with_state(gateway.clone());
@@ -202,10 +206,7 @@ async fn serve(State(gateway): State<Gateway>, UrlPath(path): UrlPath<String>) -
         .unwrap()
         .entry(path.clone())
         .or_default() += 1;
-    let hold = *gateway.hold.lock().unwrap();
-    if hold {
-        gateway.release.notified().await;
-    }
+    let _ = gateway.gate.subscribe().wait_for(|open| *open).await;
     match gateway.archives.lock().unwrap().get(&path) {
         Some(archive) => (Code::OK, archive.clone()),
         None => (Code::NOT_FOUND, b"no such archive".to_vec()),
@@ -332,7 +333,7 @@ async fn an_extension_is_fetched_once_on_request_then_created() {
     assert!(early.is_err(), "created before its files were fetched");
 
     // Two requests at once (the gateway holds the first until the second waits): one download.
-    *gateway.hold.lock().unwrap() = true;
+    gateway.gate.send_replace(false);
     let (first, second) = {
         let library = format!("{ext}.so.1?is_library=true");
         let one = fetch(&c, &ext);
@@ -347,8 +348,7 @@ async fn an_extension_is_fetched_once_on_request_then_created() {
                 );
                 tokio::time::sleep(common::POLL).await;
             }
-            *gateway.hold.lock().unwrap() = false;
-            gateway.release.notify_waiters();
+            gateway.gate.send_replace(true);
         };
         let (one, two, ()) = tokio::join!(one, two, waiting);
         (one, two)
