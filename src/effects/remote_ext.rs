@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use reqwest::Url;
-use ruzstd::decoding::FrameDecoder;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tracing::Instrument;
 
@@ -531,72 +530,16 @@ fn remove_stale_staging(root: &Path) {
 }
 
 /// Unzstd and untar `reader` into `target`, refusing more than [`MAX_UNPACKED_BYTES`].
+/// Every frame of the stream is decompressed (a parallel compressor writes several) and each
+/// frame's checksum, when it has one, is checked.
 fn unpack_zstd(reader: impl Read, target: &Path) -> Result<(), UnpackError> {
-    let frames = Frames::new(BufReader::with_capacity(256 * 1024, reader));
+    let frames =
+        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(256 * 1024, reader))?;
     let limited = Limited {
         inner: frames,
         left: MAX_UNPACKED_BYTES,
     };
     untar::unpack_tar(limited, target, "the archive's directory")
-}
-
-/// The decompressed content of every zstd frame of a stream, one after the other (an archive
-/// made by a parallel compressor has several).
-struct Frames<R: BufRead> {
-    source: R,
-    decoder: FrameDecoder,
-    started: bool,
-}
-
-impl<R: BufRead> Frames<R> {
-    fn new(source: R) -> Self {
-        Self {
-            source,
-            decoder: FrameDecoder::new(),
-            started: false,
-        }
-    }
-}
-
-impl<R: BufRead> Read for Frames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.started {
-                if self.decoder.can_collect() > 0 {
-                    return self.decoder.read(buf);
-                }
-                if !self.decoder.is_finished() {
-                    self.decoder
-                        .decode_blocks(
-                            &mut self.source,
-                            ruzstd::decoding::BlockDecodingStrategy::UptoBlocks(1),
-                        )
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    continue;
-                }
-            }
-            if self.started
-                && let (Some(stated), Some(computed)) = (
-                    self.decoder.get_checksum_from_data(),
-                    self.decoder.get_calculated_checksum(),
-                )
-                && stated != computed
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "a zstd frame's checksum does not match its content",
-                ));
-            }
-            // The next frame, if the stream has more.
-            if self.source.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            self.decoder
-                .reset(&mut self.source)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            self.started = true;
-        }
-    }
 }
 
 /// A reader that fails once more than `left` bytes came through.
@@ -868,34 +811,32 @@ mod tests {
         assert_eq!(pg_major("9.6"), None);
     }
 
-    /// Several frames (as a parallel compressor writes) decode as one stream; a stream that
-    /// unpacks to too much is cut.
+    /// Several frames (as a parallel compressor writes) decode as one stream; a frame whose
+    /// content does not match its checksum, and a stream that unpacks to too much, fail.
     #[test]
     fn frames_follow_each_other() {
-        use ruzstd::encoding::{CompressionLevel, compress_to_vec};
-        let mut stream = compress_to_vec(&b"hello "[..], CompressionLevel::Fastest);
-        stream.extend(compress_to_vec(&b"world"[..], CompressionLevel::Fastest));
-        let mut out = String::new();
-        Frames::new(&stream[..]).read_to_string(&mut out).unwrap();
-        assert_eq!(out, "hello world");
-        // `zstd` writes a checksum: a frame whose content does not match it is refused.
+        let decode = |stream: &[u8], limit: u64| {
+            let mut out = Vec::new();
+            Limited {
+                inner: zstd::stream::read::Decoder::new(stream).unwrap(),
+                left: limit,
+            }
+            .read_to_end(&mut out)
+            .map(|_| out)
+        };
+        let mut stream = zstd::encode_all(&b"hello "[..], 0).unwrap();
+        stream.extend(zstd::encode_all(&b"world"[..], 0).unwrap());
+        assert_eq!(decode(&stream, 100).unwrap(), b"hello world");
+        assert!(decode(&stream, 4).is_err());
+        // What `zstd` writes for "hello world": a raw block and a checksum.
         let checked: [u8; 24] = [
             0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x58, 0x59, 0x00, 0x00, b'h', b'e', b'l', b'l', b'o',
             b' ', b'w', b'o', b'r', b'l', b'd', 0x68, 0x69, 0x1e, 0xb2,
         ];
-        let mut out = String::new();
-        Frames::new(&checked[..]).read_to_string(&mut out).unwrap();
-        assert_eq!(out, "hello world");
+        assert_eq!(decode(&checked, 100).unwrap(), b"hello world");
         let mut corrupt = checked;
         corrupt[9] = b'j';
-        let error = Frames::new(&corrupt[..])
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
+        let error = decode(&corrupt, 100).unwrap_err();
         assert!(error.to_string().contains("checksum"), "{error}");
-        let mut limited = Limited {
-            inner: Frames::new(&stream[..]),
-            left: 4,
-        };
-        assert!(limited.read_to_end(&mut Vec::new()).is_err());
     }
 }

@@ -108,7 +108,7 @@ fn append(
 }
 
 fn zstd(tar: Vec<u8>) -> Vec<u8> {
-    ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest)
+    zstd::encode_all(&tar[..], 0).unwrap()
 }
 
 /// Debian's hypopg, renamed `name`, in Neon's archive layout.
