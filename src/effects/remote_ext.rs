@@ -759,6 +759,32 @@ mod tests {
         assert!(resolve(&no_lists, "postgis", false).is_err());
     }
 
+    /// The libraries to fetch before a start: from the setting and the last line of
+    /// `postgresql_conf`, suffixes stripped, only those of the index, not Neon's own, once each.
+    #[test]
+    fn preloaded_libraries_to_fetch() {
+        let spec = serde_json::json!({
+            "format_version": 1.0,
+            "suspend_timeout_seconds": -1,
+            "cluster": {
+                "roles": [], "databases": [],
+                "postgresql_conf": "shared_preload_libraries='old'\n shared_preload_libraries = 'neon,$libdir/mine.so, postgis-3'\n",
+                "settings": [{"name": "shared_preload_libraries", "value": "neon,pg_stat_statements,postgis-3,mine", "vartype": "string"}]
+            },
+            "remote_extensions": {
+                "public_extensions": ["postgis"],
+                "library_index": {"postgis-3": "postgis", "mine": "mine", "neon": "neon", "old": "old"},
+                "extension_data": {}
+            }
+        });
+        let reserved = crate::spec::Reserved::new("cloud_admin", "neon_superuser");
+        let spec =
+            crate::spec::parse_spec(serde_json::to_string(&spec).unwrap().as_bytes(), &reserved)
+                .unwrap();
+        let remote = spec.remote_extensions.clone().unwrap();
+        assert_eq!(preload_libraries(&spec, &remote), ["postgis-3", "mine"]);
+    }
+
     #[test]
     fn base_urls_are_normalised() {
         for (given, expected) in [
