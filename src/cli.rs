@@ -98,6 +98,13 @@ pub struct RunArgs {
     #[arg(short = 'p', long)]
     pub control_plane_uri: Option<String>,
 
+    /// Base URL of the extension-storage gateway that remote extensions are fetched from:
+    /// GET {url}/{BUILD_TAG}/{amd64|arm64}/v{pg major}/extensions/{ext}.tar.zst. Trailing
+    /// slashes are normalised; a query string is refused. Without it `/extension_server`
+    /// answers 412.
+    #[arg(short = 'r', long, value_parser = crate::effects::remote_ext::parse_base_url)]
+    pub remote_ext_base_url: Option<reqwest::Url>,
+
     /// The compute's identity (checked against the `compute_id` claim of API tokens).
     #[arg(short = 'i', long, required = true)]
     pub compute_id: Option<String>,
@@ -344,6 +351,11 @@ mod tests {
             .unwrap()
             .run;
         assert_eq!(own.privileged_role_name, "db_admin");
+        assert_eq!(args.remote_ext_base_url, None);
+        let ext = Cli::try_parse_from(base.iter().chain(&["-r", "http://gw:5000//"]))
+            .unwrap()
+            .run;
+        assert_eq!(ext.remote_ext_base_url.unwrap().as_str(), "http://gw:5000/");
         for bad in [
             ["--vm-monitor-overhead-fraction", "1.5"],
             ["--vm-monitor-psi-trigger", "some 1"],
@@ -353,6 +365,8 @@ mod tests {
             ["--privileged-role-name", "x\"; DROP ROLE y; --"],
             ["--privileged-role-name", "neon2"],
             ["--privileged-role-name", ""],
+            ["--remote-ext-base-url", "http://gw/?a=b"],
+            ["--remote-ext-base-url", "gw"],
         ] {
             let error = Cli::try_parse_from(base.iter().chain(&bad)).unwrap_err();
             assert!(error.to_string().contains(bad[0]), "{error}");

@@ -54,6 +54,8 @@ pub struct Snapshot {
     pub cplane_requests: crate::control_plane::Requests,
     /// Failed runs of Neon's migrations, by migration id.
     pub migrations_failed: std::collections::BTreeMap<i64, u64>,
+    /// Remote extension downloads, by (HTTP status, archive name).
+    pub remote_ext_requests: std::collections::BTreeMap<(String, String), u64>,
     /// The JWT keys in force: the startup config's, then those of the latest `/configure`
     /// that reached `running` with keys.
     pub jwks: Arc<JwkSet>,
@@ -138,6 +140,7 @@ pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
         vm_monitor: vm::Figures::default(),
         cplane_requests: Default::default(),
         migrations_failed: Default::default(),
+        remote_ext_requests: Default::default(),
         jwks: Arc::new(jwks),
         promotion: PromoteState::NotPromoted,
         lfc_prewarm: LfcPrewarmState::default(),
@@ -264,6 +267,15 @@ impl<R: Runner> Engine<R> {
                     for (status, n) in requests {
                         *self.snapshot.cplane_requests.entry(status).or_default() += n;
                     }
+                    self.publish();
+                    continue;
+                }
+                Input::RemoteExtRequest { status, filename } => {
+                    *self
+                        .snapshot
+                        .remote_ext_requests
+                        .entry((status, filename))
+                        .or_default() += 1;
                     self.publish();
                     continue;
                 }

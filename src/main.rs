@@ -195,7 +195,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             local: args.storage,
             template_cache: args.template_cache.clone(),
         })
-        .with_vm_monitor(vm_monitor);
+        .with_vm_monitor(vm_monitor)
+        .with_remote_ext_base_url(args.remote_ext_base_url.clone())?;
     let engine = Engine::new(inbox, effects);
 
     let external_addr = SocketAddr::new(args.external_http_addr, args.external_http_port);

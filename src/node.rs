@@ -17,6 +17,13 @@ pub struct OsUser {
     pub gid: Gid,
 }
 
+/// The build label: `BUILD_TAG` at compile time, else `latest` (as Neon). It labels
+/// `compute_ctl_up` and is the first part of a remote extension's URL.
+pub const BUILD_TAG: &str = match option_env!("BUILD_TAG") {
+    Some(tag) => tag,
+    None => "latest",
+};
+
 /// The default of `--configure-timeout`.
 pub const DEFAULT_CONFIGURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 

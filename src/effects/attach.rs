@@ -133,6 +133,12 @@ impl Work {
         if let Some(tls) = tls {
             tls::check(node, tls).await?.write(node)?;
         }
+        // As a cold start: the libraries the spec preloads are fetched first (a new
+        // `shared_preload_libraries` then restarts Postgres, below).
+        if let Some(figures) = self.remote_ext.prepare(spec).await {
+            tracing::info!(?figures, "remote extensions ready");
+            self.reporter.metrics(move |m| figures.record(m));
+        }
         let loaded = within(
             deadline,
             node.configure_timeout,

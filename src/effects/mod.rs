@@ -17,9 +17,11 @@ pub mod postgres;
 pub mod process;
 mod promote;
 pub mod reaper;
+pub mod remote_ext;
 mod sql;
 pub mod storage;
 pub mod tls;
+pub mod untar;
 mod wal;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +42,7 @@ use crate::report::{Reporter, millis};
 use crate::spec::{ComputeFeature, ComputeMode, Lsn, Reserved, TlsConfig, ValidSpec};
 use crate::vm_monitor::VmMonitor;
 use postgres::Postmaster;
+use remote_ext::RemoteExtensions;
 
 pub struct Effects {
     node: Arc<Node>,
@@ -64,6 +67,8 @@ pub struct Effects {
     lfc: Arc<lfc::Lfc>,
     /// The Postgres of `--prestart`, until the first spec attaches to it.
     prestarted: attach::Slot,
+    /// Remote extensions: the gateway, the spec's allow-list, the archives fetched.
+    remote_ext: Arc<RemoteExtensions>,
 }
 
 impl Effects {
@@ -74,7 +79,9 @@ impl Effects {
             reporter.clone(),
             Arc::clone(&spec),
         ));
+        let remote_ext = RemoteExtensions::without_gateway(node.clone(), reporter.clone());
         Self {
+            remote_ext: Arc::new(remote_ext),
             node,
             reporter,
             cancel: CancellationToken::new(),
@@ -90,6 +97,16 @@ impl Effects {
             lfc,
             prestarted: attach::Slot::default(),
         }
+    }
+
+    /// Fetch remote extensions from this gateway (`--remote-ext-base-url`).
+    pub fn with_remote_ext_base_url(mut self, base: Option<reqwest::Url>) -> anyhow::Result<Self> {
+        self.remote_ext = Arc::new(RemoteExtensions::new(
+            self.node.clone(),
+            base,
+            self.reporter.clone(),
+        )?);
+        Ok(self)
     }
 
     /// Run the vm-monitor once Postgres is up (autoscaling).
@@ -119,11 +136,13 @@ impl Effects {
             storage: self.storage.clone(),
             mode: self.mode.clone(),
             prestarted: self.prestarted.clone(),
+            remote_ext: self.remote_ext.clone(),
         };
         if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
             &job
         {
             *lock(&self.spec) = Some(spec.clone());
+            self.remote_ext.set_spec(spec);
             if !matches!(job, Job::Promote { .. }) {
                 // A promotion changes the mode once Postgres is promoted.
                 *lock(&self.mode) = Some(spec.mode);
@@ -199,7 +218,9 @@ impl Effects {
                 let cancel = self.cancel.clone();
                 let node = work.node;
                 let lfc = self.lfc.clone();
-                let task = async move { operate::run(&node, &lfc, operation, cancel).await };
+                let remote_ext = work.remote_ext;
+                let task =
+                    async move { operate::run(&node, &lfc, &remote_ext, operation, cancel).await };
                 self.tasks.retain(|task| !task.is_finished());
                 self.tasks
                     .push(tokio::spawn(task.instrument(info_span!("operation"))));
@@ -273,6 +294,7 @@ struct Work {
     storage: Arc<storage::StorageOptions>,
     mode: Arc<Mutex<Option<ComputeMode>>>,
     prestarted: attach::Slot,
+    remote_ext: Arc<RemoteExtensions>,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.
@@ -370,10 +392,18 @@ impl Work {
             spec,
             reporter: &self.reporter,
         };
-        backend
-            .prepare(&cx)
-            .await
-            .with_context(|| format!("preparing PGDATA ({} storage)", backend.name()))?;
+        // As Neon: the libraries Postgres preloads are fetched while PGDATA is prepared.
+        let (prepared, extensions) = tokio::join!(
+            backend.prepare(&cx),
+            self.remote_ext
+                .prepare(spec)
+                .instrument(info_span!("prepare_remote_extensions"))
+        );
+        prepared.with_context(|| format!("preparing PGDATA ({} storage)", backend.name()))?;
+        if let Some(figures) = extensions {
+            tracing::info!(?figures, "remote extensions ready");
+            self.reporter.metrics(move |m| figures.record(m));
+        }
         if let Some(pair) = &tls_pair {
             pair.write(&self.node)?;
         }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog;
 use super::lfc::Lfc;
+use super::remote_ext::RemoteExtensions;
 use crate::node::Node;
 use crate::operation::{Operation, OperationError};
 use crate::vm_monitor::filecache::FileCache;
@@ -19,9 +20,15 @@ use crate::vm_monitor::filecache::FileCache;
 /// this time fails the downscale rather than holding the agent's request.
 const RESIZE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(node: &Node, lfc: &Arc<Lfc>, operation: Operation, cancel: CancellationToken) {
+pub async fn run(
+    node: &Node,
+    lfc: &Arc<Lfc>,
+    remote_ext: &Arc<RemoteExtensions>,
+    operation: Operation,
+    cancel: CancellationToken,
+) {
     let streaming = tokio::select! {
-        streaming = answer(node, lfc, operation, cancel.clone()) => streaming,
+        streaming = answer(node, lfc, remote_ext, operation, cancel.clone()) => streaming,
         _ = cancel.cancelled() => return,
     };
     // The pump watches `cancel` itself; waiting for it here lets a termination wait until
@@ -35,6 +42,7 @@ pub async fn run(node: &Node, lfc: &Arc<Lfc>, operation: Operation, cancel: Canc
 async fn answer(
     node: &Node,
     lfc: &Arc<Lfc>,
+    remote_ext: &Arc<RemoteExtensions>,
     operation: Operation,
     cancel: CancellationToken,
 ) -> Option<JoinHandle<()>> {
@@ -100,6 +108,15 @@ async fn answer(
         }
         Operation::LfcOffload(reply) => {
             let _ = reply.send(lfc.offload(&cancel).await);
+        }
+        Operation::FetchExtension {
+            filename,
+            is_library,
+            reply,
+        } => {
+            // The download is a task of its own: a termination (or a requester that leaves)
+            // stops the waiting, not the download, which others may be waiting for.
+            let _ = reply.send(remote_ext.serve(&filename, is_library).await);
         }
         Operation::ResizeFileCache { bytes, reply } => {
             let options = node.connect_options(node.default_database(), "vm-monitor");

@@ -53,6 +53,8 @@ pub(super) fn answered<T>(
             OperationError::ReadOnly(_) => StatusCode::CONFLICT,
             OperationError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
             OperationError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            OperationError::NotConfigured(_) => StatusCode::PRECONDITION_FAILED,
+            OperationError::NotInSpec(_) => StatusCode::CONFLICT,
             OperationError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
     };

@@ -9,11 +9,7 @@ use prometheus::{
 use crate::engine::Snapshot;
 use crate::report::vm::Figures;
 
-/// The build label of `compute_ctl_up`: `BUILD_TAG` at compile time, else `latest` (as Neon).
-pub const BUILD_TAG: &str = match option_env!("BUILD_TAG") {
-    Some(tag) => tag,
-    None => "latest",
-};
+use crate::node::BUILD_TAG;
 
 pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
     let registry = Registry::new();
@@ -107,6 +103,23 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
             extensions
                 .with_label_values(&[e.extname.as_str(), e.version.as_str(), owned])
                 .set(e.n_databases.try_into().unwrap_or(i64::MAX));
+        }
+    }
+
+    // Neon's counter of extension downloads; no family before the first.
+    if !snapshot.remote_ext_requests.is_empty() {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "compute_ctl_remote_ext_requests_total",
+                "Remote extension archive downloads, by HTTP status (unknown: no answer) and archive",
+            ),
+            &["http_status", "filename"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        for ((status, filename), count) in &snapshot.remote_ext_requests {
+            requests
+                .with_label_values(&[status, filename])
+                .inc_by(*count);
         }
     }
 

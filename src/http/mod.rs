@@ -5,6 +5,7 @@ pub mod auth;
 mod body;
 mod catalog;
 mod error;
+mod extension_server;
 pub mod jwks;
 mod lfc;
 mod metrics;
@@ -78,6 +79,9 @@ enum Kind {
     TokenLong,
     /// No token: `/metrics`, the probes, `/openapi.json`.
     Open,
+    /// No token, and as long as its (bounded) work: `/extension_server` answers when the
+    /// download is done.
+    OpenLong,
 }
 
 /// A route's method router, wrapped as its [`Kind`] asks.
@@ -210,7 +214,7 @@ pub fn external(
         let route = guard(kind, route, request_timeout);
         match kind {
             Kind::Token | Kind::TokenLong => route.route_layer(token.clone()),
-            Kind::Open => route,
+            Kind::Open | Kind::OpenLong => route,
         }
     })
     .split_for_parts();
@@ -225,8 +229,9 @@ pub fn external(
 }
 
 /// The on-box API, bound to loopback and without auth, as Neon's: read-only views for local
-/// tools, the catalog changes of `/extensions` and `/grants`, and `/refresh_configuration`
-/// (`refreshable`: there is a control plane to fetch from).
+/// tools, the catalog changes of `/extensions` and `/grants`, `/refresh_configuration`
+/// (`refreshable`: there is a control plane to fetch from), and the remote extension
+/// downloads of `/extension_server`.
 pub fn internal(engine: EngineHandle, request_timeout: Duration, refreshable: bool) -> Router {
     let route = |route| guard(Kind::Open, route, request_timeout);
     with_request_log(
@@ -238,6 +243,14 @@ pub fn internal(engine: EngineHandle, request_timeout: Duration, refreshable: bo
             .route(
                 "/refresh_configuration",
                 route(post(routes::refresh_configuration)),
+            )
+            .route(
+                "/extension_server/{*filename}",
+                guard(
+                    Kind::OpenLong,
+                    post(extension_server::extension_server),
+                    request_timeout,
+                ),
             )
             .layer(axum::Extension(routes::Refreshable(refreshable)))
             .with_state(engine),
@@ -254,7 +267,7 @@ fn guard(
     request_timeout: Duration,
 ) -> MethodRouter<EngineHandle> {
     let route = route.route_layer(axum::middleware::from_fn(body::check));
-    if kind == Kind::TokenLong {
+    if matches!(kind, Kind::TokenLong | Kind::OpenLong) {
         return route;
     }
     route.route_layer(

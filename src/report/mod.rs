@@ -128,6 +128,13 @@ pub enum Input {
     CplaneRequests(control_plane::Requests),
     /// Neon's migration of this id failed (`compute_ctl_db_migration_failed_total`).
     MigrationFailed(i64),
+    /// A remote extension's archive was requested from the gateway
+    /// (`compute_ctl_remote_ext_requests_total`): the answer's status (`unknown`: none) and
+    /// the archive's name.
+    RemoteExtRequest {
+        status: String,
+        filename: String,
+    },
 }
 
 /// An input on its way to the engine.
@@ -202,6 +209,10 @@ impl Reporter {
 
     pub fn migration_failed(&self, id: i64) {
         self.send(Input::MigrationFailed(id));
+    }
+
+    pub fn remote_ext_request(&self, status: String, filename: String) {
+        self.send(Input::RemoteExtRequest { status, filename });
     }
 
     /// Send an input and wait until the machine accepted or rejected it.

@@ -753,3 +753,57 @@ fn the_prestart_spec_is_valid_and_empty() {
     assert_eq!(spec.roles().count(), 0);
     assert_eq!(spec.databases().count(), 0);
 }
+
+/// `remote_extensions` names become file names (a URL's last part, control files written
+/// into Postgres's `share/extension`): each must be one plain file name.
+#[test]
+fn remote_extension_names_are_plain_file_names() {
+    let with = |ext: serde_json::Value| {
+        let mut v = minimal();
+        v["remote_extensions"] = ext;
+        parse_value(&v)
+    };
+    let good = json!({
+        "public_extensions": ["postgis"], "custom_extensions": null,
+        "library_index": {"postgis-3": "postgis"},
+        "extension_data": {"postgis": {"archive_path": "x", "control_data": {"postgis.control": "c"}}}
+    });
+    with(good.clone()).unwrap();
+    let cases = [
+        (
+            "/public_extensions/0",
+            json!("../x"),
+            "remote_extensions.public_extensions[0]",
+        ),
+        (
+            "/library_index/postgis-3",
+            json!("a/b"),
+            "remote_extensions.library_index.postgis-3",
+        ),
+        (
+            "/extension_data/postgis/control_data",
+            json!({"../../evil.control": "c"}),
+            "control_data.../../evil.control",
+        ),
+        (
+            "/extension_data/postgis/control_data",
+            json!({"postgis.sql": "c"}),
+            "must end in .control",
+        ),
+        (
+            "/extension_data/postgis/control_data",
+            json!({"postgis.control": "a\u{0}b"}),
+            "NUL",
+        ),
+    ];
+    for (pointer, value, expected) in cases {
+        let mut ext = good.clone();
+        *ext.pointer_mut(pointer).unwrap() = value;
+        let err = with(ext).unwrap_err().to_string();
+        assert!(err.contains(expected), "{pointer}: {err}");
+    }
+    let mut ext = good.clone();
+    ext["extension_data"] = json!({"..": {"archive_path": "x", "control_data": {}}});
+    let err = with(ext).unwrap_err().to_string();
+    assert!(err.contains("remote_extensions.extension_data.."), "{err}");
+}

@@ -278,6 +278,7 @@ pub(super) fn validate_at(
     }
 
     check_safekeepers(&spec, prefix)?;
+    check_remote_extensions(&spec, prefix)?;
     let jwks_roles = jwks_roles(&spec, prefix)?;
     Ok(ValidSpec {
         spec,
@@ -319,6 +320,56 @@ fn jwks_roles(spec: &ComputeSpec, prefix: &str) -> Result<BTreeSet<String>, Spec
         .flatten()
         .flat_map(|jwks| jwks.role_names)
         .collect())
+}
+
+/// `remote_extensions`: its names become file names (`<ext>.tar.zst` in a URL, control files
+/// written into Postgres's `share/extension`), so each must be one plain file name: not
+/// empty, no `/`, no NUL, not `.` or `..` (Neon joins them to paths unchecked).
+fn check_remote_extensions(spec: &ComputeSpec, prefix: &str) -> Result<(), SpecError> {
+    let Some(ext) = &spec.remote_extensions else {
+        return Ok(());
+    };
+    let field = |rest: &str| format!("{prefix}remote_extensions.{rest}");
+    let plain = |field: String, name: &str, what: &str| -> Result<(), SpecError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(SpecError::invalid(
+                field,
+                name,
+                format!("{what} must be a plain file name (not empty, no '/', not '.' or '..')"),
+            ));
+        }
+        Ok(())
+    };
+    for (list, names) in [
+        ("public_extensions", &ext.public_extensions),
+        ("custom_extensions", &ext.custom_extensions),
+    ] {
+        for (i, name) in names.iter().flatten().enumerate() {
+            plain(field(&format!("{list}[{i}]")), name, "an extension name")?;
+        }
+    }
+    for (library, name) in &ext.library_index {
+        let at = field(&format!("library_index.{library}"));
+        plain(at.clone(), library, "a library name")?;
+        plain(at, name, "an extension name")?;
+    }
+    for (name, data) in &ext.extension_data {
+        let at = field(&format!("extension_data.{name}"));
+        plain(at.clone(), name, "an extension name")?;
+        for (file, text) in &data.control_data {
+            let at = format!("{at}.control_data.{file}");
+            plain(at.clone(), file, "a control file name")?;
+            if !file.ends_with(".control") {
+                return Err(SpecError::invalid(
+                    at,
+                    file,
+                    "a control file name must end in .control",
+                ));
+            }
+            check_no_nul(at, text, "a control file")?;
+        }
+    }
+    Ok(())
 }
 
 fn check_safekeepers(spec: &ComputeSpec, prefix: &str) -> Result<(), SpecError> {

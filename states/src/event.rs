@@ -102,8 +102,9 @@ pub enum Event {
     SpecReceived { spec: SpecRef, source: SpecSource },
     /// The configuration effect took the pending spec and began to apply it.
     ConfigurationStarted,
-    /// A request that reads whatever Postgres there is (`/dbs_and_roles`, `/database_schema`):
-    /// it runs in every live status and answers 503 itself when no Postgres answers.
+    /// A request that runs in every live status: a read of whatever Postgres there is
+    /// (`/dbs_and_roles`, `/database_schema`), which answers 503 itself when no Postgres
+    /// answers, or a remote extension download (`/extension_server`), which needs none.
     InspectRequested { op: OpRef },
     /// A request that needs a running compute (`/insights`, `/check_writability`,
     /// `/extensions`, `/grants`).

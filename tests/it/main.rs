@@ -25,6 +25,7 @@ mod prestart;
 mod privileges;
 mod promote;
 mod reconcile;
+mod remote_ext;
 mod storage;
 mod systemd;
 mod termination;
