@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::operation::{Operation, Reply};
 pub use crate::report::{
-    ComputeMetrics, Configuration, Input, InstalledExtension, Job, OperateError, RequestError,
-    Runner,
+    ComputeMetrics, Configuration, Input, InstalledExtension, Job, OperateError, PgbouncerState,
+    RequestError, Runner,
 };
-use crate::report::{Envelope, Reporter, millis, vm};
+use crate::report::{Envelope, PgbouncerReport, Reporter, millis, vm};
 use crate::spec::{JwkSet, ValidSpec};
 
 /// What the compute looks like after the latest event.
@@ -53,6 +53,10 @@ pub struct Snapshot {
     pub cplane_requests: crate::control_plane::Requests,
     /// Failed runs of Neon's migrations, by migration id.
     pub migrations_failed: std::collections::BTreeMap<i64, u64>,
+    /// Whether pgbouncer runs (`None` without `--pgbouncer-ini`, or before its first start).
+    pub pgbouncer: Option<PgbouncerState>,
+    /// How often pgbouncer was started again after it died.
+    pub pgbouncer_restarts: u64,
     /// The JWT keys in force: the startup config's, then those of the latest `/configure`
     /// that reached `running` with keys.
     pub jwks: Arc<JwkSet>,
@@ -128,6 +132,8 @@ pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
         vm_monitor: vm::Figures::default(),
         cplane_requests: Default::default(),
         migrations_failed: Default::default(),
+        pgbouncer: None,
+        pgbouncer_restarts: 0,
         jwks: Arc::new(jwks),
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
@@ -229,6 +235,14 @@ impl<R: Runner> Engine<R> {
                 }
                 Input::MigrationFailed(id) => {
                     *self.snapshot.migrations_failed.entry(id).or_default() += 1;
+                    self.publish();
+                    continue;
+                }
+                Input::Pgbouncer(report) => {
+                    match report {
+                        PgbouncerReport::State(state) => self.snapshot.pgbouncer = Some(state),
+                        PgbouncerReport::Restarted => self.snapshot.pgbouncer_restarts += 1,
+                    }
                     self.publish();
                     continue;
                 }

@@ -10,6 +10,7 @@ pub mod catalog;
 mod conf_check;
 mod extensions;
 mod operate;
+pub mod pgbouncer;
 pub mod pgdata;
 pub mod postgres;
 pub mod process;
@@ -36,6 +37,7 @@ use crate::report::{Job, Runner};
 use crate::report::{Reporter, millis};
 use crate::spec::{ComputeFeature, ComputeMode, TlsConfig, ValidSpec};
 use crate::vm_monitor::VmMonitor;
+use pgbouncer::Pgbouncer;
 use postgres::Postmaster;
 
 pub struct Effects {
@@ -55,6 +57,8 @@ pub struct Effects {
     vm_monitor: Option<VmMonitor>,
     /// `disable_lfc_resizing` of the latest spec, read by the vm-monitor at each resize.
     lfc_resizing_disabled: Arc<AtomicBool>,
+    /// pgbouncer, with `--pgbouncer-ini`.
+    pgbouncer: Option<Arc<Pgbouncer>>,
 }
 
 impl Effects {
@@ -71,7 +75,14 @@ impl Effects {
             storage: Arc::default(),
             vm_monitor: None,
             lfc_resizing_disabled: Arc::default(),
+            pgbouncer: None,
         }
+    }
+
+    /// Supervise pgbouncer as a companion of Postgres (`--pgbouncer-ini`).
+    pub fn with_pgbouncer(mut self, pgbouncer: Option<Pgbouncer>) -> Self {
+        self.pgbouncer = pgbouncer.map(Arc::new);
+        self
     }
 
     /// Run the vm-monitor once Postgres is up (autoscaling).
@@ -99,6 +110,7 @@ impl Effects {
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
+            pgbouncer: self.pgbouncer.clone(),
         };
         if let Job::Start { spec, .. } | Job::Configure { spec, .. } = &job {
             self.mode = Some(spec.mode);
@@ -167,6 +179,10 @@ impl Effects {
                         for task in running {
                             let _ = task.await;
                         }
+                        // A companion of Postgres: its clients go first.
+                        if let Some(pgbouncer) = &work.pgbouncer {
+                            pgbouncer.stop(mode).await;
+                        }
                         work.stop(mode, primary).await;
                     }
                     .instrument(info_span!("stop_postgres", mode = mode.as_str())),
@@ -191,6 +207,9 @@ impl Effects {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(pgbouncer) = &self.pgbouncer {
+            pgbouncer.stop(TerminateMode::Immediate).await;
         }
         let postmaster = lock(&self.postmaster).clone();
         if let Some(postmaster) = postmaster
@@ -223,6 +242,7 @@ struct Work {
     reporter: Reporter,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
     storage: Arc<storage::StorageOptions>,
+    pgbouncer: Option<Arc<Pgbouncer>>,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.
@@ -273,6 +293,7 @@ impl Work {
                 &spec,
                 crate::reconcile::startup_concurrency(&spec),
                 deadline,
+                Some(tls.is_some()),
             )
             .await;
         if applied && Self::updates_catalog(&spec) {
@@ -339,7 +360,7 @@ impl Work {
             });
             return;
         }
-        self.apply(&spec, spec.reconfigure_concurrency, deadline)
+        self.apply(&spec, spec.reconfigure_concurrency, deadline, None)
             .await;
     }
 
@@ -384,6 +405,33 @@ impl Work {
             conf_check::check(&self.node),
         )
         .await;
+        let checked = match (checked, &self.pgbouncer) {
+            (Ok(warnings), Some(pgbouncer)) => {
+                // Before Postgres reloads: a file pgbouncer refuses fails the configuration,
+                // and then nothing may have changed.
+                let previous_ini = pgbouncer.in_force().await;
+                match pgbouncer
+                    .configure(&self.node, spec, tls.is_some(), &self.reporter)
+                    .instrument(info_span!("pgbouncer"))
+                    .await
+                {
+                    Ok(()) => Ok(warnings),
+                    Err(error) => {
+                        // pgbouncer put its file back already; once the TLS pair is back too,
+                        // it reloads again so that it serves the previous pair.
+                        let restored = tls::restore(&self.node, &previous_tls);
+                        pgbouncer
+                            .restore(&self.node, previous_ini.as_deref())
+                            .await;
+                        restored.with_context(|| {
+                            format!("{error:#}; putting back the previous TLS key and certificate")
+                        })?;
+                        Err(error)
+                    }
+                }
+            }
+            (checked, _) => checked,
+        };
         match checked {
             Ok(warnings) => {
                 postmaster.signal(Signal::SIGHUP);
@@ -419,7 +467,16 @@ impl Work {
     /// applied (`ConfigurationApplied`). The reading is part of the configuration, so that its
     /// sessions are over before the monitor counts sessions (`activity_monitor_experimental`)
     /// and never hold a database an apply renames.
-    async fn apply(&self, spec: &ValidSpec, concurrency: usize, deadline: Instant) -> bool {
+    ///
+    /// With pgbouncer, the apply also makes its `auth_query` role and function; `start_pgbouncer`
+    /// (at start: whether TLS is on) then starts it, a failure failing the configuration.
+    async fn apply(
+        &self,
+        spec: &ValidSpec,
+        concurrency: usize,
+        deadline: Instant,
+        start_pgbouncer: Option<bool>,
+    ) -> bool {
         let began = Instant::now();
         let result = if !Self::updates_catalog(spec) {
             tracing::info!(
@@ -432,10 +489,24 @@ impl Work {
                 deadline,
                 self.node.configure_timeout,
                 "applying the spec (roles and databases)",
-                apply::apply(&self.node, spec, concurrency),
+                async {
+                    let statements = apply::apply(&self.node, spec, concurrency).await?;
+                    Ok(match &self.pgbouncer {
+                        Some(_) => statements + pgbouncer::auth::ensure(&self.node).await?,
+                        None => statements,
+                    })
+                },
             )
             .instrument(info_span!("apply_config"))
             .await
+        };
+        let result = match (result, &self.pgbouncer, start_pgbouncer) {
+            (Ok(statements), Some(pgbouncer), Some(tls)) => pgbouncer
+                .configure(&self.node, spec, tls, &self.reporter)
+                .instrument(info_span!("pgbouncer"))
+                .await
+                .map(|()| statements),
+            (result, _, _) => result,
         };
         match result {
             Ok(statements) => {

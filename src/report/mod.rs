@@ -84,6 +84,26 @@ pub enum Input {
     CplaneRequests(control_plane::Requests),
     /// Neon's migration of this id failed (`compute_ctl_db_migration_failed_total`).
     MigrationFailed(i64),
+    /// What the pgbouncer supervisor saw (`--pgbouncer-ini`).
+    Pgbouncer(PgbouncerReport),
+}
+
+/// Whether pgbouncer runs (`--pgbouncer-ini`), as `/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgbouncerState {
+    /// A pgbouncer process runs.
+    Running,
+    /// It died; compute_ctl starts it again after a backoff.
+    Restarting,
+    /// Stopped by a termination, or never started (its configuration failed).
+    Stopped,
+}
+
+pub enum PgbouncerReport {
+    State(PgbouncerState),
+    /// pgbouncer was started again after it died (`compute_ctl_pgbouncer_restarts_total`).
+    Restarted,
 }
 
 /// An input on its way to the engine.
@@ -145,6 +165,14 @@ impl Reporter {
 
     pub fn migration_failed(&self, id: i64) {
         self.send(Input::MigrationFailed(id));
+    }
+
+    pub fn pgbouncer_state(&self, state: PgbouncerState) {
+        self.send(Input::Pgbouncer(PgbouncerReport::State(state)));
+    }
+
+    pub fn pgbouncer_restarted(&self) {
+        self.send(Input::Pgbouncer(PgbouncerReport::Restarted));
     }
 
     /// Send an input and wait until the machine accepted or rejected it.
