@@ -19,6 +19,7 @@ mod monitor;
 mod neon_storage;
 mod otel;
 mod outcomes;
+mod pgbouncer;
 mod pid1;
 mod privileges;
 mod reconcile;

@@ -10,7 +10,7 @@
 /// What compute_ctl puts before a line of the operator's it overrides.
 const OVERRIDDEN: &str = ";compute_ctl: ";
 /// The comment that opens compute_ctl's own block.
-const BLOCK: &str = "; set by compute_ctl (the spec's pgbouncer_settings, then compute_ctl's own keys)";
+const BLOCK: &str = "; set by compute_ctl (its own keys, then the spec's pgbouncer_settings)";
 
 /// The operator's pgbouncer.ini, as read at startup.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ listen_port = 6432
 admin_users = ops
 %include /etc/pgbouncer/extra.ini
 
-; set by compute_ctl (the spec's pgbouncer_settings, then compute_ctl's own keys)
+; set by compute_ctl (its own keys, then the spec's pgbouncer_settings)
 default_pool_size = 42
 auth_user = a
 [users]
@@ -215,7 +215,7 @@ x = pool_mode=session
     fn a_file_without_the_section_gets_one() {
         let ini = Ini::new("[databases]\n* = port=1\n".into());
         let text = ini.with(&pairs(&[("listen_port", "7")]));
-        assert!(text.ends_with("[pgbouncer]\n; set by compute_ctl (the spec's pgbouncer_settings, then compute_ctl's own keys)\nlisten_port = 7\n"), "{text}");
+        assert!(text.ends_with("[pgbouncer]\n; set by compute_ctl (its own keys, then the spec's pgbouncer_settings)\nlisten_port = 7\n"), "{text}");
         assert_eq!(Ini::new(text).get("listen_port").as_deref(), Some("7"));
     }
 

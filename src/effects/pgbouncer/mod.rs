@@ -116,8 +116,8 @@ impl Pgbouncer {
         self.dir.join("users.txt")
     }
 
-    /// The `[pgbouncer]` values for `spec`: its `pgbouncer_settings` in order, then compute_ctl's
-    /// own, which win.
+    /// The `[pgbouncer]` values for `spec`: compute_ctl's own, then the spec's
+    /// `pgbouncer_settings` in order (without the keys compute_ctl sets).
     fn settings(&self, node: &Node, spec: &ValidSpec, tls: bool) -> Vec<(String, String)> {
         let mut settings: Vec<(String, String)> = spec
             .pgbouncer_settings
@@ -166,8 +166,10 @@ impl Pgbouncer {
             }
         }
         settings.retain(|(k, _)| !own.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)));
-        settings.extend(own);
-        settings
+        // compute_ctl's first: pgbouncer stops reading a file at its first bad line, and a
+        // refused spec value must not cost compute_ctl its console (`admin_users`).
+        own.extend(settings);
+        own
     }
 
     /// Where the admin console is for `settings` (those of [`Self::settings`]).
