@@ -611,6 +611,7 @@ fn reserved_roles_are_refused() {
         "cloud_admin",
         "neon_superuser",
         "zenith_admin",
+        "compute_ctl_pgbouncer",
         "pg_monitor",
         "pg_new",
     ] {
@@ -745,4 +746,30 @@ fn local_proxy_roles_are_read_and_checked() {
     let mut v = minimal();
     v["local_proxy_config"] = json!({});
     assert!(parse_value(&v).unwrap().jwks_roles().is_empty());
+}
+
+#[test]
+fn pgbouncer_settings_must_be_lines_of_the_pgbouncer_section() {
+    let with = |key: &str, value: &str| {
+        let mut v = minimal();
+        v["pgbouncer_settings"] = json!({"default_pool_size": "42", key: value});
+        parse_value(&v).map_err(|e| e.to_string())
+    };
+    assert!(with("pool_mode", "session").is_ok());
+    let err = with("pool_mode", "session\nauth_type = trust").unwrap_err();
+    assert!(
+        err.starts_with("at pgbouncer_settings.pool_mode: ") && err.contains("one line"),
+        "{err}"
+    );
+    let err = with("pool mode", "session").unwrap_err();
+    assert!(err.starts_with("at pgbouncer_settings.pool mode: "), "{err}");
+    let err = with("[databases]", "x").unwrap_err();
+    assert!(err.contains("not a pgbouncer setting name"), "{err}");
+    for own in ["auth_user", "auth_query", "AUTH_FILE"] {
+        let err = with(own, "x").unwrap_err();
+        assert!(
+            err.starts_with(&format!("at pgbouncer_settings.{own}: ")) && err.contains("compute_ctl sets"),
+            "{err}"
+        );
+    }
 }

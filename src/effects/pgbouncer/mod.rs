@@ -226,13 +226,15 @@ impl Pgbouncer {
         let console = self.console(&settings)?;
         self.write_files(node, &text)?;
         let taken = match &state.running {
-            Some(running) if !running.stopped() => console.reload(&running.log).await,
+            // Where it listens is what it read when it started (pgbouncer does not move its
+            // sockets on RELOAD).
+            Some(running) if !running.stopped() => running.console.reload(&running.log).await,
             _ => {
                 // Kept in the state while it comes up: a termination meanwhile stops it.
                 let running = state
                     .running
-                    .insert(Supervisor::spawn(self, node, reporter.clone()));
-                let up = running.wait_up(&console).await;
+                    .insert(Supervisor::spawn(self, node, console, reporter.clone()));
+                let up = running.wait_up().await;
                 if up.is_err()
                     && let Some(running) = state.running.take()
                 {
@@ -285,27 +287,10 @@ impl Pgbouncer {
         state.in_force = Some(previous.to_owned());
         if let Some(running) = &state.running
             && !running.stopped()
+            && let Err(e) = running.console.reload(&running.log).await
         {
-            let settings_console = self.console_of(previous);
-            match settings_console {
-                Ok(console) => {
-                    if let Err(e) = console.reload(&running.log).await {
-                        tracing::error!("reloading pgbouncer with the previous pgbouncer.ini: {e:#}");
-                    }
-                }
-                Err(e) => tracing::error!("{e:#}"),
-            }
+            tracing::error!("reloading pgbouncer with the previous pgbouncer.ini: {e:#}");
         }
-    }
-
-    /// The console of a file compute_ctl wrote.
-    fn console_of(&self, text: &str) -> anyhow::Result<admin::Console> {
-        let written = ini::Ini::new(text.to_owned());
-        let settings: Vec<(String, String)> = ["listen_port", "unix_socket_dir", "listen_addr"]
-            .iter()
-            .filter_map(|k| written.get(k).map(|v| (k.to_string(), v)))
-            .collect();
-        self.console(&settings)
     }
 
     /// The directory, the auth_file (the operator's, with compute_ctl's console user), and
@@ -372,6 +357,8 @@ fn find_binary() -> anyhow::Result<PathBuf> {
 
 /// The task that keeps a pgbouncer running, and what others need of it.
 struct Supervisor {
+    /// The admin console of the pgbouncer it runs.
+    console: admin::Console,
     /// Every line of pgbouncer's stderr, as it is read (for `RELOAD`'s verdict).
     log: broadcast::Sender<String>,
     /// The last lines, to explain a failed start.
@@ -385,7 +372,12 @@ struct Supervisor {
 
 impl Supervisor {
     /// Start the task that runs pgbouncer; [`Self::wait_up`] tells whether it came up.
-    fn spawn(pgbouncer: &Pgbouncer, node: &Node, reporter: Reporter) -> Self {
+    fn spawn(
+        pgbouncer: &Pgbouncer,
+        node: &Node,
+        console: admin::Console,
+        reporter: Reporter,
+    ) -> Self {
         let (log, _) = broadcast::channel(1024);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
         // Set when the first pgbouncer exited: the start failed.
@@ -404,6 +396,7 @@ impl Supervisor {
         };
         let task = tokio::spawn(run.supervise(first_tx));
         Self {
+            console,
             log,
             tail,
             first,
@@ -415,7 +408,7 @@ impl Supervisor {
 
     /// Wait until the console of the first pgbouncer answers; an error with pgbouncer's words
     /// when it exits first, or when it does not answer within [`START_TIMEOUT`].
-    async fn wait_up(&mut self, console: &admin::Console) -> anyhow::Result<()> {
+    async fn wait_up(&mut self) -> anyhow::Result<()> {
         let began = Instant::now();
         loop {
             if *self.first.borrow() {
@@ -428,7 +421,7 @@ impl Supervisor {
                 };
                 bail!("pgbouncer refused to start: {said}");
             }
-            match console.connect().await {
+            match self.console.connect().await {
                 Ok(conn) => {
                     use sqlx::Connection;
                     conn.close().await.ok();
