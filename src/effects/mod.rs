@@ -420,9 +420,7 @@ impl Work {
                         // pgbouncer put its file back already; once the TLS pair is back too,
                         // it reloads again so that it serves the previous pair.
                         let restored = tls::restore(&self.node, &previous_tls);
-                        pgbouncer
-                            .restore(&self.node, previous_ini.as_deref())
-                            .await;
+                        pgbouncer.restore(&self.node, previous_ini.as_deref()).await;
                         restored.with_context(|| {
                             format!("{error:#}; putting back the previous TLS key and certificate")
                         })?;

@@ -762,13 +762,17 @@ fn pgbouncer_settings_must_be_lines_of_the_pgbouncer_section() {
         "{err}"
     );
     let err = with("pool mode", "session").unwrap_err();
-    assert!(err.starts_with("at pgbouncer_settings.pool mode: "), "{err}");
+    assert!(
+        err.starts_with("at pgbouncer_settings.pool mode: "),
+        "{err}"
+    );
     let err = with("[databases]", "x").unwrap_err();
     assert!(err.contains("not a pgbouncer setting name"), "{err}");
     for own in ["auth_user", "auth_query", "AUTH_FILE"] {
         let err = with(own, "x").unwrap_err();
         assert!(
-            err.starts_with(&format!("at pgbouncer_settings.{own}: ")) && err.contains("compute_ctl sets"),
+            err.starts_with(&format!("at pgbouncer_settings.{own}: "))
+                && err.contains("compute_ctl sets"),
             "{err}"
         );
     }

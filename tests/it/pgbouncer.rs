@@ -27,7 +27,10 @@ fn operator_ini(c: &Compute, port: u16) -> PathBuf {
     let run = c.root.join("run");
     fs::create_dir_all(&run).unwrap();
     fs::set_permissions(&run, fs::Permissions::from_mode(0o1777)).unwrap();
-    let users = c.write_file("operator-users.txt", &format!("\"{}\" \"{}\"\n", OPS.0, OPS.1));
+    let users = c.write_file(
+        "operator-users.txt",
+        &format!("\"{}\" \"{}\"\n", OPS.0, OPS.1),
+    );
     c.write_file(
         "pgbouncer.ini",
         &format!(
@@ -98,7 +101,10 @@ fn as_alice(port: u16, password: &str, sql: &str) -> Result<String, String> {
 /// A value of `SHOW CONFIG` on the admin console, as the operator's admin user.
 fn show_config(port: u16, key: &str) -> String {
     let rows = psql(
-        &format!("host=127.0.0.1 port={port} user={} dbname=pgbouncer sslmode=disable", OPS.0),
+        &format!(
+            "host=127.0.0.1 port={port} user={} dbname=pgbouncer sslmode=disable",
+            OPS.0
+        ),
         OPS.1,
         "SHOW CONFIG",
     )
@@ -158,15 +164,21 @@ async fn spec_roles_pool_through_a_supervised_pgbouncer() {
     // A spec role logs in through pgbouncer with its own password (auth_query); the pooled
     // session is Postgres's.
     assert_eq!(
-        as_alice(port, SCRAM_PASSWORD, "SELECT current_user || ' ' || current_database()")
-            .as_deref(),
+        as_alice(
+            port,
+            SCRAM_PASSWORD,
+            "SELECT current_user || ' ' || current_database()"
+        )
+        .as_deref(),
         Ok("alice app")
     );
     let wrong = as_alice(port, "not the password", "SELECT 1").expect_err("a wrong password");
     assert!(wrong.contains("authentication failed"), "{wrong}");
     // compute_ctl's own role never logs in through pgbouncer.
     let own = psql(
-        &format!("host=127.0.0.1 port={port} user=compute_ctl_pgbouncer dbname=app sslmode=disable"),
+        &format!(
+            "host=127.0.0.1 port={port} user=compute_ctl_pgbouncer dbname=app sslmode=disable"
+        ),
         "x",
         "SELECT 1",
     );
@@ -177,12 +189,20 @@ async fn spec_roles_pool_through_a_supervised_pgbouncer() {
     assert_eq!(show_config(port, "default_pool_size"), "7");
     assert_eq!(fs::read_to_string(&ini).unwrap(), operator_text);
     let generated = fs::read_to_string(generated_ini(&c)).unwrap();
-    assert!(generated.starts_with("; the operator's pgbouncer.ini\n[databases]\n"), "{generated}");
-    assert!(generated.contains("\n;compute_ctl: default_pool_size = 3\n"), "{generated}");
+    assert!(
+        generated.starts_with("; the operator's pgbouncer.ini\n[databases]\n"),
+        "{generated}"
+    );
+    assert!(
+        generated.contains("\n;compute_ctl: default_pool_size = 3\n"),
+        "{generated}"
+    );
 
     // A reconfiguration changes it through RELOAD.
     let (code, body) = c
-        .configure_raw(&configure_body(&app_spec(json!({"default_pool_size": "13"}))))
+        .configure_raw(&configure_body(&app_spec(
+            json!({"default_pool_size": "13"}),
+        )))
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(show_config(port, "default_pool_size"), "13");
@@ -229,14 +249,19 @@ async fn spec_roles_pool_through_a_supervised_pgbouncer() {
 
     // A good configuration after the failures runs again.
     let (code, body) = c
-        .configure_raw(&configure_body(&app_spec(json!({"default_pool_size": "13"}))))
+        .configure_raw(&configure_body(&app_spec(
+            json!({"default_pool_size": "13"}),
+        )))
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
 
     // Killed, pgbouncer is started again, counted; clients reconnect.
     let before = pgbouncers(&c);
     assert_eq!(before.len(), 1, "{before:?}");
-    assert_eq!(c.metric("compute_ctl_pgbouncer_restarts_total").await, Some(0.0));
+    assert_eq!(
+        c.metric("compute_ctl_pgbouncer_restarts_total").await,
+        Some(0.0)
+    );
     kill(Pid::from_raw(before[0]), Signal::SIGKILL).unwrap();
     let answer = eventually("a client through the restarted pgbouncer", || {
         as_alice(port, SCRAM_PASSWORD, "SELECT 2")
@@ -244,8 +269,14 @@ async fn spec_roles_pool_through_a_supervised_pgbouncer() {
     .await;
     assert_eq!(answer, "2");
     let after = pgbouncers(&c);
-    assert!(after.len() == 1 && after[0] != before[0], "{before:?} {after:?}");
-    assert_eq!(c.metric("compute_ctl_pgbouncer_restarts_total").await, Some(1.0));
+    assert!(
+        after.len() == 1 && after[0] != before[0],
+        "{before:?} {after:?}"
+    );
+    assert_eq!(
+        c.metric("compute_ctl_pgbouncer_restarts_total").await,
+        Some(1.0)
+    );
     assert_eq!(c.status().await["pgbouncer"], "running");
     // The restarted one runs with the file in force.
     assert_eq!(show_config(port, "default_pool_size"), "13");
@@ -280,11 +311,16 @@ async fn a_refused_setting_fails_the_start() {
     );
     assert_eq!(status["pgbouncer"], "stopped", "{status}");
     assert!(pgbouncers(&c).is_empty());
-    assert_eq!(c.metric("compute_ctl_pgbouncer_restarts_total").await, Some(0.0));
+    assert_eq!(
+        c.metric("compute_ctl_pgbouncer_restarts_total").await,
+        Some(0.0)
+    );
 
     // A corrected spec starts it.
     let (code, body) = c
-        .configure_raw(&configure_body(&app_spec(json!({"pool_mode": "transaction"}))))
+        .configure_raw(&configure_body(&app_spec(
+            json!({"pool_mode": "transaction"}),
+        )))
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(show_config(port, "pool_mode"), "transaction");

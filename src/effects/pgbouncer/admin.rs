@@ -70,7 +70,9 @@ impl Console {
             .await
         {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(e).context(format!("logging in to pgbouncer's admin console at {self}")),
+            Ok(Err(e)) => {
+                Err(e).context(format!("logging in to pgbouncer's admin console at {self}"))
+            }
             Err(_) => bail!(
                 "logging in to pgbouncer's admin console at {self}: timed out after {CONNECT_TIMEOUT:?}"
             ),
@@ -222,7 +224,10 @@ mod tests {
         .map(String::from);
         assert_eq!(
             start_errors(&tail),
-            ["unknown parameter: pgbouncer/bogus_key", "cannot load config file"]
+            [
+                "unknown parameter: pgbouncer/bogus_key",
+                "cannot load config file"
+            ]
         );
     }
 }

@@ -21,8 +21,7 @@ use crate::spec::PGBOUNCER_ROLE;
 const APPLICATION_NAME: &str = "compute_ctl:pgbouncer";
 
 /// pgbouncer's `auth_query`.
-pub const AUTH_QUERY: &str =
-    "SELECT uname, phash FROM compute_ctl_pgbouncer.user_lookup($1)";
+pub const AUTH_QUERY: &str = "SELECT uname, phash FROM compute_ctl_pgbouncer.user_lookup($1)";
 
 /// The body of the lookup function; compared with `pg_proc.prosrc`, so a database whose
 /// function differs (an older compute_ctl's, a hand edit) gets this one again.

@@ -59,8 +59,7 @@ impl Ini {
     /// The file with `settings` (in order; a repeated key keeps its last value) as the values
     /// of `[pgbouncer]`. A file without that section gets one at its end.
     pub fn with(&self, settings: &[(String, String)]) -> String {
-        let overridden =
-            |key: &str| settings.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
+        let overridden = |key: &str| settings.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
         let block = {
             let mut block = format!("{BLOCK}\n");
             for (key, value) in settings {
@@ -222,8 +221,14 @@ x = pool_mode=session
     #[test]
     fn auth_file_lines() {
         let text = "\"ops\" \"secret\"\n\"me\" \"old\"\n\"a\"\"b\" \"x\"\n";
-        assert_eq!(auth_file_without(text, "me"), "\"ops\" \"secret\"\n\"a\"\"b\" \"x\"\n");
-        assert_eq!(auth_file_without(text, "a\"b"), "\"ops\" \"secret\"\n\"me\" \"old\"\n");
+        assert_eq!(
+            auth_file_without(text, "me"),
+            "\"ops\" \"secret\"\n\"a\"\"b\" \"x\"\n"
+        );
+        assert_eq!(
+            auth_file_without(text, "a\"b"),
+            "\"ops\" \"secret\"\n\"me\" \"old\"\n"
+        );
         assert_eq!(auth_file_line("u\"", "p"), "\"u\"\"\" \"p\"\n");
         assert_eq!(list(" a, b ,,c").collect::<Vec<_>>(), ["a", "b", "c"]);
     }

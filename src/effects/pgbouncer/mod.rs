@@ -155,10 +155,7 @@ impl Pgbouncer {
                 ("client_tls_key_file", pgdata::TLS_KEY_FILE),
                 ("client_tls_cert_file", pgdata::TLS_CERT_FILE),
             ] {
-                own.push((
-                    key.to_owned(),
-                    node.pgdata.join(file).display().to_string(),
-                ));
+                own.push((key.to_owned(), node.pgdata.join(file).display().to_string()));
             }
             // As Neon: TLS when the client asks, unless the spec or the operator chose a mode.
             if value(&settings, "client_tls_sslmode").is_none() {
@@ -231,9 +228,10 @@ impl Pgbouncer {
             Some(running) if !running.stopped() => running.console.reload(&running.log).await,
             _ => {
                 // Kept in the state while it comes up: a termination meanwhile stops it.
-                let running = state
-                    .running
-                    .insert(Supervisor::spawn(self, node, console, reporter.clone()));
+                let running =
+                    state
+                        .running
+                        .insert(Supervisor::spawn(self, node, console, reporter.clone()));
                 let up = running.wait_up().await;
                 if up.is_err()
                     && let Some(running) = state.running.take()
