@@ -53,16 +53,31 @@ fn operator_ini(c: &Compute, port: u16) -> PathBuf {
     )
 }
 
+/// With `--reap-orphans`: the orphan reaper runs, and must leave pgbouncer's exit status to
+/// its supervisor.
 fn start_args(c: &Compute, config: &Value, ini: &Path) -> Vec<std::ffi::OsString> {
     let mut args = c.config_args_as_is(config);
     args.push("--pgbouncer-ini".into());
     args.push(ini.into());
+    args.push("--reap-orphans".into());
     args
 }
 
+/// A libpq conninfo value, quoted.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A role with a hostile name and an md5 password (Neon's usual form), beside alice's SCRAM.
+const HOSTILE: (&str, &str) = ("o'brien \"x\" \\ 🦀", "md5 secret");
+
 fn app_spec(settings: Value) -> Value {
+    let md5 = md5_password_for(HOSTILE.0, HOSTILE.1);
     let mut s = spec(
-        vec![role("alice", Some(SCRAM_VERIFIER))],
+        vec![
+            role("alice", Some(SCRAM_VERIFIER)),
+            role(HOSTILE.0, Some(&md5)),
+        ],
         vec![database("app", "alice")],
         vec![],
     );
@@ -172,6 +187,15 @@ async fn spec_roles_pool_through_a_supervised_pgbouncer() {
         .as_deref(),
         Ok("alice app")
     );
+    let hostile = psql(
+        &format!(
+            "host=127.0.0.1 port={port} user={} dbname=app sslmode=disable",
+            conninfo_value(HOSTILE.0)
+        ),
+        HOSTILE.1,
+        "SELECT current_user",
+    );
+    assert_eq!(hostile.as_deref(), Ok(HOSTILE.0));
     let wrong = as_alice(port, "not the password", "SELECT 1").expect_err("a wrong password");
     assert!(wrong.contains("authentication failed"), "{wrong}");
     // compute_ctl's own role never logs in through pgbouncer.
@@ -278,6 +302,9 @@ async fn spec_roles_pool_through_a_supervised_pgbouncer() {
         Some(1.0)
     );
     assert_eq!(c.status().await["pgbouncer"], "running");
+    // Its supervisor, not the orphan reaper, collected how it died.
+    let log = c.log();
+    assert!(log.contains("pgbouncer exited (signal: 9"), "{log}");
     // The restarted one runs with the file in force.
     assert_eq!(show_config(port, "default_pool_size"), "13");
 

@@ -21,6 +21,7 @@ mod ini;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -361,8 +362,10 @@ struct Supervisor {
     log: broadcast::Sender<String>,
     /// The last lines, to explain a failed start.
     tail: Arc<Mutex<VecDeque<String>>>,
-    /// Whether the first pgbouncer exited.
+    /// Whether the first pgbouncer exited before its console answered.
     first: watch::Receiver<bool>,
+    /// Set once the first pgbouncer's console answered: from then on a death is restarted.
+    up: Arc<AtomicBool>,
     stop: CancellationToken,
     mode: Arc<Mutex<TerminateMode>>,
     task: tokio::task::JoinHandle<()>,
@@ -378,8 +381,9 @@ impl Supervisor {
     ) -> Self {
         let (log, _) = broadcast::channel(1024);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
-        // Set when the first pgbouncer exited: the start failed.
+        // Set when the first pgbouncer exited before it came up: the start failed.
         let (first_tx, first) = watch::channel(false);
+        let up = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         let mode = Arc::new(Mutex::new(TerminateMode::Fast));
         let run = Runner {
@@ -390,6 +394,7 @@ impl Supervisor {
             tail: tail.clone(),
             stop: stop.clone(),
             mode: mode.clone(),
+            up: up.clone(),
             reporter,
         };
         let task = tokio::spawn(run.supervise(first_tx));
@@ -398,6 +403,7 @@ impl Supervisor {
             log,
             tail,
             first,
+            up,
             stop,
             mode,
             task,
@@ -423,6 +429,7 @@ impl Supervisor {
                 Ok(conn) => {
                     use sqlx::Connection;
                     conn.close().await.ok();
+                    self.up.store(true, Ordering::SeqCst);
                     return Ok(());
                 }
                 Err(e) if began.elapsed() >= START_TIMEOUT => {
@@ -460,31 +467,32 @@ struct Runner {
     tail: Arc<Mutex<VecDeque<String>>>,
     stop: CancellationToken,
     mode: Arc<Mutex<TerminateMode>>,
+    up: Arc<AtomicBool>,
     reporter: Reporter,
 }
 
 impl Runner {
     async fn supervise(self, first: watch::Sender<bool>) {
         let mut backoff = MIN_BACKOFF;
-        let mut runs = 0u64;
         loop {
             let began = Instant::now();
-            let exited = self.run_once().await;
-            let Some(exit) = exited else {
-                // Stopped.
+            let Some(exit) = self.run_once().await else {
                 self.reporter.pgbouncer_state(PgbouncerState::Stopped);
                 return;
             };
-            if runs == 0 {
-                // The first run decides the configuration; the one that waits for it stops us.
+            if !self.up.load(Ordering::SeqCst) {
+                // It never came up: its file is refused (or it cannot run), and so would be a
+                // restart's. The configuration that waits for it fails with its words.
+                tracing::warn!("pgbouncer exited before its console answered ({exit})");
+                self.reporter.pgbouncer_state(PgbouncerState::Stopped);
                 let _ = first.send(true);
+                return;
             }
-            runs += 1;
-            tracing::warn!("pgbouncer exited ({exit}); restarting it in {backoff:?}");
-            self.reporter.pgbouncer_state(PgbouncerState::Restarting);
             if began.elapsed() >= STABLE {
                 backoff = MIN_BACKOFF;
             }
+            tracing::warn!("pgbouncer exited ({exit}); restarting it in {backoff:?}");
+            self.reporter.pgbouncer_state(PgbouncerState::Restarting);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = self.stop.cancelled() => {
