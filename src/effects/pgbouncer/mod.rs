@@ -251,9 +251,11 @@ impl Pgbouncer {
             Err(error) => {
                 let previous = state.in_force.clone();
                 self.put_back(node, &mut state, previous.as_deref()).await;
-                Err(anyhow::anyhow!(
-                    "{error:#}; the previous pgbouncer.ini was put back and stays in force"
-                ))
+                let after = match previous {
+                    Some(_) => "the previous pgbouncer.ini was put back and stays in force",
+                    None => "pgbouncer does not run",
+                };
+                Err(anyhow::anyhow!("{error:#}; {after}"))
             }
         }
     }
