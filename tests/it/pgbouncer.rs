@@ -388,3 +388,39 @@ async fn pgbouncer_serves_the_tls_pair() {
     c.wait_exit().await;
     c.assert_no_postgres_left();
 }
+
+/// A `--pgbouncer-ini` that cannot be read, or a `--pgbouncer-bin` that does not exist, stops
+/// compute_ctl at once (exit 1) with the reason; no Postgres is started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_ini_or_binary_exits_one() {
+    for (name, missing_ini, words) in [
+        (
+            "pgbouncer-no-ini",
+            true,
+            "--pgbouncer-ini: reading /nonexistent/pgbouncer.ini",
+        ),
+        (
+            "pgbouncer-no-bin",
+            false,
+            "pgbouncer binary /nonexistent/pgbouncer does not exist",
+        ),
+    ] {
+        let mut c = Compute::new(name);
+        let mut config = config(Some(&app_spec(json!({}))));
+        config["compute_ctl_config"]["jwks"] = c.jwks();
+        let args = if missing_ini {
+            start_args(&c, &config, Path::new("/nonexistent/pgbouncer.ini"))
+        } else {
+            let ini = operator_ini(&c, free_port());
+            let mut args = start_args(&c, &config, &ini);
+            args.extend(["--pgbouncer-bin".into(), "/nonexistent/pgbouncer".into()]);
+            args
+        };
+        c.start_raw(args);
+        let status = c.wait_exit().await;
+        assert_eq!(status.code(), Some(1), "{name}: {status}");
+        let stderr = c.stderr();
+        assert!(stderr.contains(words), "{name}: {stderr}");
+        assert!(!c.pgdata.join("PG_VERSION").exists(), "{name}");
+    }
+}
