@@ -107,6 +107,13 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     node.wipe_persistent = args.wipe_persistent;
     node.configure_timeout = args.configure_timeout;
     node.privileged_role = args.privileged_role_name.clone();
+    node.control_plane =
+        args.control_plane_uri
+            .clone()
+            .map(|uri| compute_ctl::node::ControlPlane {
+                uri,
+                compute_id: compute_id.clone(),
+            });
     let node = Arc::new(node);
     let reserved = Reserved::new(&node.superuser, &node.privileged_role);
 
@@ -209,7 +216,11 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         http::serve::RESERVED_DESCRIPTORS
     );
     let external_router = http::external(handle.clone(), &compute_id, &reserved, request_timeout);
-    let internal_router = http::internal(handle.clone(), request_timeout);
+    let internal_router = http::internal(
+        handle.clone(),
+        request_timeout,
+        args.control_plane_uri.is_some(),
+    );
     let servers = [
         (external, external_router, external_cap),
         (internal, internal_router, internal_cap),

@@ -42,6 +42,16 @@ pub enum Operation {
         role: String,
         reply: Reply<()>,
     },
+    /// Start an LFC prewarm (from this endpoint's stored state, or `from_endpoint`'s); answers
+    /// once it is under way or skipped, `Busy` while one runs.
+    LfcPrewarm {
+        from_endpoint: Option<String>,
+        reply: Reply<()>,
+    },
+    /// Cancel the LFC prewarm under way, if any.
+    LfcCancelPrewarm(Reply<()>),
+    /// Start an LFC offload; answers once it is under way or skipped, `Busy` while one runs.
+    LfcOffload(Reply<()>),
     /// Size the Neon file cache to this many bytes (capped by `neon.max_file_cache_size`);
     /// answers the size set.
     ResizeFileCache { bytes: u64, reply: Reply<u64> },
@@ -59,7 +69,10 @@ impl Operation {
             Operation::CheckWritability(_)
             | Operation::Insights(_)
             | Operation::InstallExtension { .. }
-            | Operation::Grant { .. } => Event::CatalogRequested { op },
+            | Operation::Grant { .. }
+            | Operation::LfcPrewarm { .. }
+            | Operation::LfcCancelPrewarm(_)
+            | Operation::LfcOffload(_) => Event::CatalogRequested { op },
         }
     }
 }
@@ -81,6 +94,9 @@ pub enum OperationError {
     /// Postgres cannot be reached.
     #[error("{0}")]
     Unreachable(String),
+    /// One of these runs already.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Failed(String),
 }

@@ -9,11 +9,13 @@ pub mod apply;
 pub mod catalog;
 mod conf_check;
 mod extensions;
+mod lfc;
 mod operate;
 pub mod pgbouncer;
 pub mod pgdata;
 pub mod postgres;
 pub mod process;
+mod promote;
 pub mod reaper;
 mod sql;
 pub mod storage;
@@ -33,9 +35,9 @@ use tracing::{Instrument, info_span};
 
 use crate::monitor::{self, Monitor};
 use crate::node::Node;
-use crate::report::{Job, Runner};
+use crate::report::{Configuration, Job, PromoteState, Runner};
 use crate::report::{Reporter, millis};
-use crate::spec::{ComputeFeature, ComputeMode, TlsConfig, ValidSpec};
+use crate::spec::{ComputeFeature, ComputeMode, Lsn, Reserved, TlsConfig, ValidSpec};
 use crate::vm_monitor::VmMonitor;
 use pgbouncer::Pgbouncer;
 use postgres::Postmaster;
@@ -49,20 +51,30 @@ pub struct Effects {
     monitor_period: Duration,
     /// `activity_monitor_experimental` of the latest spec, read by the monitor at each check.
     activity_monitor_experimental: Arc<AtomicBool>,
-    /// The mode of the latest spec: only a primary reports its final LSN.
-    mode: Option<ComputeMode>,
+    /// The mode of the latest spec (a promotion makes it `Primary`): only a primary reports
+    /// its final LSN, only a replica is promoted.
+    mode: Arc<Mutex<Option<ComputeMode>>>,
     storage: Arc<storage::StorageOptions>,
     /// The vm-monitor, prepared at startup when `AUTOSCALING` is set; started with the compute
     /// monitor.
     vm_monitor: Option<VmMonitor>,
     /// `disable_lfc_resizing` of the latest spec, read by the vm-monitor at each resize.
     lfc_resizing_disabled: Arc<AtomicBool>,
+    /// The latest spec, read by the LFC prewarm and offload.
+    spec: Arc<Mutex<Option<Arc<ValidSpec>>>>,
+    lfc: Arc<lfc::Lfc>,
     /// pgbouncer, with `--pgbouncer-ini`.
     pgbouncer: Option<Arc<Pgbouncer>>,
 }
 
 impl Effects {
     pub fn new(node: Arc<Node>, reporter: Reporter) -> Self {
+        let spec = Arc::default();
+        let lfc = Arc::new(lfc::Lfc::new(
+            node.clone(),
+            reporter.clone(),
+            Arc::clone(&spec),
+        ));
         Self {
             node,
             reporter,
@@ -71,10 +83,12 @@ impl Effects {
             postmaster: Arc::default(),
             monitor_period: monitor::DEFAULT_PERIOD,
             activity_monitor_experimental: Arc::default(),
-            mode: None,
+            mode: Arc::default(),
             storage: Arc::default(),
             vm_monitor: None,
             lfc_resizing_disabled: Arc::default(),
+            spec,
+            lfc,
             pgbouncer: None,
         }
     }
@@ -110,10 +124,17 @@ impl Effects {
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
+            mode: self.mode.clone(),
             pgbouncer: self.pgbouncer.clone(),
         };
-        if let Job::Start { spec, .. } | Job::Configure { spec, .. } = &job {
-            self.mode = Some(spec.mode);
+        if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
+            &job
+        {
+            *lock(&self.spec) = Some(spec.clone());
+            if !matches!(job, Job::Promote { .. }) {
+                // A promotion changes the mode once Postgres is promoted.
+                *lock(&self.mode) = Some(spec.mode);
+            }
             let experimental = spec
                 .features
                 .contains(&ComputeFeature::ActivityMonitorExperimental);
@@ -134,12 +155,25 @@ impl Effects {
                 async move {
                     work.reporter.event(Event::ConfigurationStarted);
                     if postgres_running {
-                        work.reconfigure(spec, tls).await
+                        // Reported as an event; nobody else waits for the error.
+                        let _ = work.reconfigure(spec, tls).await;
                     } else {
                         work.start(spec, tls).await
                     }
                 }
                 .instrument(info_span!("configure", postgres_running)),
+            ),
+            Job::Promote {
+                spec,
+                tls,
+                wal_flush_lsn,
+            } => self.spawn_cancellable(
+                async move { work.promote(spec, tls, wal_flush_lsn).await }
+                    .instrument(info_span!("promote")),
+            ),
+            Job::FetchSpec => self.spawn_cancellable(
+                async move { work.fetch_spec().await }
+                    .instrument(info_span!("refresh_configuration")),
             ),
             Job::StartMonitor => {
                 let monitor = Monitor::new(
@@ -165,15 +199,16 @@ impl Effects {
                 // not cleanly, when a termination cuts it.
                 let cancel = self.cancel.clone();
                 let node = work.node;
-                let task = async move { operate::run(&node, operation, cancel).await };
+                let lfc = self.lfc.clone();
+                let task = async move { operate::run(&node, &lfc, operation, cancel).await };
                 self.tasks.retain(|task| !task.is_finished());
                 self.tasks
                     .push(tokio::spawn(task.instrument(info_span!("operation"))));
             }
-            Job::Stop(mode) => {
+            Job::Stop(mode_of_stop) => {
                 self.cancel.cancel();
                 let running = std::mem::take(&mut self.tasks);
-                let primary = self.mode == Some(ComputeMode::Primary);
+                let mode = self.mode.clone();
                 tokio::spawn(
                     async move {
                         for task in running {
@@ -181,11 +216,13 @@ impl Effects {
                         }
                         // A companion of Postgres: its clients go first.
                         if let Some(pgbouncer) = &work.pgbouncer {
-                            pgbouncer.stop(mode).await;
+                            pgbouncer.stop(mode_of_stop).await;
                         }
-                        work.stop(mode, primary).await;
+                        // Read after the tasks ended: a promotion may have made it a primary.
+                        let primary = *lock(&mode) == Some(ComputeMode::Primary);
+                        work.stop(mode_of_stop, primary).await;
                     }
-                    .instrument(info_span!("stop_postgres", mode = mode.as_str())),
+                    .instrument(info_span!("stop_postgres", mode = mode_of_stop.as_str())),
                 );
             }
         }
@@ -242,6 +279,7 @@ struct Work {
     reporter: Reporter,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
     storage: Arc<storage::StorageOptions>,
+    mode: Arc<Mutex<Option<ComputeMode>>>,
     pgbouncer: Option<Arc<Pgbouncer>>,
 }
 
@@ -295,7 +333,8 @@ impl Work {
                 deadline,
                 Some(tls.is_some()),
             )
-            .await;
+            .await
+            .is_ok();
         if applied && Self::updates_catalog(&spec) {
             // As Neon: at start only, in the background of a running compute; a failure is
             // counted and logged, and the compute stays up.
@@ -352,16 +391,124 @@ impl Work {
 
     /// Install the TLS pair, rewrite postgresql.conf, have Postgres check it, reload, apply the
     /// spec; all within `--configure-timeout`.
-    async fn reconfigure(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) {
+    /// Reports `ConfigurationApplied` or `ConfigurationFailed`; returns the error too.
+    async fn reconfigure(
+        &self,
+        spec: Arc<ValidSpec>,
+        tls: Option<TlsConfig>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + self.node.configure_timeout;
         if let Err(error) = self.reload(&spec, tls.as_ref(), deadline).await {
+            let error = format!("{error:#}");
             self.reporter.event(Event::ConfigurationFailed {
-                error: format!("{error:#}"),
+                error: error.clone(),
             });
-            return;
+            return Err(error);
         }
         self.apply(&spec, spec.reconfigure_concurrency, deadline, None)
-            .await;
+            .await
+    }
+
+    /// Promote the replica, then apply `spec` as a primary; the outcome goes to the callers
+    /// of `/promote` as well as to the machine.
+    async fn promote(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>, wal_flush_lsn: Lsn) {
+        let fail = |error: String| {
+            tracing::error!("promotion failed: {error}");
+            self.reporter
+                .promote_outcome(PromoteState::Failed { error });
+        };
+        let mode = *lock(&self.mode);
+        if mode != Some(ComputeMode::Replica) {
+            let mode = mode.map_or("none", |m| m.as_str());
+            let error = format!("the compute is not a replica (mode {mode})");
+            self.reporter.event(Event::PromotionFailed {
+                error: error.clone(),
+            });
+            return fail(error);
+        }
+        let timings = match promote::promote(&self.node, &spec, wal_flush_lsn).await {
+            Ok(timings) => timings,
+            Err(failure) => {
+                let error = format!("{:#}", failure.error);
+                if failure.promoted {
+                    *lock(&self.mode) = Some(ComputeMode::Primary);
+                    self.reporter.event(Event::Promoted);
+                    self.reporter.event(Event::ConfigurationFailed {
+                        error: error.clone(),
+                    });
+                } else {
+                    self.reporter.event(Event::PromotionFailed {
+                        error: error.clone(),
+                    });
+                }
+                return fail(error);
+            }
+        };
+        *lock(&self.mode) = Some(ComputeMode::Primary);
+        self.reporter.event(Event::Promoted);
+        let began = Instant::now();
+        match self.reconfigure(spec, tls).await {
+            Ok(()) => {
+                let reconfigure_time_ms = millis(began.elapsed());
+                tracing::info!(
+                    lsn_wait_time_ms = timings.lsn_wait_time_ms,
+                    pg_promote_time_ms = timings.pg_promote_time_ms,
+                    reconfigure_time_ms,
+                    "promoted to primary"
+                );
+                self.reporter.promote_outcome(PromoteState::Completed {
+                    lsn_wait_time_ms: timings.lsn_wait_time_ms,
+                    pg_promote_time_ms: timings.pg_promote_time_ms,
+                    reconfigure_time_ms,
+                });
+            }
+            Err(error) => fail(format!("promoted, but the spec was not applied: {error}")),
+        }
+    }
+
+    /// Fetch the configuration again from the control plane; its spec comes back as a
+    /// refreshed `SpecReceived`. A failure, or an answer without a spec, leaves the
+    /// configuration in force.
+    async fn fetch_spec(&self) {
+        let Some(control_plane) = &self.node.control_plane else {
+            self.reporter.event(Event::ConfigurationFailed {
+                error: "refreshing the configuration: no --control-plane-uri to fetch it from"
+                    .to_owned(),
+            });
+            return;
+        };
+        let reserved = Reserved::new(&self.node.superuser, &self.node.privileged_role);
+        let mut requests = crate::control_plane::Requests::new();
+        let fetched = crate::control_plane::fetch_config(
+            &control_plane.uri,
+            &control_plane.compute_id,
+            &mut requests,
+            &reserved,
+        )
+        .await;
+        self.reporter.cplane_requests(requests);
+        let error = match fetched {
+            Ok(config) => match config.spec {
+                Some(spec) => {
+                    // The keys in force stay (an empty set changes nothing): a refresh is
+                    // Postgres's request, and must not be able to lock the API out.
+                    self.reporter.spec(Configuration {
+                        spec: Arc::new(spec),
+                        jwks: Default::default(),
+                        tls: config.compute_ctl_config.tls,
+                        source: compute_states::SpecSource::Refresh,
+                    });
+                    return;
+                }
+                None => "the control plane has no spec for this compute (status empty)".to_owned(),
+            },
+            Err(error) => format!("{error:#}"),
+        };
+        self.reporter.event(Event::ConfigurationFailed {
+            error: format!(
+                "refreshing the configuration: {error}; the configuration in force stays"
+            ),
+        });
     }
 
     /// Install the TLS pair (a pair that does not match fails here, before anything is
@@ -474,7 +621,7 @@ impl Work {
         concurrency: usize,
         deadline: Instant,
         start_pgbouncer: Option<bool>,
-    ) -> bool {
+    ) -> Result<(), String> {
         let began = Instant::now();
         let result = if !Self::updates_catalog(spec) {
             tracing::info!(
@@ -513,13 +660,14 @@ impl Work {
                 self.reporter.metrics(move |m| m.config_ms = millis(took));
                 self.read_extensions(deadline).await;
                 self.reporter.event(Event::ConfigurationApplied);
-                true
+                Ok(())
             }
             Err(error) => {
+                let error = format!("{error:#}");
                 self.reporter.event(Event::ConfigurationFailed {
-                    error: format!("{error:#}"),
+                    error: error.clone(),
                 });
-                false
+                Err(error)
             }
         }
     }

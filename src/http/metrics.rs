@@ -56,6 +56,42 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         }
     }
 
+    let lfc = snapshot.lfc_counts;
+    for (name, help, value) in [
+        (
+            "compute_ctl_lfc_prewarms_total",
+            "LFC prewarm requests",
+            lfc.prewarms,
+        ),
+        (
+            "compute_ctl_lfc_prewarm_errors_total",
+            "LFC prewarm failures",
+            lfc.prewarm_errors,
+        ),
+        (
+            "compute_ctl_lfc_offloads_total",
+            "LFC offload requests",
+            lfc.offloads,
+        ),
+        (
+            "compute_ctl_lfc_offload_errors_total",
+            "LFC offload failures",
+            lfc.offload_errors,
+        ),
+    ] {
+        let counter = IntCounter::new(name, help)?;
+        registry.register(Box::new(counter.clone()))?;
+        counter.inc_by(value);
+    }
+
+    // Neon's name: Postgres calls /refresh_configuration when its page stream fails.
+    let refreshes = IntCounter::new(
+        "pg_cctl_pagestream_request_errors_total",
+        "POST /refresh_configuration calls (Neon counts them as page-stream request errors)",
+    )?;
+    registry.register(Box::new(refreshes.clone()))?;
+    refreshes.inc_by(snapshot.refresh_requests);
+
     // Once read after a configuration (Neon omits a family without samples).
     if !snapshot.installed_extensions.is_empty() {
         let extensions = IntGaugeVec::new(

@@ -6,7 +6,9 @@ mod body;
 mod catalog;
 mod error;
 pub mod jwks;
+mod lfc;
 mod metrics;
+mod promote;
 mod routes;
 pub mod serve;
 
@@ -89,11 +91,20 @@ fn external_routes(wrap: Wrap) -> OpenApiRouter<EngineHandle> {
         .routes(route(Kind::Token, routes!(routes::status)))
         .routes(route(Kind::TokenLong, routes!(routes::configure)))
         .routes(route(Kind::TokenLong, routes!(routes::terminate)))
+        .routes(route(Kind::TokenLong, routes!(promote::promote)))
         .routes(route(Kind::Token, routes!(routes::metrics_json)))
         .routes(route(Kind::Token, routes!(catalog::dbs_and_roles)))
         .routes(route(Kind::TokenLong, routes!(catalog::database_schema)))
         .routes(route(Kind::Token, routes!(catalog::check_writability)))
         .routes(route(Kind::Token, routes!(catalog::insights)))
+        .routes(route(
+            Kind::Token,
+            routes!(lfc::prewarm_state, lfc::prewarm, lfc::cancel_prewarm),
+        ))
+        .routes(route(
+            Kind::Token,
+            routes!(lfc::offload_state, lfc::offload),
+        ))
         .routes(route(Kind::Open, routes!(routes::metrics)))
         .routes(route(Kind::Open, routes!(routes::healthz)))
         .routes(route(Kind::Open, routes!(routes::readyz)))
@@ -108,7 +119,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The routes that answer when their work is done, without the request timeout.
-const LONG_PATHS: [&str; 3] = ["/configure", "/terminate", "/database_schema"];
+const LONG_PATHS: [&str; 4] = ["/configure", "/terminate", "/promote", "/database_schema"];
 
 /// The answers the layers give around every handler, so that the document lists every status
 /// a route can answer: the token check's (400 malformed header, 401 missing or unverified
@@ -128,7 +139,10 @@ fn common_responses(doc: &mut utoipa::openapi::OpenApi) {
             .build()
     };
     for (path, item) in doc.paths.paths.iter_mut() {
-        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
             let mut added = Vec::new();
             if operation.security.is_some() {
                 added.push(("400", "The `Authorization` header is not `Bearer <token>` (Neon's `invalid authorization token`), or the request is malformed"));
@@ -211,8 +225,9 @@ pub fn external(
 }
 
 /// The on-box API, bound to loopback and without auth, as Neon's: read-only views for local
-/// tools, and the catalog changes of `/extensions` and `/grants`.
-pub fn internal(engine: EngineHandle, request_timeout: Duration) -> Router {
+/// tools, the catalog changes of `/extensions` and `/grants`, and `/refresh_configuration`
+/// (`refreshable`: there is a control plane to fetch from).
+pub fn internal(engine: EngineHandle, request_timeout: Duration, refreshable: bool) -> Router {
     let route = |route| guard(Kind::Open, route, request_timeout);
     with_request_log(
         Router::new()
@@ -220,6 +235,11 @@ pub fn internal(engine: EngineHandle, request_timeout: Duration) -> Router {
             .route("/metrics.json", route(get(routes::metrics_json)))
             .route("/extensions", route(post(catalog::extensions)))
             .route("/grants", route(post(catalog::grants)))
+            .route(
+                "/refresh_configuration",
+                route(post(routes::refresh_configuration)),
+            )
+            .layer(axum::Extension(routes::Refreshable(refreshable)))
             .with_state(engine),
     )
 }

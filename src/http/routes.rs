@@ -291,3 +291,34 @@ pub async fn terminate(
         Err(e) => Err(ApiError::refused(&engine, e)),
     }
 }
+
+/// Whether `--control-plane-uri` was given: `/refresh_configuration` has somewhere to fetch from.
+#[derive(Clone, Copy)]
+pub struct Refreshable(pub bool);
+
+/// `POST /refresh_configuration` (internal port): fetch the configuration from the control
+/// plane again and apply it. Answers once the refresh is under way (as Neon); `/status` tells
+/// how it goes (`refresh_configuration_pending`, `refresh_configuration`, then `running` or
+/// `failed` with the reason). Neon's answer in another status: 500 `Cannot refresh compute
+/// configuration in state …`.
+pub async fn refresh_configuration(
+    State(engine): State<EngineHandle>,
+    Extension(Refreshable(refreshable)): Extension<Refreshable>,
+) -> Result<StatusCode, ApiError> {
+    if !refreshable {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "no --control-plane-uri: there is no control plane to fetch the configuration from",
+        ));
+    }
+    match engine.request(Input::Event(Event::RefreshRequested)).await {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "Cannot refresh compute configuration in state {}",
+                engine.snapshot().status
+            ),
+        )),
+    }
+}

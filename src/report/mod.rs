@@ -3,6 +3,7 @@
 //! the engine hands down, and the [`Runner`] trait that executes them. Effects and watchers
 //! import this module, never the engine.
 
+pub mod lfc;
 pub mod vm;
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control_plane;
 use crate::operation::{Operation, OperationError};
-use crate::spec::{JwkSet, TlsConfig, ValidSpec};
+use crate::spec::{JwkSet, Lsn, TlsConfig, ValidSpec};
 
 /// Startup timings, with Neon's field names and order (all milliseconds unless named).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -61,6 +62,40 @@ pub struct Configuration {
     pub source: SpecSource,
 }
 
+/// `POST /promote`: the spec the promoted compute runs with, and the primary's last flushed
+/// position, which replay must reach first.
+pub struct Promotion {
+    pub spec: Arc<ValidSpec>,
+    pub wal_flush_lsn: Lsn,
+}
+
+/// Neon's `PromoteState`, plus `promoting` while one is under way (never answered: a caller
+/// waits for the outcome).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum PromoteState {
+    NotPromoted,
+    Promoting,
+    Completed {
+        lsn_wait_time_ms: u64,
+        pg_promote_time_ms: u64,
+        reconfigure_time_ms: u64,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl PromoteState {
+    /// Whether this is the outcome of a promotion.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            PromoteState::Completed { .. } | PromoteState::Failed { .. }
+        )
+    }
+}
+
 /// What can be sent to the engine.
 pub enum Input {
     Event(Event),
@@ -68,6 +103,12 @@ pub enum Input {
     Spec(Configuration),
     /// A request that runs as an effect if the machine accepts it.
     Operation(Operation),
+    /// `POST /promote`: becomes `PromoteRequested`.
+    Promote(Promotion),
+    /// How the promotion under way ended.
+    PromoteOutcome(PromoteState),
+    /// The LFC prewarm or offload moved on.
+    Lfc(lfc::LfcState),
     /// A timing measured by an effect.
     Metrics(Box<dyn FnOnce(&mut ComputeMetrics) + Send>),
     /// The final WAL position, read by the stop effect after the postmaster stopped.
@@ -137,6 +178,19 @@ impl Reporter {
 
     pub fn event(&self, event: Event) {
         self.send(Input::Event(event));
+    }
+
+    /// A spec fetched by an effect (`POST /refresh_configuration`).
+    pub fn spec(&self, configuration: Configuration) {
+        self.send(Input::Spec(configuration));
+    }
+
+    pub fn promote_outcome(&self, state: PromoteState) {
+        self.send(Input::PromoteOutcome(state));
+    }
+
+    pub fn lfc(&self, state: lfc::LfcState) {
+        self.send(Input::Lfc(state));
     }
 
     pub fn metrics(&self, update: impl FnOnce(&mut ComputeMetrics) + Send + 'static) {
@@ -239,6 +293,14 @@ pub enum Job {
         tls: Option<TlsConfig>,
         postgres_running: bool,
     },
+    /// Promote the replica, then apply `spec` as a primary.
+    Promote {
+        spec: Arc<ValidSpec>,
+        tls: Option<TlsConfig>,
+        wal_flush_lsn: Lsn,
+    },
+    /// Fetch the configuration again from the control plane.
+    FetchSpec,
     StartMonitor,
     Operation(Operation),
     /// Cancel what runs, stop Postgres, report `Stopped`.
@@ -250,6 +312,8 @@ impl Job {
         match self {
             Job::Start { .. } => "start",
             Job::Configure { .. } => "configure",
+            Job::Promote { .. } => "promote",
+            Job::FetchSpec => "fetch spec",
             Job::StartMonitor => "start monitor",
             Job::Operation(_) => "operation",
             Job::Stop(_) => "stop",

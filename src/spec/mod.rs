@@ -25,8 +25,8 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use parse::{
-    SpecError, load_config, load_spec, parse_config, parse_control_plane_response, parse_request,
-    parse_spec,
+    SpecError, load_config, load_spec, parse_config, parse_control_plane_response,
+    parse_promote_request, parse_request, parse_spec,
 };
 pub use validate::{DEFAULT_PRIVILEGED_ROLE, Delta, PGBOUNCER_ROLE, Reserved, ValidSpec, validate};
 
@@ -64,6 +64,14 @@ pub enum ControlPlaneComputeStatus {
 pub struct ConfigurationRequest<S = ComputeSpec> {
     pub spec: S,
     pub compute_ctl_config: ComputeCtlConfig,
+}
+
+/// The body of `POST /promote` (Neon's `PromoteConfig`): the spec of the primary this replica
+/// becomes, and the old primary's last flushed position, which replay must reach first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PromoteRequest<S = ComputeSpec> {
+    pub spec: S,
+    pub wal_flush_lsn: Lsn,
 }
 
 /// Settings for compute_ctl itself rather than for Postgres.

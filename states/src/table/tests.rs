@@ -4,7 +4,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::machine::sample;
-use crate::{Command, Compute, Event, OpRef, PostmasterExit, SpecRef, SpecSource, TerminateMode};
+use crate::{
+    Command, Compute, Event, OpRef, PostmasterExit, SpecOrigin, SpecRef, SpecSource, TerminateMode,
+};
 
 fn startup_spec(n: u64) -> Event {
     Event::SpecReceived {
@@ -20,12 +22,28 @@ fn configure_spec(n: u64) -> Event {
     }
 }
 
+fn refreshed_spec(n: u64) -> Event {
+    Event::SpecReceived {
+        spec: SpecRef(n),
+        source: SpecSource::Refresh,
+    }
+}
+
 /// An event of each kind; in `TerminationPending` (fast) the sample termination is immediate,
 /// so that the escalation's conditional `Stop` is exercised.
 fn sample_event(kind: EventKind) -> Event {
     match kind {
-        EventKind::SpecReceived { at_startup: true } => startup_spec(1),
-        EventKind::SpecReceived { at_startup: false } => configure_spec(2),
+        EventKind::SpecReceived { origin } => match origin {
+            SpecOrigin::Startup => startup_spec(1),
+            SpecOrigin::Configure => configure_spec(2),
+            SpecOrigin::Refresh => refreshed_spec(3),
+        },
+        EventKind::PromoteRequested => Event::PromoteRequested { spec: SpecRef(4) },
+        EventKind::Promoted => Event::Promoted,
+        EventKind::PromotionFailed => Event::PromotionFailed {
+            error: "replay did not reach 0/3000000 within 20s".into(),
+        },
+        EventKind::RefreshRequested => Event::RefreshRequested,
         EventKind::InspectRequested => Event::InspectRequested { op: OpRef(1) },
         EventKind::CatalogRequested => Event::CatalogRequested { op: OpRef(2) },
         EventKind::FileCacheResizeRequested => Event::FileCacheResizeRequested { op: OpRef(3) },
@@ -294,6 +312,13 @@ fn any_event() -> impl Strategy<Value = Event> {
     prop_oneof![
         any::<u64>().prop_map(startup_spec),
         any::<u64>().prop_map(configure_spec),
+        any::<u64>().prop_map(refreshed_spec),
+        any::<u64>().prop_map(|n| Event::PromoteRequested { spec: SpecRef(n) }),
+        Just(Event::Promoted),
+        Just(Event::PromotionFailed {
+            error: "not a replica".into()
+        }),
+        Just(Event::RefreshRequested),
         any::<u64>().prop_map(|n| Event::InspectRequested { op: OpRef(n) }),
         any::<u64>().prop_map(|n| Event::CatalogRequested { op: OpRef(n) }),
         any::<u64>().prop_map(|n| Event::FileCacheResizeRequested { op: OpRef(n) }),
@@ -441,7 +466,8 @@ fn catalog_requests_need_running_and_inspection_any_live_status() {
     for from in StateKind::ALL {
         let mut compute = sample::in_state(from);
         let catalog = compute.handle(&Event::CatalogRequested { op: OpRef(1) });
-        assert_eq!(catalog.is_ok(), from == StateKind::Running, "{from:?}");
+        let running = matches!(from, StateKind::Running | StateKind::Promotion);
+        assert_eq!(catalog.is_ok(), running, "{from:?}");
         let inspect = compute.handle(&Event::InspectRequested { op: OpRef(2) });
         assert_eq!(inspect.is_ok(), from.is_live(), "{from:?}");
         if let Ok(handled) = inspect {
