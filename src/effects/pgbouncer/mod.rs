@@ -119,7 +119,7 @@ impl Pgbouncer {
 
     /// The `[pgbouncer]` values for `spec`: compute_ctl's own, then the spec's
     /// `pgbouncer_settings` in order (without the keys compute_ctl sets).
-    fn settings(&self, node: &Node, spec: &ValidSpec, tls: bool) -> Vec<(String, String)> {
+    fn settings(&self, pgdata: &Path, spec: &ValidSpec, tls: bool) -> Vec<(String, String)> {
         let mut settings: Vec<(String, String)> = spec
             .pgbouncer_settings
             .iter()
@@ -156,7 +156,7 @@ impl Pgbouncer {
                 ("client_tls_key_file", pgdata::TLS_KEY_FILE),
                 ("client_tls_cert_file", pgdata::TLS_CERT_FILE),
             ] {
-                own.push((key.to_owned(), node.pgdata.join(file).display().to_string()));
+                own.push((key.to_owned(), pgdata.join(file).display().to_string()));
             }
             // As Neon: TLS when the client asks, unless the spec or the operator chose a mode.
             if value(&settings, "client_tls_sslmode").is_none() {
@@ -219,7 +219,7 @@ impl Pgbouncer {
         reporter: &Reporter,
     ) -> anyhow::Result<()> {
         let mut state = self.state.lock().await;
-        let settings = self.settings(node, spec, tls);
+        let settings = self.settings(&node.pgdata, spec, tls);
         let text = self.operator.with(&settings);
         let console = self.console(&settings)?;
         self.write_files(node, &text)?;
@@ -585,5 +585,142 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     match status {
         Ok(status) => status.to_string(),
         Err(e) => format!("waiting for it failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Reserved, parse_spec};
+
+    fn pgbouncer(operator: &str) -> Pgbouncer {
+        Pgbouncer {
+            binary: "/usr/sbin/pgbouncer".into(),
+            operator: ini::Ini::new(operator.into()),
+            operator_path: "/etc/compute/pgbouncer.ini".into(),
+            dir: "/data/pgdata.pgbouncer".into(),
+            password: "secret".into(),
+            state: Default::default(),
+        }
+    }
+
+    fn spec(settings: serde_json::Value) -> ValidSpec {
+        let spec = serde_json::json!({
+            "format_version": 1.0,
+            "suspend_timeout_seconds": -1,
+            "cluster": {"roles": [], "databases": []},
+            "pgbouncer_settings": settings,
+        });
+        parse_spec(
+            spec.to_string().as_bytes(),
+            &Reserved::new("cloud_admin", "neon_superuser"),
+        )
+        .unwrap()
+    }
+
+    fn keys(settings: &[(String, String)]) -> Vec<String> {
+        settings.iter().map(|(k, v)| format!("{k} = {v}")).collect()
+    }
+
+    #[test]
+    fn compute_ctl_keys_come_first_and_admins_are_merged() {
+        let p = pgbouncer("[pgbouncer]\nadmin_users = ops\n");
+        let settings = p.settings(
+            Path::new("/data/pgdata"),
+            &spec(serde_json::json!({"default_pool_size": "42"})),
+            false,
+        );
+        assert_eq!(
+            keys(&settings),
+            [
+                "auth_user = compute_ctl_pgbouncer",
+                &format!("auth_query = {}", auth::AUTH_QUERY),
+                "auth_file = /data/pgdata.pgbouncer/users.txt",
+                "admin_users = ops, compute_ctl_pgbouncer",
+                "default_pool_size = 42",
+            ]
+        );
+        // The spec's list wins over the operator's; compute_ctl's user is added once.
+        let settings = p.settings(
+            Path::new("/data/pgdata"),
+            &spec(serde_json::json!({"admin_users": "a,compute_ctl_pgbouncer"})),
+            false,
+        );
+        assert!(keys(&settings).contains(&"admin_users = a, compute_ctl_pgbouncer".to_owned()));
+        assert_eq!(
+            settings.iter().filter(|(k, _)| k == "admin_users").count(),
+            1
+        );
+    }
+
+    #[test]
+    fn tls_gives_pgbouncer_the_pair_in_pgdata() {
+        let p = pgbouncer("[pgbouncer]\n");
+        let settings = p.settings(
+            Path::new("/data/pgdata"),
+            &spec(serde_json::json!({})),
+            true,
+        );
+        let keys = keys(&settings);
+        assert!(keys.contains(&"client_tls_key_file = /data/pgdata/server.key".to_owned()));
+        assert!(keys.contains(&"client_tls_cert_file = /data/pgdata/server.crt".to_owned()));
+        assert!(keys.contains(&"client_tls_sslmode = allow".to_owned()));
+        // A mode the spec (or the operator) chose stays.
+        let settings = p.settings(
+            Path::new("/data/pgdata"),
+            &spec(serde_json::json!({"client_tls_sslmode": "require"})),
+            true,
+        );
+        let modes: Vec<_> = settings
+            .iter()
+            .filter(|(k, _)| k == "client_tls_sslmode")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(modes, ["require"]);
+        let p = pgbouncer("[pgbouncer]\nclient_tls_sslmode = verify-full\n");
+        let settings = p.settings(
+            Path::new("/data/pgdata"),
+            &spec(serde_json::json!({})),
+            true,
+        );
+        assert!(!settings.iter().any(|(k, _)| k == "client_tls_sslmode"));
+    }
+
+    #[test]
+    fn where_the_console_is() {
+        let console = |operator: &str, spec: &[(&str, &str)]| {
+            let settings: Vec<(String, String)> = spec
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            pgbouncer(operator)
+                .console(&settings)
+                .map(|c| c.to_string())
+        };
+        assert_eq!(console("[pgbouncer]\n", &[]).unwrap(), "/tmp/.s.PGSQL.6432");
+        assert_eq!(
+            console(
+                "[pgbouncer]\nlisten_port = 7000\nunix_socket_dir = /run/pgb\n",
+                &[]
+            )
+            .unwrap(),
+            "/run/pgb/.s.PGSQL.7000"
+        );
+        assert_eq!(
+            console(
+                "[pgbouncer]\nunix_socket_dir =\nlisten_addr = *\n",
+                &[("listen_port", "7001")]
+            )
+            .unwrap(),
+            "127.0.0.1:7001"
+        );
+        let err = console("[pgbouncer]\nunix_socket_dir =\n", &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("set unix_socket_dir or listen_addr"),
+            "{err}"
+        );
+        let err = console("[pgbouncer]\nlisten_port = many\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("\"many\" is not a port"), "{err}");
     }
 }
