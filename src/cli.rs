@@ -233,6 +233,15 @@ pub struct RunArgs {
     /// Neon does. Lower-case letters and `_` only; a spec may not name it.
     #[arg(long, default_value = crate::spec::DEFAULT_PRIVILEGED_ROLE, value_parser = privileged_role_name)]
     pub privileged_role_name: String,
+
+    /// Supervise pgbouncer with this pgbouncer.ini (its listen_port, [databases], ...): started
+    /// once Postgres is up, as the Postgres user, with the spec's pgbouncer_settings.
+    #[arg(long)]
+    pub pgbouncer_ini: Option<PathBuf>,
+
+    /// The pgbouncer binary (default: `pgbouncer` on PATH, else /usr/sbin/pgbouncer).
+    #[arg(long, requires = "pgbouncer_ini")]
+    pub pgbouncer_bin: Option<PathBuf>,
 }
 
 /// `--privileged-role-name`: `^[a-z_]+$`, as Neon requires (it is written into SQL as a bare

@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::operation::{Operation, Reply};
 pub use crate::report::lfc::{LfcCounts, LfcOffloadState, LfcPrewarmState, LfcState};
 pub use crate::report::{
-    ComputeMetrics, Configuration, Input, InstalledExtension, Job, OperateError, PromoteState,
-    Promotion, RequestError, Runner,
+    ComputeMetrics, Configuration, Input, InstalledExtension, Job, OperateError, PgbouncerState,
+    PromoteState, Promotion, RequestError, Runner,
 };
-use crate::report::{Envelope, Reporter, millis, vm};
+use crate::report::{Envelope, PgbouncerReport, Reporter, millis, vm};
 use crate::spec::{JwkSet, TlsConfig, ValidSpec};
 
 /// What the compute looks like after the latest event.
@@ -56,6 +56,10 @@ pub struct Snapshot {
     pub migrations_failed: std::collections::BTreeMap<i64, u64>,
     /// Remote extension downloads, by (HTTP status, archive name).
     pub remote_ext_requests: std::collections::BTreeMap<(String, String), u64>,
+    /// Whether pgbouncer runs (`None` without `--pgbouncer-ini`, or before its first start).
+    pub pgbouncer: Option<PgbouncerState>,
+    /// How often pgbouncer was started again after it died.
+    pub pgbouncer_restarts: u64,
     /// The JWT keys in force: the startup config's, then those of the latest `/configure`
     /// that reached `running` with keys.
     pub jwks: Arc<JwkSet>,
@@ -141,6 +145,8 @@ pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
         cplane_requests: Default::default(),
         migrations_failed: Default::default(),
         remote_ext_requests: Default::default(),
+        pgbouncer: None,
+        pgbouncer_restarts: 0,
         jwks: Arc::new(jwks),
         promotion: PromoteState::NotPromoted,
         lfc_prewarm: LfcPrewarmState::default(),
@@ -281,6 +287,14 @@ impl<R: Runner> Engine<R> {
                 }
                 Input::MigrationFailed(id) => {
                     *self.snapshot.migrations_failed.entry(id).or_default() += 1;
+                    self.publish();
+                    continue;
+                }
+                Input::Pgbouncer(report) => {
+                    match report {
+                        PgbouncerReport::State(state) => self.snapshot.pgbouncer = Some(state),
+                        PgbouncerReport::Restarted => self.snapshot.pgbouncer_restarts += 1,
+                    }
                     self.publish();
                     continue;
                 }

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use compute_ctl::cli::{Cli, Command, RunArgs};
 use compute_ctl::effects::Effects;
+use compute_ctl::effects::pgbouncer::Pgbouncer;
 use compute_ctl::effects::storage::StorageOptions;
 use compute_ctl::engine::{self, Configuration, Engine, Input, Runner};
 use compute_ctl::node::Node;
@@ -175,6 +176,15 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     compute_ctl::effects::reaper::start(args.reap_orphans)?;
 
+    let pgbouncer = match &args.pgbouncer_ini {
+        Some(ini) => Some(Pgbouncer::prepare(
+            &node.pgdata,
+            ini,
+            args.pgbouncer_bin.as_deref(),
+        )?),
+        None => None,
+    };
+
     // Checked and bound before anything runs, so a bad --cgroup or a busy port is an error now.
     let vm_monitor = if vm_monitor::enabled() {
         let config = vm_monitor::Config {
@@ -196,6 +206,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             template_cache: args.template_cache.clone(),
         })
         .with_vm_monitor(vm_monitor)
+        .with_pgbouncer(pgbouncer)
         .with_remote_ext_base_url(args.remote_ext_base_url.clone())?;
     let engine = Engine::new(inbox, effects);
 

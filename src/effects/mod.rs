@@ -12,6 +12,7 @@ mod conf_check;
 mod extensions;
 mod lfc;
 mod operate;
+pub mod pgbouncer;
 pub mod pgdata;
 pub mod postgres;
 pub mod process;
@@ -41,6 +42,7 @@ use crate::report::{Configuration, Job, PromoteState, Runner};
 use crate::report::{Reporter, millis};
 use crate::spec::{ComputeFeature, ComputeMode, Lsn, Reserved, TlsConfig, ValidSpec};
 use crate::vm_monitor::VmMonitor;
+use pgbouncer::Pgbouncer;
 use postgres::Postmaster;
 use remote_ext::RemoteExtensions;
 
@@ -69,6 +71,8 @@ pub struct Effects {
     prestarted: attach::Slot,
     /// Remote extensions: the gateway, the spec's allow-list, the archives fetched.
     remote_ext: Arc<RemoteExtensions>,
+    /// pgbouncer, with `--pgbouncer-ini`.
+    pgbouncer: Option<Arc<Pgbouncer>>,
 }
 
 impl Effects {
@@ -96,6 +100,7 @@ impl Effects {
             spec,
             lfc,
             prestarted: attach::Slot::default(),
+            pgbouncer: None,
         }
     }
 
@@ -107,6 +112,12 @@ impl Effects {
             self.reporter.clone(),
         )?);
         Ok(self)
+    }
+
+    /// Supervise pgbouncer as a companion of Postgres (`--pgbouncer-ini`).
+    pub fn with_pgbouncer(mut self, pgbouncer: Option<Pgbouncer>) -> Self {
+        self.pgbouncer = pgbouncer.map(Arc::new);
+        self
     }
 
     /// Run the vm-monitor once Postgres is up (autoscaling).
@@ -137,6 +148,7 @@ impl Effects {
             mode: self.mode.clone(),
             prestarted: self.prestarted.clone(),
             remote_ext: self.remote_ext.clone(),
+            pgbouncer: self.pgbouncer.clone(),
         };
         if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
             &job
@@ -234,6 +246,10 @@ impl Effects {
                         for task in running {
                             let _ = task.await;
                         }
+                        // A companion of Postgres: its clients go first.
+                        if let Some(pgbouncer) = &work.pgbouncer {
+                            pgbouncer.stop(mode_of_stop).await;
+                        }
                         // Read after the tasks ended: a promotion may have made it a primary.
                         let primary = *lock(&mode) == Some(ComputeMode::Primary);
                         work.stop(mode_of_stop, primary).await;
@@ -260,6 +276,9 @@ impl Effects {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(pgbouncer) = &self.pgbouncer {
+            pgbouncer.stop(TerminateMode::Immediate).await;
         }
         let postmaster = lock(&self.postmaster).clone();
         if let Some(postmaster) = postmaster
@@ -295,6 +314,7 @@ struct Work {
     mode: Arc<Mutex<Option<ComputeMode>>>,
     prestarted: attach::Slot,
     remote_ext: Arc<RemoteExtensions>,
+    pgbouncer: Option<Arc<Pgbouncer>>,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.
@@ -349,6 +369,7 @@ impl Work {
                 &spec,
                 crate::reconcile::startup_concurrency(&spec),
                 deadline,
+                Some(tls.is_some()),
             )
             .await
             .is_ok();
@@ -436,7 +457,7 @@ impl Work {
             });
             return Err(error);
         }
-        self.apply(&spec, spec.reconfigure_concurrency, deadline)
+        self.apply(&spec, spec.reconfigure_concurrency, deadline, None)
             .await
     }
 
@@ -583,6 +604,31 @@ impl Work {
             conf_check::check(&self.node),
         )
         .await;
+        let checked = match (checked, &self.pgbouncer) {
+            (Ok(warnings), Some(pgbouncer)) => {
+                // Before Postgres reloads: a file pgbouncer refuses fails the configuration,
+                // and then nothing may have changed.
+                let previous_ini = pgbouncer.in_force().await;
+                match pgbouncer
+                    .configure(&self.node, spec, tls.is_some(), &self.reporter)
+                    .instrument(info_span!("pgbouncer"))
+                    .await
+                {
+                    Ok(()) => Ok(warnings),
+                    Err(error) => {
+                        // pgbouncer put its file back already; once the TLS pair is back too,
+                        // it reloads again so that it serves the previous pair.
+                        let restored = tls::restore(&self.node, &previous_tls);
+                        pgbouncer.restore(&self.node, previous_ini.as_deref()).await;
+                        restored.with_context(|| {
+                            format!("{error:#}; putting back the previous TLS key and certificate")
+                        })?;
+                        Err(error)
+                    }
+                }
+            }
+            (checked, _) => checked,
+        };
         match checked {
             Ok(warnings) => {
                 postmaster.signal(Signal::SIGHUP);
@@ -618,11 +664,15 @@ impl Work {
     /// applied (`ConfigurationApplied`). The reading is part of the configuration, so that its
     /// sessions are over before the monitor counts sessions (`activity_monitor_experimental`)
     /// and never hold a database an apply renames.
+    ///
+    /// With pgbouncer, the apply also makes its `auth_query` role and function; `start_pgbouncer`
+    /// (at start: whether TLS is on) then starts it, a failure failing the configuration.
     async fn apply(
         &self,
         spec: &ValidSpec,
         concurrency: usize,
         deadline: Instant,
+        start_pgbouncer: Option<bool>,
     ) -> Result<(), String> {
         let began = Instant::now();
         let result = if !Self::updates_catalog(spec) {
@@ -636,10 +686,24 @@ impl Work {
                 deadline,
                 self.node.configure_timeout,
                 "applying the spec (roles and databases)",
-                apply::apply(&self.node, spec, concurrency),
+                async {
+                    let statements = apply::apply(&self.node, spec, concurrency).await?;
+                    Ok(match &self.pgbouncer {
+                        Some(_) => statements + pgbouncer::auth::ensure(&self.node).await?,
+                        None => statements,
+                    })
+                },
             )
             .instrument(info_span!("apply_config"))
             .await
+        };
+        let result = match (result, &self.pgbouncer, start_pgbouncer) {
+            (Ok(statements), Some(pgbouncer), Some(tls)) => pgbouncer
+                .configure(&self.node, spec, tls, &self.reporter)
+                .instrument(info_span!("pgbouncer"))
+                .await
+                .map(|()| statements),
+            (result, _, _) => result,
         };
         match result {
             Ok(statements) => {

@@ -138,6 +138,16 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         }
     }
 
+    // Ours: only with --pgbouncer-ini (once pgbouncer was first started).
+    if snapshot.pgbouncer.is_some() {
+        let restarts = IntCounter::new(
+            "compute_ctl_pgbouncer_restarts_total",
+            "Times compute_ctl started pgbouncer again after it died",
+        )?;
+        restarts.inc_by(snapshot.pgbouncer_restarts);
+        registry.register(Box::new(restarts))?;
+    }
+
     if snapshot.vm_monitor.active {
         vm_monitor(&registry, &snapshot.vm_monitor)?;
     }

@@ -13,7 +13,9 @@ use compute_states::{ComputeStatus, Event, SpecSource, TerminateMode};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ErrorBody, jwks};
-use crate::engine::{ComputeMetrics, Configuration, EngineHandle, Input, RequestError, Snapshot};
+use crate::engine::{
+    ComputeMetrics, Configuration, EngineHandle, Input, PgbouncerState, RequestError, Snapshot,
+};
 use crate::spec::{self, Reserved};
 
 /// The roles a spec may not name: compute_ctl's own superuser (the `--connstr` user) and the
@@ -39,6 +41,12 @@ pub struct StatusResponse {
     /// Neon's response.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
+    /// Whether pgbouncer runs: `running`, `restarting` (it died and is started again after a
+    /// backoff) or `stopped`. Only with `--pgbouncer-ini`, once it was first started; not in
+    /// Neon's response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "running")]
+    pgbouncer: Option<PgbouncerState>,
 }
 
 impl From<&Snapshot> for StatusResponse {
@@ -51,6 +59,7 @@ impl From<&Snapshot> for StatusResponse {
             last_active: s.last_active.as_ref().map(rfc3339),
             error: s.error.clone(),
             warnings: s.warnings.clone(),
+            pgbouncer: s.pgbouncer,
         }
     }
 }

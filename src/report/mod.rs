@@ -135,6 +135,26 @@ pub enum Input {
         status: String,
         filename: String,
     },
+    /// What the pgbouncer supervisor saw (`--pgbouncer-ini`).
+    Pgbouncer(PgbouncerReport),
+}
+
+/// Whether pgbouncer runs (`--pgbouncer-ini`), as `/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgbouncerState {
+    /// A pgbouncer process runs.
+    Running,
+    /// It died; compute_ctl starts it again after a backoff.
+    Restarting,
+    /// Stopped by a termination, or never started (its configuration failed).
+    Stopped,
+}
+
+pub enum PgbouncerReport {
+    State(PgbouncerState),
+    /// pgbouncer was started again after it died (`compute_ctl_pgbouncer_restarts_total`).
+    Restarted,
 }
 
 /// An input on its way to the engine.
@@ -213,6 +233,14 @@ impl Reporter {
 
     pub fn remote_ext_request(&self, status: String, filename: String) {
         self.send(Input::RemoteExtRequest { status, filename });
+    }
+
+    pub fn pgbouncer_state(&self, state: PgbouncerState) {
+        self.send(Input::Pgbouncer(PgbouncerReport::State(state)));
+    }
+
+    pub fn pgbouncer_restarted(&self) {
+        self.send(Input::Pgbouncer(PgbouncerReport::Restarted));
     }
 
     /// Send an input and wait until the machine accepted or rejected it.

@@ -28,7 +28,7 @@ pub use parse::{
     SpecError, load_config, load_spec, parse_config, parse_control_plane_response,
     parse_promote_request, parse_request, parse_spec, prestart_spec,
 };
-pub use validate::{DEFAULT_PRIVILEGED_ROLE, Delta, Reserved, ValidSpec, validate};
+pub use validate::{DEFAULT_PRIVILEGED_ROLE, Delta, PGBOUNCER_ROLE, Reserved, ValidSpec, validate};
 
 /// PostgreSQL truncates identifiers to `NAMEDATALEN - 1` = 63 bytes.
 pub const MAX_NAME_BYTES: usize = 63;

@@ -611,6 +611,7 @@ fn reserved_roles_are_refused() {
         "cloud_admin",
         "neon_superuser",
         "zenith_admin",
+        "compute_ctl_pgbouncer",
         "pg_monitor",
         "pg_new",
     ] {
@@ -806,4 +807,34 @@ fn remote_extension_names_are_plain_file_names() {
     ext["extension_data"] = json!({"..": {"archive_path": "x", "control_data": {}}});
     let err = with(ext).unwrap_err().to_string();
     assert!(err.contains("remote_extensions.extension_data.."), "{err}");
+}
+
+#[test]
+fn pgbouncer_settings_must_be_lines_of_the_pgbouncer_section() {
+    let with = |key: &str, value: &str| {
+        let mut v = minimal();
+        v["pgbouncer_settings"] = json!({"default_pool_size": "42", key: value});
+        parse_value(&v).map_err(|e| e.to_string())
+    };
+    assert!(with("pool_mode", "session").is_ok());
+    let err = with("pool_mode", "session\nauth_type = trust").unwrap_err();
+    assert!(
+        err.starts_with("at pgbouncer_settings.pool_mode: ") && err.contains("one line"),
+        "{err}"
+    );
+    let err = with("pool mode", "session").unwrap_err();
+    assert!(
+        err.starts_with("at pgbouncer_settings.pool mode: "),
+        "{err}"
+    );
+    let err = with("[databases]", "x").unwrap_err();
+    assert!(err.contains("not a pgbouncer setting name"), "{err}");
+    for own in ["auth_user", "auth_query", "AUTH_FILE"] {
+        let err = with(own, "x").unwrap_err();
+        assert!(
+            err.starts_with(&format!("at pgbouncer_settings.{own}: "))
+                && err.contains("compute_ctl sets"),
+            "{err}"
+        );
+    }
 }

@@ -19,6 +19,17 @@ pub const DEFAULT_PRIVILEGED_ROLE: &str = "neon_superuser";
 /// The administrator role of Neon's older computes.
 const ZENITH_ADMIN: &str = "zenith_admin";
 
+/// The role compute_ctl makes for pgbouncer (`--pgbouncer-ini`): pgbouncer's `auth_user`,
+/// which looks up the spec roles' passwords through a `SECURITY DEFINER` function, and the
+/// user compute_ctl logs into pgbouncer's admin console as. Reserved whether or not pgbouncer
+/// runs, so a spec valid on one compute is valid on every other.
+pub const PGBOUNCER_ROLE: &str = "compute_ctl_pgbouncer";
+
+/// `pgbouncer_settings` keys compute_ctl sets itself: a spec that set them would cut spec roles
+/// off from pgbouncer (`auth_user`, `auth_query`) or compute_ctl from its admin console
+/// (`auth_file`).
+const PGBOUNCER_OWN_KEYS: [&str; 3] = ["auth_user", "auth_query", "auth_file"];
+
 /// The roles a spec may not create, alter, rename or delete. A spec that demoted or dropped
 /// compute_ctl's own superuser would leave a compute that no later spec can repair.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +57,8 @@ impl<'a> Reserved<'a> {
             Some("reserved role: the privileged role compute_ctl grants to spec roles")
         } else if name == ZENITH_ADMIN {
             Some("reserved role: Neon's administrator")
+        } else if name == PGBOUNCER_ROLE {
+            Some("reserved role: compute_ctl's pgbouncer auth_user and admin console user")
         } else if name.starts_with("pg_") {
             Some("reserved role: PostgreSQL reserves names starting with pg_")
         } else {
@@ -277,6 +290,12 @@ pub(super) fn validate_at(
         deltas.push(delta);
     }
 
+    if let Some(settings) = &spec.pgbouncer_settings {
+        for (key, value) in settings.iter() {
+            check_pgbouncer_setting(at(&format!("pgbouncer_settings.{key}")), key, value)?;
+        }
+    }
+
     check_safekeepers(&spec, prefix)?;
     check_remote_extensions(&spec, prefix)?;
     let jwks_roles = jwks_roles(&spec, prefix)?;
@@ -288,6 +307,34 @@ pub(super) fn validate_at(
         deltas,
         jwks_roles,
     })
+}
+
+/// A `pgbouncer_settings` entry must be one `key = value` line of pgbouncer.ini's
+/// `[pgbouncer]` section: a key of letters, digits and `_`, a value on one line. pgbouncer
+/// itself judges the rest (unknown keys, bad values) when it loads the file.
+fn check_pgbouncer_setting(field: String, key: &str, value: &str) -> Result<(), SpecError> {
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(SpecError::invalid(
+            field,
+            key,
+            "not a pgbouncer setting name (letters, digits and _ only)",
+        ));
+    }
+    if PGBOUNCER_OWN_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+        return Err(SpecError::invalid(
+            field,
+            key,
+            "compute_ctl sets this pgbouncer setting itself",
+        ));
+    }
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(SpecError::invalid(
+            field,
+            value,
+            "a pgbouncer setting's value must be one line",
+        ));
+    }
+    Ok(())
 }
 
 /// `local_proxy_config.jwks[].role_names`. The rest of `local_proxy_config` stays raw JSON,

@@ -20,6 +20,7 @@ mod monitor;
 mod neon_storage;
 mod otel;
 mod outcomes;
+mod pgbouncer;
 mod pid1;
 mod prestart;
 mod privileges;
