@@ -425,7 +425,8 @@ impl RemoteExtensions {
             Err(_) => "unknown".to_owned(),
         };
         self.reporter.remote_ext_request(status, archive.to_owned());
-        let mut response = response.map_err(|e| anyhow!("GET {url}: {}", error_chain(&e)))?;
+        let mut response = response
+            .map_err(|e| anyhow!("GET {url}: {}", crate::control_plane::error_chain(&e)))?;
         if response.status() != reqwest::StatusCode::OK {
             bail!("GET {url}: {}", response.status());
         }
@@ -456,7 +457,10 @@ impl RemoteExtensions {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    failed = Some(anyhow!("GET {url}: {}", error_chain(&e)));
+                    failed = Some(anyhow!(
+                        "GET {url}: {}",
+                        crate::control_plane::error_chain(&e)
+                    ));
                     break;
                 }
             }
@@ -697,17 +701,6 @@ fn pg_major(version: &str) -> Option<String> {
     let number = version.trim().strip_prefix("PostgreSQL ")?;
     let major: String = number.chars().take_while(char::is_ascii_digit).collect();
     (!major.is_empty()).then(|| format!("v{major}"))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

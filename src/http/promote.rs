@@ -12,7 +12,7 @@ use axum::{Extension, Json};
 use super::routes::ReservedRoles;
 use super::{ApiError, ErrorBody};
 use crate::engine::{EngineHandle, Input, PromoteState, Promotion, RequestError, Snapshot};
-use crate::spec::{self, Reserved};
+use crate::spec;
 
 /// Neon's `PromoteConfig`.
 #[derive(utoipa::ToSchema)]
@@ -42,23 +42,7 @@ pub async fn promote(
     Extension(reserved): Extension<ReservedRoles>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PromoteState>), ApiError> {
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("request body is not JSON: {e}"),
-        ));
-    }
-    let request = spec::parse_promote_request(
-        &body,
-        &Reserved::new(&reserved.superuser, &reserved.privileged_role),
-    )
-    .map_err(|e| {
-        let status = match e {
-            spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, e.to_string())
-    })?;
+    let request = reserved.parse(&body, spec::parse_promote_request)?;
     let done = |s: &Snapshot| s.promotion.is_final();
     let seq = match engine.snapshot().promotion {
         // As Neon: a promoted compute answers every later call with that promotion.

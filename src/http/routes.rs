@@ -26,6 +26,31 @@ pub struct ReservedRoles {
     pub privileged_role: Arc<str>,
 }
 
+impl ReservedRoles {
+    /// A body that carries a spec, read by `parse` with these roles reserved: 400 when it is
+    /// not JSON or a value fails validation, 422 when its shape is wrong (both naming the JSON
+    /// path).
+    pub fn parse<T>(
+        &self,
+        body: &Bytes,
+        parse: fn(&[u8], &Reserved) -> Result<T, spec::SpecError>,
+    ) -> Result<T, ApiError> {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("request body is not JSON: {e}"),
+            ));
+        }
+        parse(body, &Reserved::new(&self.superuser, &self.privileged_role)).map_err(|e| {
+            let status = match e {
+                spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, e.to_string())
+        })
+    }
+}
+
 /// Neon's `ComputeStatusResponse`, field for field.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusResponse {
@@ -179,23 +204,7 @@ pub async fn configure(
     Extension(reserved): Extension<ReservedRoles>,
     body: Bytes,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("request body is not JSON: {e}"),
-        ));
-    }
-    let request = spec::parse_request(
-        &body,
-        &Reserved::new(&reserved.superuser, &reserved.privileged_role),
-    )
-    .map_err(|e| {
-        let status = match e {
-            spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, e.to_string())
-    })?;
+    let request = reserved.parse(&body, spec::parse_request)?;
     jwks::verifying_keys(&request.compute_ctl_config.jwks, "compute_ctl_config.jwks.")
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let configuration = Configuration {

@@ -11,23 +11,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-/// A spec following `primary_port` as a hot standby.
-fn replica_spec(primary_port: u16) -> Value {
-    let mut s = spec(
-        vec![],
-        vec![],
-        vec![setting(
-            "primary_conninfo",
-            &format!(
-                "host=127.0.0.1 port={primary_port} user=cloud_admin application_name=standby"
-            ),
-            "string",
-        )],
-    );
-    s["mode"] = json!("Replica");
-    s
-}
-
 /// The spec the promoted compute runs with: a primary with one role and database of its own.
 fn primary_spec() -> Value {
     spec(
@@ -53,7 +36,7 @@ async fn promote(c: &Compute, body: &Value) -> (StatusCode, Value) {
 
 async fn running_replica(name: &str, primary: &Compute) -> Compute {
     let mut replica = Compute::new(name);
-    replica.start_with_spec(&replica_spec(primary.pg_port));
+    replica.start_with_spec(&standby_spec(primary.pg_port, json!("Replica")));
     replica.wait_for_status("running").await;
     replica
 }

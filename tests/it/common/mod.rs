@@ -797,6 +797,23 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A spec following `primary` in `mode` (`"Replica"` or `{"Static": lsn}`).
+pub fn standby_spec(primary_port: u16, mode: Value) -> Value {
+    let mut s = spec(
+        vec![],
+        vec![],
+        vec![setting(
+            "primary_conninfo",
+            &format!(
+                "host=127.0.0.1 port={primary_port} user=cloud_admin application_name=standby"
+            ),
+            "string",
+        )],
+    );
+    s["mode"] = mode;
+    s
+}
+
 /// A running compute whose table `t` holds the rows 1, 2 and 3: the primary of replica tests,
 /// the source of a base backup.
 pub async fn start_primary(name: &str) -> Compute {
