@@ -491,3 +491,71 @@ fn a_startup_spec_is_refused_once_the_compute_has_one() {
         "init accepts no /configure"
     );
 }
+
+#[test]
+fn a_failed_promotion_is_the_running_replica_it_was() {
+    let mut compute = sample::in_state(StateKind::Running);
+    let handled = compute
+        .handle(&Event::PromoteRequested { spec: SpecRef(9) })
+        .unwrap();
+    assert_eq!(
+        handled.commands,
+        vec![Command::Promote { spec: SpecRef(9) }]
+    );
+    assert_eq!(compute.status(), crate::ComputeStatus::Running, "as Neon");
+    assert!(
+        compute.handle(&configure_spec(10)).is_err(),
+        "one change at a time"
+    );
+    let handled = compute
+        .handle(&Event::PromotionFailed {
+            error: "not a replica".into(),
+        })
+        .unwrap();
+    assert!(handled.commands.is_empty(), "the monitor runs already");
+    assert_eq!(compute.state(), StateKind::Running);
+    assert_eq!(compute.error(), None, "the compute did not fail");
+}
+
+#[test]
+fn a_promoted_compute_applies_its_spec_like_a_configure() {
+    let mut compute = sample::in_state(StateKind::Promotion);
+    compute.handle(&Event::Promoted).unwrap();
+    assert_eq!(compute.state(), StateKind::Configuration);
+    compute
+        .handle(&Event::ConfigurationFailed {
+            error: "role x".into(),
+        })
+        .unwrap();
+    assert_eq!(compute.state(), StateKind::Failed);
+    assert_eq!(compute.error(), Some("role x"));
+}
+
+#[test]
+fn a_refresh_fetches_then_configures_and_coalesces() {
+    let mut compute = sample::in_state(StateKind::Running);
+    let handled = compute.handle(&Event::RefreshRequested).unwrap();
+    assert_eq!(handled.commands, vec![Command::FetchSpec]);
+    assert_eq!(
+        compute.status(),
+        crate::ComputeStatus::RefreshConfigurationPending
+    );
+    // A second call while one is under way changes nothing.
+    let again = compute.handle(&Event::RefreshRequested).unwrap();
+    assert!(again.commands.is_empty() && again.transition.is_none());
+    assert!(compute.handle(&configure_spec(1)).is_err());
+    let handled = compute.handle(&refreshed_spec(2)).unwrap();
+    assert_eq!(
+        handled.commands,
+        vec![Command::Configure {
+            spec: SpecRef(2),
+            postgres_running: true
+        }]
+    );
+    compute.handle(&Event::ConfigurationStarted).unwrap();
+    assert_eq!(compute.status(), crate::ComputeStatus::RefreshConfiguration);
+    compute.handle(&Event::ConfigurationApplied).unwrap();
+    assert_eq!(compute.state(), StateKind::Running);
+    // A refreshed spec outside a refresh is refused.
+    assert!(compute.handle(&refreshed_spec(3)).is_err());
+}
