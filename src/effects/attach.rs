@@ -29,6 +29,8 @@ const APPLICATION_NAME: &str = "compute_ctl:attach";
 pub struct Prestarted {
     postmaster: Postmaster,
     backend: Box<dyn storage::Backend>,
+    /// Its `pg_conf_load_time()`, read once it ran: nothing reloads it before the attach.
+    loaded: String,
 }
 
 /// Where the pre-started Postgres waits. The pre-start holds the lock while it starts, so an
@@ -49,8 +51,13 @@ impl Work {
     pub(super) async fn prestart(&self, mut slot: OwnedMutexGuard<Option<Prestarted>>) {
         let reserved = Reserved::new(&self.node.superuser, &self.node.privileged_role);
         let spec = crate::spec::prestart_spec(&reserved);
-        match self.start_postgres(&spec, None, true).await {
-            Ok((postmaster, took, backend)) => {
+        let started = async {
+            let (postmaster, took, backend) = self.start_postgres(&spec, None, true).await?;
+            let loaded = conf_load_time(self).await?;
+            anyhow::Ok((postmaster, took, backend, loaded))
+        };
+        match started.await {
+            Ok((postmaster, took, backend, loaded)) => {
                 tracing::info!(
                     ?took,
                     storage = backend.name(),
@@ -59,6 +66,7 @@ impl Work {
                 *slot = Some(Prestarted {
                     postmaster,
                     backend,
+                    loaded,
                 });
             }
             Err(error) => {
@@ -107,11 +115,12 @@ impl Work {
         let Prestarted {
             postmaster,
             backend,
+            loaded,
         } = prestarted;
-        match self
-            .configure_prestarted(postmaster, spec, tls, backend.ephemeral())
-            .await
-        {
+        let configured = self
+            .configure_prestarted(postmaster, &loaded, spec, tls, backend.ephemeral())
+            .await;
+        match configured {
             Ok(postmaster) => Ok((postmaster, began.elapsed(), backend)),
             Err(error) => {
                 // As a failed cold start: no Postgres is left behind.
@@ -124,6 +133,7 @@ impl Work {
     async fn configure_prestarted(
         &self,
         postmaster: Postmaster,
+        loaded: &str,
         spec: &ValidSpec,
         tls: Option<&TlsConfig>,
         ephemeral: bool,
@@ -139,13 +149,6 @@ impl Work {
             tracing::info!(?figures, "remote extensions ready");
             self.reporter.metrics(move |m| figures.record(m));
         }
-        let loaded = within(
-            deadline,
-            node.configure_timeout,
-            "reading the configuration's load time",
-            conf_load_time(self),
-        )
-        .await?;
         pgdata::write_postgresql_conf(node, spec, tls.is_some())?;
         pgdata::write_static_files(node, ephemeral)?;
         let needs_restart = within(
@@ -161,7 +164,7 @@ impl Work {
                 deadline,
                 node.configure_timeout,
                 "waiting for postgres to reload",
-                reloaded(self, &loaded),
+                reloaded(self, loaded),
             )
             .await?;
             return Ok(postmaster);
