@@ -98,6 +98,13 @@ pub struct RunArgs {
     #[arg(short = 'p', long)]
     pub control_plane_uri: Option<String>,
 
+    /// Base URL of the extension-storage gateway that remote extensions are fetched from:
+    /// GET {url}/{BUILD_TAG}/{amd64|arm64}/v{pg major}/extensions/{ext}.tar.zst. Trailing
+    /// slashes are normalised; a query string is refused. Without it `/extension_server`
+    /// answers 412.
+    #[arg(short = 'r', long, value_parser = crate::effects::remote_ext::parse_base_url)]
+    pub remote_ext_base_url: Option<reqwest::Url>,
+
     /// The compute's identity (checked against the `compute_id` claim of API tokens).
     #[arg(short = 'i', long, required = true)]
     pub compute_id: Option<String>,
@@ -155,6 +162,13 @@ pub struct RunArgs {
     /// `initdb` result, or a data directory kept across restarts.
     #[arg(long, value_enum, default_value_t = LocalStorage::Initdb)]
     pub storage: LocalStorage,
+
+    /// A compute started without a spec starts Postgres at once (`--storage template` or
+    /// `initdb`), reachable by compute_ctl only; the first `/configure` then attaches to it:
+    /// writes the spec's configuration, reloads (restarts only for a setting that needs it),
+    /// opens `pg_hba.conf` and applies the spec.
+    #[arg(long)]
+    pub prestart: bool,
 
     /// Where `--storage template` caches its `initdb` results.
     #[arg(long, default_value = "/var/cache/compute_ctl/templates")]
@@ -219,6 +233,15 @@ pub struct RunArgs {
     /// Neon does. Lower-case letters and `_` only; a spec may not name it.
     #[arg(long, default_value = crate::spec::DEFAULT_PRIVILEGED_ROLE, value_parser = privileged_role_name)]
     pub privileged_role_name: String,
+
+    /// Supervise pgbouncer with this pgbouncer.ini (its listen_port, [databases], ...): started
+    /// once Postgres is up, as the Postgres user, with the spec's pgbouncer_settings.
+    #[arg(long)]
+    pub pgbouncer_ini: Option<PathBuf>,
+
+    /// The pgbouncer binary (default: `pgbouncer` on PATH, else /usr/sbin/pgbouncer).
+    #[arg(long, requires = "pgbouncer_ini")]
+    pub pgbouncer_bin: Option<PathBuf>,
 }
 
 /// `--privileged-role-name`: `^[a-z_]+$`, as Neon requires (it is written into SQL as a bare
@@ -337,6 +360,11 @@ mod tests {
             .unwrap()
             .run;
         assert_eq!(own.privileged_role_name, "db_admin");
+        assert_eq!(args.remote_ext_base_url, None);
+        let ext = Cli::try_parse_from(base.iter().chain(&["-r", "http://gw:5000//"]))
+            .unwrap()
+            .run;
+        assert_eq!(ext.remote_ext_base_url.unwrap().as_str(), "http://gw:5000/");
         for bad in [
             ["--vm-monitor-overhead-fraction", "1.5"],
             ["--vm-monitor-psi-trigger", "some 1"],
@@ -346,6 +374,8 @@ mod tests {
             ["--privileged-role-name", "x\"; DROP ROLE y; --"],
             ["--privileged-role-name", "neon2"],
             ["--privileged-role-name", ""],
+            ["--remote-ext-base-url", "http://gw/?a=b"],
+            ["--remote-ext-base-url", "gw"],
         ] {
             let error = Cli::try_parse_from(base.iter().chain(&bad)).unwrap_err();
             assert!(error.to_string().contains(bad[0]), "{error}");

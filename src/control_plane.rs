@@ -140,8 +140,8 @@ async fn fetch_once(
     })
 }
 
-/// reqwest's top-level message hides the cause ("error sending request").
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// reqwest's top-level message hides the cause ("error sending request"): the whole chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -15,12 +15,13 @@ use compute_states::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::operation::{Operation, Reply};
+pub use crate::report::lfc::{LfcCounts, LfcOffloadState, LfcPrewarmState, LfcState};
 pub use crate::report::{
-    ComputeMetrics, Configuration, Input, InstalledExtension, Job, OperateError, RequestError,
-    Runner,
+    ComputeMetrics, Configuration, Input, InstalledExtension, Job, OperateError, PgbouncerState,
+    PromoteState, Promotion, RequestError, Runner,
 };
-use crate::report::{Envelope, Reporter, millis, vm};
-use crate::spec::{JwkSet, ValidSpec};
+use crate::report::{Envelope, PgbouncerReport, Reporter, millis, vm};
+use crate::spec::{JwkSet, TlsConfig, ValidSpec};
 
 /// What the compute looks like after the latest event.
 #[derive(Debug, Clone)]
@@ -53,9 +54,24 @@ pub struct Snapshot {
     pub cplane_requests: crate::control_plane::Requests,
     /// Failed runs of Neon's migrations, by migration id.
     pub migrations_failed: std::collections::BTreeMap<i64, u64>,
+    /// Remote extension downloads, by (HTTP status, archive name).
+    pub remote_ext_requests: std::collections::BTreeMap<(String, String), u64>,
+    /// Whether pgbouncer runs (`None` without `--pgbouncer-ini`, or before its first start).
+    pub pgbouncer: Option<PgbouncerState>,
+    /// How often pgbouncer was started again after it died.
+    pub pgbouncer_restarts: u64,
     /// The JWT keys in force: the startup config's, then those of the latest `/configure`
     /// that reached `running` with keys.
     pub jwks: Arc<JwkSet>,
+    /// The latest `/promote`: under way, or how it ended.
+    pub promotion: PromoteState,
+    /// The LFC prewarm and offload, and how often each was asked for and failed.
+    pub lfc_prewarm: LfcPrewarmState,
+    pub lfc_offload: LfcOffloadState,
+    pub lfc_counts: LfcCounts,
+    /// `POST /refresh_configuration` calls, accepted or not
+    /// (`pg_cctl_pagestream_request_errors_total`: Postgres calls it on page-stream errors).
+    pub refresh_requests: u64,
 }
 
 /// For HTTP handlers and signal handlers: send requests, read snapshots.
@@ -128,7 +144,15 @@ pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
         vm_monitor: vm::Figures::default(),
         cplane_requests: Default::default(),
         migrations_failed: Default::default(),
+        remote_ext_requests: Default::default(),
+        pgbouncer: None,
+        pgbouncer_restarts: 0,
         jwks: Arc::new(jwks),
+        promotion: PromoteState::NotPromoted,
+        lfc_prewarm: LfcPrewarmState::default(),
+        lfc_offload: LfcOffloadState::default(),
+        lfc_counts: LfcCounts::default(),
+        refresh_requests: 0,
     };
     let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(first));
     let reporter = Reporter::new(tx);
@@ -149,6 +173,7 @@ pub fn channel(jwks: JwkSet) -> (EngineHandle, Reporter, Inbox) {
 enum Attached {
     None,
     Spec(SpecRef, Configuration),
+    Promotion(SpecRef, Promotion),
     Operation(OpRef, Operation),
 }
 
@@ -159,6 +184,8 @@ pub struct Engine<R: Runner> {
     next_ref: u64,
     /// The keys of the configuration being applied: trusted once it reaches `running`.
     keys_in_waiting: Option<JwkSet>,
+    /// The TLS pair of the latest configuration; a promotion (whose request has none) keeps it.
+    tls: Option<TlsConfig>,
     snapshot: Snapshot,
     process_start: Instant,
     spec_arrived: Option<Instant>,
@@ -173,6 +200,7 @@ impl<R: Runner> Engine<R> {
             inbox,
             next_ref: 0,
             keys_in_waiting: None,
+            tls: None,
             snapshot,
             process_start: Instant::now(),
             spec_arrived: None,
@@ -196,6 +224,25 @@ impl<R: Runner> Engine<R> {
                 Input::Operation(operation) => {
                     let op = OpRef(self.next_ref());
                     (operation.event(op), Attached::Operation(op, operation))
+                }
+                Input::Promote(promotion) => {
+                    let spec = SpecRef(self.next_ref());
+                    let event = Event::PromoteRequested { spec };
+                    (event, Attached::Promotion(spec, promotion))
+                }
+                Input::Lfc(state) => {
+                    self.snapshot.lfc_counts.count(&state);
+                    match state {
+                        LfcState::Prewarm(state) => self.snapshot.lfc_prewarm = state,
+                        LfcState::Offload(state) => self.snapshot.lfc_offload = state,
+                    }
+                    self.publish();
+                    continue;
+                }
+                Input::PromoteOutcome(state) => {
+                    self.snapshot.promotion = state;
+                    self.publish();
+                    continue;
                 }
                 Input::Metrics(update) => {
                     update(&mut self.snapshot.metrics);
@@ -223,7 +270,18 @@ impl<R: Runner> Engine<R> {
                     continue;
                 }
                 Input::CplaneRequests(requests) => {
-                    self.snapshot.cplane_requests = requests;
+                    for (status, n) in requests {
+                        *self.snapshot.cplane_requests.entry(status).or_default() += n;
+                    }
+                    self.publish();
+                    continue;
+                }
+                Input::RemoteExtRequest { status, filename } => {
+                    *self
+                        .snapshot
+                        .remote_ext_requests
+                        .entry((status, filename))
+                        .or_default() += 1;
                     self.publish();
                     continue;
                 }
@@ -232,10 +290,21 @@ impl<R: Runner> Engine<R> {
                     self.publish();
                     continue;
                 }
+                Input::Pgbouncer(report) => {
+                    match report {
+                        PgbouncerReport::State(state) => self.snapshot.pgbouncer = Some(state),
+                        PgbouncerReport::Restarted => self.snapshot.pgbouncer_restarts += 1,
+                    }
+                    self.publish();
+                    continue;
+                }
             };
             let _span =
                 tracing::info_span!(parent: &envelope.span, "event", kind = event.kind().name())
                     .entered();
+            if event == Event::RefreshRequested {
+                self.snapshot.refresh_requests += 1;
+            }
             if let Some(code) = self.handle(event, attached, envelope.reply) {
                 tracing::info!("exiting with code {code}");
                 return (code, self.runner);
@@ -291,6 +360,16 @@ impl<R: Runner> Engine<R> {
                 | ComputeStatus::TerminationPendingImmediate => self.keys_in_waiting = None,
                 _ => {}
             }
+            // A termination cancels the promotion effect: its callers get an answer.
+            let terminating = matches!(
+                after,
+                ComputeStatus::TerminationPendingFast | ComputeStatus::TerminationPendingImmediate
+            );
+            if terminating && self.snapshot.promotion == PromoteState::Promoting {
+                self.snapshot.promotion = PromoteState::Failed {
+                    error: format!("cancelled by a termination (compute status {after})"),
+                };
+            }
         }
         self.log_reachability(was_reachable, &event);
         self.publish();
@@ -317,6 +396,7 @@ impl<R: Runner> Engine<R> {
                 debug_assert_eq!(id, spec);
                 self.on_spec(&configuration.spec);
                 self.keys_in_waiting = Some(configuration.jwks);
+                self.tls = configuration.tls.clone();
                 match command {
                     Command::Configure {
                         postgres_running, ..
@@ -331,6 +411,24 @@ impl<R: Runner> Engine<R> {
                     },
                 }
             }
+            Command::Promote { spec } => {
+                let Attached::Promotion(id, promotion) =
+                    std::mem::replace(attached, Attached::None)
+                else {
+                    tracing::error!("no spec for {command:?}");
+                    return;
+                };
+                debug_assert_eq!(id, spec);
+                self.on_spec(&promotion.spec);
+                self.snapshot.promotion = PromoteState::Promoting;
+                Job::Promote {
+                    spec: promotion.spec,
+                    tls: self.tls.clone(),
+                    wal_flush_lsn: promotion.wal_flush_lsn,
+                }
+            }
+            Command::FetchSpec => Job::FetchSpec,
+            Command::Prestart => Job::Prestart,
             Command::RunOperation { op } => {
                 let Attached::Operation(id, operation) =
                     std::mem::replace(attached, Attached::None)

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use compute_ctl::cli::{Cli, Command, RunArgs};
 use compute_ctl::effects::Effects;
+use compute_ctl::effects::pgbouncer::Pgbouncer;
 use compute_ctl::effects::storage::StorageOptions;
 use compute_ctl::engine::{self, Configuration, Engine, Input, Runner};
 use compute_ctl::node::Node;
@@ -100,12 +101,25 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let compute_id = args.compute_id.context("--compute-id is required")?;
     // Before anything reads or removes PGDATA: a second compute_ctl on it stops here.
     let _pgdata_lock = compute_ctl::effects::pgdata::lock(&pgdata)?;
+    if args.prestart && args.storage == compute_ctl::effects::storage::LocalStorage::Persistent {
+        anyhow::bail!(
+            "--prestart needs an ephemeral --storage (template or initdb): a persistent \
+             PGDATA belongs to its spec"
+        );
+    }
 
     // First: validation needs the superuser's name (a spec may not touch that role).
     let mut node = Node::new(&pgdata, &connstr, args.pgbin.as_deref(), &args.pg_user)?;
     node.wipe_persistent = args.wipe_persistent;
     node.configure_timeout = args.configure_timeout;
     node.privileged_role = args.privileged_role_name.clone();
+    node.control_plane =
+        args.control_plane_uri
+            .clone()
+            .map(|uri| compute_ctl::node::ControlPlane {
+                uri,
+                compute_id: compute_id.clone(),
+            });
     let node = Arc::new(node);
     let reserved = Reserved::new(&node.superuser, &node.privileged_role);
 
@@ -162,6 +176,15 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     compute_ctl::effects::reaper::start(args.reap_orphans)?;
 
+    let pgbouncer = match &args.pgbouncer_ini {
+        Some(ini) => Some(Pgbouncer::prepare(
+            &node.pgdata,
+            ini,
+            args.pgbouncer_bin.as_deref(),
+        )?),
+        None => None,
+    };
+
     // Checked and bound before anything runs, so a bad --cgroup or a busy port is an error now.
     let vm_monitor = if vm_monitor::enabled() {
         let config = vm_monitor::Config {
@@ -182,7 +205,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             local: args.storage,
             template_cache: args.template_cache.clone(),
         })
-        .with_vm_monitor(vm_monitor);
+        .with_vm_monitor(vm_monitor)
+        .with_pgbouncer(pgbouncer)
+        .with_remote_ext_base_url(args.remote_ext_base_url.clone())?;
     let engine = Engine::new(inbox, effects);
 
     let external_addr = SocketAddr::new(args.external_http_addr, args.external_http_port);
@@ -198,7 +223,11 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         http::serve::RESERVED_DESCRIPTORS
     );
     let external_router = http::external(handle.clone(), &compute_id, &reserved, request_timeout);
-    let internal_router = http::internal(handle.clone(), request_timeout);
+    let internal_router = http::internal(
+        handle.clone(),
+        request_timeout,
+        args.control_plane_uri.is_some(),
+    );
     let servers = [
         (external, external_router, external_cap),
         (internal, internal_router, internal_cap),
@@ -232,6 +261,15 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 async move { handle.request(Input::Spec(configuration)).await }
                     .instrument(telemetry::startup_span()),
             );
+        }
+        None if args.prestart => {
+            tracing::info!("no spec yet: pre-starting postgres, then waiting for POST /configure");
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = handle
+                    .request(Input::Event(compute_states::Event::PrestartRequested))
+                    .await;
+            });
         }
         None => tracing::info!("no spec yet: waiting for POST /configure"),
     }

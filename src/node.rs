@@ -17,6 +17,13 @@ pub struct OsUser {
     pub gid: Gid,
 }
 
+/// The build label: `BUILD_TAG` at compile time, else `latest` (as Neon). It labels
+/// `compute_ctl_up` and is the first part of a remote extension's URL.
+pub const BUILD_TAG: &str = match option_env!("BUILD_TAG") {
+    Some(tag) => tag,
+    None => "latest",
+};
+
 /// The default of `--configure-timeout`.
 pub const DEFAULT_CONFIGURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -41,6 +48,16 @@ pub struct Node {
     pub configure_timeout: std::time::Duration,
     /// `--privileged-role-name`: the role every spec role is made a member of.
     pub privileged_role: String,
+    /// `--control-plane-uri` and `--compute-id`: where `POST /refresh_configuration` fetches
+    /// the configuration again.
+    pub control_plane: Option<ControlPlane>,
+}
+
+/// A control plane to fetch this compute's configuration from.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    pub uri: String,
+    pub compute_id: String,
 }
 
 impl Node {
@@ -116,6 +133,7 @@ impl Node {
             wipe_persistent: false,
             configure_timeout: DEFAULT_CONFIGURE_TIMEOUT,
             privileged_role: crate::spec::DEFAULT_PRIVILEGED_ROLE.to_owned(),
+            control_plane: None,
         })
     }
 

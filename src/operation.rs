@@ -42,6 +42,23 @@ pub enum Operation {
         role: String,
         reply: Reply<()>,
     },
+    /// Start an LFC prewarm (from this endpoint's stored state, or `from_endpoint`'s); answers
+    /// once it is under way or skipped, `Busy` while one runs.
+    LfcPrewarm {
+        from_endpoint: Option<String>,
+        reply: Reply<()>,
+    },
+    /// Cancel the LFC prewarm under way, if any.
+    LfcCancelPrewarm(Reply<()>),
+    /// Start an LFC offload; answers once it is under way or skipped, `Busy` while one runs.
+    LfcOffload(Reply<()>),
+    /// Fetch a remote extension's archive (`/extension_server`): `filename` is an extension,
+    /// or with `is_library` a library.
+    FetchExtension {
+        filename: String,
+        is_library: bool,
+        reply: Reply<()>,
+    },
     /// Size the Neon file cache to this many bytes (capped by `neon.max_file_cache_size`);
     /// answers the size set.
     ResizeFileCache { bytes: u64, reply: Reply<u64> },
@@ -52,14 +69,19 @@ impl Operation {
     /// requests that need a running compute, and the vm-monitor's resize.
     pub fn event(&self, op: OpRef) -> Event {
         match self {
-            Operation::DbsAndRoles(_) | Operation::DatabaseSchema { .. } => {
-                Event::InspectRequested { op }
-            }
+            // A download needs no Postgres: the neon extension asks for one while Postgres
+            // runs, and a spec names what may be fetched from the moment it arrives.
+            Operation::DbsAndRoles(_)
+            | Operation::DatabaseSchema { .. }
+            | Operation::FetchExtension { .. } => Event::InspectRequested { op },
             Operation::ResizeFileCache { .. } => Event::FileCacheResizeRequested { op },
             Operation::CheckWritability(_)
             | Operation::Insights(_)
             | Operation::InstallExtension { .. }
-            | Operation::Grant { .. } => Event::CatalogRequested { op },
+            | Operation::Grant { .. }
+            | Operation::LfcPrewarm { .. }
+            | Operation::LfcCancelPrewarm(_)
+            | Operation::LfcOffload(_) => Event::CatalogRequested { op },
         }
     }
 }
@@ -81,6 +103,15 @@ pub enum OperationError {
     /// Postgres cannot be reached.
     #[error("{0}")]
     Unreachable(String),
+    /// One of these runs already.
+    #[error("{0}")]
+    Busy(String),
+    /// compute_ctl is not set up for the request (no `--remote-ext-base-url`).
+    #[error("{0}")]
+    NotConfigured(String),
+    /// The spec in force lacks what the request needs (no `remote_extensions`).
+    #[error("{0}")]
+    NotInSpec(String),
     #[error("{0}")]
     Failed(String),
 }

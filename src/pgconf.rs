@@ -6,7 +6,7 @@
 //!
 //! 1. `cluster.postgresql_conf`, verbatim;
 //! 2. `cluster.settings` between `# Managed by compute_ctl: begin` / `end` markers;
-//! 3. what the compute mode requires (`hot_standby`, `recovery_target_lsn`);
+//! 3. `hot_standby = on` in every mode, and what a static compute requires (`recovery_target_lsn`);
 //! 4. `port`, from `--connstr`, after the spec's settings so that it wins over them;
 //! 5. `include_if_exists` of [`OVERRIDE_FILE`], last, for temporary overrides.
 //!
@@ -81,11 +81,13 @@ pub fn postgresql_conf(spec: &ValidSpec, port: u16) -> Result<String, SpecError>
         out.push('\n');
     }
 
+    // In every mode (it is the default, and means nothing outside recovery): a line of a
+    // restart-only setting that disappears fails the reload, as it would when a promoted
+    // replica's configuration is rewritten as a primary's.
+    out.push_str("hot_standby = on\n");
     match spec.mode {
-        ComputeMode::Primary => {}
-        ComputeMode::Replica => out.push_str("hot_standby = on\n"),
+        ComputeMode::Primary | ComputeMode::Replica => {}
         ComputeMode::Static(lsn) => {
-            out.push_str("hot_standby = on\n");
             out.push_str(&format!(
                 "recovery_target_lsn = {}\n",
                 quote::conf_value(&lsn.to_string()).expect("an LSN is plain text")
@@ -184,6 +186,19 @@ fn neon_line(name: &str, value: &str, field: &str) -> Result<String, SpecError> 
     Ok(format!("{name}={quoted}"))
 }
 
+/// `pg_hba.conf` of a pre-started Postgres (`--prestart`): compute_ctl's superuser on loopback
+/// and the socket, nobody else, until the first spec attaches and [`PG_HBA`] replaces it.
+pub fn prestart_hba(superuser: &str) -> Result<String, quote::QuoteError> {
+    let superuser = quote::hba_name(superuser)?;
+    Ok(format!(
+        "# Written by compute_ctl: a pre-started Postgres (--prestart) admits compute_ctl only,\n\
+         # until the first spec attaches.\n\
+         local all {superuser} trust\n\
+         host all {superuser} 127.0.0.1/32 trust\n\
+         host all {superuser} ::1/128 trust\n"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +262,7 @@ shared_buffers = '1MB'
 neon.x = 'it''s'
 port = 55432
 # Managed by compute_ctl: end
+hot_standby = on
 # from --connstr; after the spec's settings, so it wins over a port given there
 port = 5432
 include_if_exists = 'compute_ctl_override.conf'
@@ -264,7 +280,7 @@ include_if_exists = 'compute_ctl_override.conf'
         assert_eq!(
             postgresql_conf(&spec, 6000).unwrap(),
             "a = 1\nlc_messages = 'C.UTF-8'\nlc_monetary = 'C.UTF-8'\nlc_time = 'C.UTF-8'\n\
-             lc_numeric = 'C.UTF-8'\n# from --connstr; after the spec's settings, so it wins over a port given \
+             lc_numeric = 'C.UTF-8'\nhot_standby = on\n# from --connstr; after the spec's settings, so it wins over a port given \
              there\nport = 6000\ninclude_if_exists = 'compute_ctl_override.conf'\n"
         );
     }
@@ -322,11 +338,10 @@ include_if_exists = 'compute_ctl_override.conf'
         assert!(conf.contains("\nhot_standby = on\n# from --connstr"));
         assert!(!conf.contains("recovery_target_lsn"));
 
-        assert!(
-            !postgresql_conf(&in_mode(json!("Primary")), 5432)
-                .unwrap()
-                .contains("hot_standby")
-        );
+        // The same line for a primary: promotion rewrites a replica's file as a primary's.
+        let conf = postgresql_conf(&in_mode(json!("Primary")), 5432).unwrap();
+        assert!(conf.contains("\nhot_standby = on\n# from --connstr"));
+        assert!(!conf.contains("recovery_target"));
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum QuoteError {
     /// A value written without quotes must be one bare token.
     #[error("{value:?} {}", QuoteError::NOT_A_TOKEN)]
     NotAToken { value: String },
+    /// `pg_hba.conf` has no escape for `"` inside a quoted name.
+    #[error("{value:?} {}", QuoteError::NOT_IN_HBA)]
+    NotInHba { value: String },
 }
 
 impl QuoteError {
@@ -50,6 +53,7 @@ impl QuoteError {
                               starting with a digit)";
     const NOT_A_TOKEN: &str = "cannot be written unquoted in postgresql.conf (allowed: one or \
                                more of A-Z a-z 0-9 _ . + : -)";
+    const NOT_IN_HBA: &str = "cannot be named in pg_hba.conf (a double quote or a line break)";
 
     /// What is wrong, without the value: the message reads `<value> <problem>`.
     pub fn problem(&self) -> &'static str {
@@ -59,6 +63,7 @@ impl QuoteError {
             QuoteError::EmptyIdent { .. } => Self::EMPTY_IDENT,
             QuoteError::NotAName { .. } => Self::NOT_A_NAME,
             QuoteError::NotAToken { .. } => Self::NOT_A_TOKEN,
+            QuoteError::NotInHba { .. } => Self::NOT_IN_HBA,
         }
     }
 
@@ -69,7 +74,8 @@ impl QuoteError {
             | QuoteError::Newline { value }
             | QuoteError::EmptyIdent { value }
             | QuoteError::NotAName { value }
-            | QuoteError::NotAToken { value } => value,
+            | QuoteError::NotAToken { value }
+            | QuoteError::NotInHba { value } => value,
         }
     }
 }
@@ -81,6 +87,19 @@ fn refuse_nul(value: &str) -> Result<(), QuoteError> {
         });
     }
     Ok(())
+}
+
+/// A role name in `pg_hba.conf`: double-quoted, so that no name is read as a keyword (`all`),
+/// a group (`+name`) or a file (`@name`). Postgres reads no escape inside the quotes: a name
+/// with `"` or a line break is refused.
+pub fn hba_name(name: &str) -> Result<String, QuoteError> {
+    refuse_nul(name)?;
+    if name.contains(['"', '\n', '\r']) {
+        return Err(QuoteError::NotInHba {
+            value: name.to_owned(),
+        });
+    }
+    Ok(format!("\"{name}\""))
 }
 
 /// An SQL identifier: `"` + `name` with every `"` doubled + `"`.

@@ -6,17 +6,23 @@
 //! process kills it) before Postgres is stopped.
 
 pub mod apply;
+mod attach;
 pub mod catalog;
 mod conf_check;
 mod extensions;
+mod lfc;
 mod operate;
+pub mod pgbouncer;
 pub mod pgdata;
 pub mod postgres;
 pub mod process;
+mod promote;
 pub mod reaper;
+pub mod remote_ext;
 mod sql;
 pub mod storage;
 pub mod tls;
+pub mod untar;
 mod wal;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,11 +38,13 @@ use tracing::{Instrument, info_span};
 
 use crate::monitor::{self, Monitor};
 use crate::node::Node;
-use crate::report::{Job, Runner};
+use crate::report::{Configuration, Job, PromoteState, Runner};
 use crate::report::{Reporter, millis};
-use crate::spec::{ComputeFeature, ComputeMode, TlsConfig, ValidSpec};
+use crate::spec::{ComputeFeature, ComputeMode, Lsn, Reserved, TlsConfig, ValidSpec};
 use crate::vm_monitor::VmMonitor;
+use pgbouncer::Pgbouncer;
 use postgres::Postmaster;
+use remote_ext::RemoteExtensions;
 
 pub struct Effects {
     node: Arc<Node>,
@@ -47,19 +55,37 @@ pub struct Effects {
     monitor_period: Duration,
     /// `activity_monitor_experimental` of the latest spec, read by the monitor at each check.
     activity_monitor_experimental: Arc<AtomicBool>,
-    /// The mode of the latest spec: only a primary reports its final LSN.
-    mode: Option<ComputeMode>,
+    /// The mode of the latest spec (a promotion makes it `Primary`): only a primary reports
+    /// its final LSN, only a replica is promoted.
+    mode: Arc<Mutex<Option<ComputeMode>>>,
     storage: Arc<storage::StorageOptions>,
     /// The vm-monitor, prepared at startup when `AUTOSCALING` is set; started with the compute
     /// monitor.
     vm_monitor: Option<VmMonitor>,
     /// `disable_lfc_resizing` of the latest spec, read by the vm-monitor at each resize.
     lfc_resizing_disabled: Arc<AtomicBool>,
+    /// The latest spec, read by the LFC prewarm and offload.
+    spec: Arc<Mutex<Option<Arc<ValidSpec>>>>,
+    lfc: Arc<lfc::Lfc>,
+    /// The Postgres of `--prestart`, until the first spec attaches to it.
+    prestarted: attach::Slot,
+    /// Remote extensions: the gateway, the spec's allow-list, the archives fetched.
+    remote_ext: Arc<RemoteExtensions>,
+    /// pgbouncer, with `--pgbouncer-ini`.
+    pgbouncer: Option<Arc<Pgbouncer>>,
 }
 
 impl Effects {
     pub fn new(node: Arc<Node>, reporter: Reporter) -> Self {
+        let spec = Arc::default();
+        let lfc = Arc::new(lfc::Lfc::new(
+            node.clone(),
+            reporter.clone(),
+            Arc::clone(&spec),
+        ));
+        let remote_ext = RemoteExtensions::without_gateway(node.clone(), reporter.clone());
         Self {
+            remote_ext: Arc::new(remote_ext),
             node,
             reporter,
             cancel: CancellationToken::new(),
@@ -67,11 +93,31 @@ impl Effects {
             postmaster: Arc::default(),
             monitor_period: monitor::DEFAULT_PERIOD,
             activity_monitor_experimental: Arc::default(),
-            mode: None,
+            mode: Arc::default(),
             storage: Arc::default(),
             vm_monitor: None,
             lfc_resizing_disabled: Arc::default(),
+            spec,
+            lfc,
+            prestarted: attach::Slot::default(),
+            pgbouncer: None,
         }
+    }
+
+    /// Fetch remote extensions from this gateway (`--remote-ext-base-url`).
+    pub fn with_remote_ext_base_url(mut self, base: Option<reqwest::Url>) -> anyhow::Result<Self> {
+        self.remote_ext = Arc::new(RemoteExtensions::new(
+            self.node.clone(),
+            base,
+            self.reporter.clone(),
+        )?);
+        Ok(self)
+    }
+
+    /// Supervise pgbouncer as a companion of Postgres (`--pgbouncer-ini`).
+    pub fn with_pgbouncer(mut self, pgbouncer: Option<Pgbouncer>) -> Self {
+        self.pgbouncer = pgbouncer.map(Arc::new);
+        self
     }
 
     /// Run the vm-monitor once Postgres is up (autoscaling).
@@ -99,9 +145,20 @@ impl Effects {
             reporter: self.reporter.clone(),
             postmaster: self.postmaster.clone(),
             storage: self.storage.clone(),
+            mode: self.mode.clone(),
+            prestarted: self.prestarted.clone(),
+            remote_ext: self.remote_ext.clone(),
+            pgbouncer: self.pgbouncer.clone(),
         };
-        if let Job::Start { spec, .. } | Job::Configure { spec, .. } = &job {
-            self.mode = Some(spec.mode);
+        if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
+            &job
+        {
+            *lock(&self.spec) = Some(spec.clone());
+            self.remote_ext.set_spec(spec);
+            if !matches!(job, Job::Promote { .. }) {
+                // A promotion changes the mode once Postgres is promoted.
+                *lock(&self.mode) = Some(spec.mode);
+            }
             let experimental = spec
                 .features
                 .contains(&ComputeFeature::ActivityMonitorExperimental);
@@ -122,12 +179,31 @@ impl Effects {
                 async move {
                     work.reporter.event(Event::ConfigurationStarted);
                     if postgres_running {
-                        work.reconfigure(spec, tls).await
+                        // Reported as an event; nobody else waits for the error.
+                        let _ = work.reconfigure(spec, tls).await;
                     } else {
                         work.start(spec, tls).await
                     }
                 }
                 .instrument(info_span!("configure", postgres_running)),
+            ),
+            Job::Promote {
+                spec,
+                tls,
+                wal_flush_lsn,
+            } => self.spawn_cancellable(
+                async move { work.promote(spec, tls, wal_flush_lsn).await }
+                    .instrument(info_span!("promote")),
+            ),
+            Job::Prestart => match self.prestarted.claim() {
+                Some(slot) => self.spawn_cancellable(
+                    async move { work.prestart(slot).await }.instrument(info_span!("prestart")),
+                ),
+                None => tracing::warn!("a pre-start is already under way"),
+            },
+            Job::FetchSpec => self.spawn_cancellable(
+                async move { work.fetch_spec().await }
+                    .instrument(info_span!("refresh_configuration")),
             ),
             Job::StartMonitor => {
                 let monitor = Monitor::new(
@@ -153,23 +229,32 @@ impl Effects {
                 // not cleanly, when a termination cuts it.
                 let cancel = self.cancel.clone();
                 let node = work.node;
-                let task = async move { operate::run(&node, operation, cancel).await };
+                let lfc = self.lfc.clone();
+                let remote_ext = work.remote_ext;
+                let task =
+                    async move { operate::run(&node, &lfc, &remote_ext, operation, cancel).await };
                 self.tasks.retain(|task| !task.is_finished());
                 self.tasks
                     .push(tokio::spawn(task.instrument(info_span!("operation"))));
             }
-            Job::Stop(mode) => {
+            Job::Stop(mode_of_stop) => {
                 self.cancel.cancel();
                 let running = std::mem::take(&mut self.tasks);
-                let primary = self.mode == Some(ComputeMode::Primary);
+                let mode = self.mode.clone();
                 tokio::spawn(
                     async move {
                         for task in running {
                             let _ = task.await;
                         }
-                        work.stop(mode, primary).await;
+                        // A companion of Postgres: its clients go first.
+                        if let Some(pgbouncer) = &work.pgbouncer {
+                            pgbouncer.stop(mode_of_stop).await;
+                        }
+                        // Read after the tasks ended: a promotion may have made it a primary.
+                        let primary = *lock(&mode) == Some(ComputeMode::Primary);
+                        work.stop(mode_of_stop, primary).await;
                     }
-                    .instrument(info_span!("stop_postgres", mode = mode.as_str())),
+                    .instrument(info_span!("stop_postgres", mode = mode_of_stop.as_str())),
                 );
             }
         }
@@ -191,6 +276,9 @@ impl Effects {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(pgbouncer) = &self.pgbouncer {
+            pgbouncer.stop(TerminateMode::Immediate).await;
         }
         let postmaster = lock(&self.postmaster).clone();
         if let Some(postmaster) = postmaster
@@ -223,6 +311,10 @@ struct Work {
     reporter: Reporter,
     postmaster: Arc<Mutex<Option<Postmaster>>>,
     storage: Arc<storage::StorageOptions>,
+    mode: Arc<Mutex<Option<ComputeMode>>>,
+    prestarted: attach::Slot,
+    remote_ext: Arc<RemoteExtensions>,
+    pgbouncer: Option<Arc<Pgbouncer>>,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.
@@ -245,7 +337,11 @@ async fn within<T>(
 impl Work {
     /// Build PGDATA, start Postgres, then apply the spec.
     async fn start(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) {
-        let started = match self.start_postgres(&spec, tls.as_ref()).await {
+        let started = match self.take_prestarted(&spec).await {
+            Some(prestarted) => self.attach(prestarted, &spec, tls.as_ref()).await,
+            None => self.start_postgres(&spec, tls.as_ref(), false).await,
+        };
+        let started = match started {
             Ok(started) => started,
             Err(error) => {
                 self.reporter.event(Event::StartFailed {
@@ -273,8 +369,10 @@ impl Work {
                 &spec,
                 crate::reconcile::startup_concurrency(&spec),
                 deadline,
+                Some(tls.is_some()),
             )
-            .await;
+            .await
+            .is_ok();
         if applied && Self::updates_catalog(&spec) {
             // As Neon: at start only, in the background of a running compute; a failure is
             // counted and logged, and the compute stays up.
@@ -296,10 +394,13 @@ impl Work {
         }
     }
 
+    /// Fill PGDATA, write the configuration and start Postgres. A pre-start (`prestart`)
+    /// admits compute_ctl only.
     async fn start_postgres(
         &self,
         spec: &ValidSpec,
         tls: Option<&TlsConfig>,
+        prestart: bool,
     ) -> anyhow::Result<(Postmaster, std::time::Duration, Box<dyn storage::Backend>)> {
         let backend = storage::choose(&self.storage, spec)?;
         // Checked before PGDATA is touched: a bad pair fails the start at once.
@@ -312,15 +413,26 @@ impl Work {
             spec,
             reporter: &self.reporter,
         };
-        backend
-            .prepare(&cx)
-            .await
-            .with_context(|| format!("preparing PGDATA ({} storage)", backend.name()))?;
+        // As Neon: the libraries Postgres preloads are fetched while PGDATA is prepared.
+        let (prepared, extensions) = tokio::join!(
+            backend.prepare(&cx),
+            self.remote_ext
+                .prepare(spec)
+                .instrument(info_span!("prepare_remote_extensions"))
+        );
+        prepared.with_context(|| format!("preparing PGDATA ({} storage)", backend.name()))?;
+        if let Some(figures) = extensions {
+            tracing::info!(?figures, "remote extensions ready");
+            self.reporter.metrics(move |m| figures.record(m));
+        }
         if let Some(pair) = &tls_pair {
             pair.write(&self.node)?;
         }
         pgdata::write_postgresql_conf(&self.node, spec, tls.is_some())?;
         pgdata::write_static_files(&self.node, backend.ephemeral())?;
+        if prestart {
+            pgdata::write_prestart_hba(&self.node)?;
+        }
         let began = Instant::now();
         let postmaster = postgres::spawn(&self.node, self.reporter.clone())?;
         *lock(&self.postmaster) = Some(postmaster.clone());
@@ -331,16 +443,124 @@ impl Work {
 
     /// Install the TLS pair, rewrite postgresql.conf, have Postgres check it, reload, apply the
     /// spec; all within `--configure-timeout`.
-    async fn reconfigure(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) {
+    /// Reports `ConfigurationApplied` or `ConfigurationFailed`; returns the error too.
+    async fn reconfigure(
+        &self,
+        spec: Arc<ValidSpec>,
+        tls: Option<TlsConfig>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + self.node.configure_timeout;
         if let Err(error) = self.reload(&spec, tls.as_ref(), deadline).await {
+            let error = format!("{error:#}");
             self.reporter.event(Event::ConfigurationFailed {
-                error: format!("{error:#}"),
+                error: error.clone(),
+            });
+            return Err(error);
+        }
+        self.apply(&spec, spec.reconfigure_concurrency, deadline, None)
+            .await
+    }
+
+    /// Promote the replica, then apply `spec` as a primary; the outcome goes to the callers
+    /// of `/promote` as well as to the machine.
+    async fn promote(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>, wal_flush_lsn: Lsn) {
+        let fail = |error: String| {
+            tracing::error!("promotion failed: {error}");
+            self.reporter
+                .promote_outcome(PromoteState::Failed { error });
+        };
+        let mode = *lock(&self.mode);
+        if mode != Some(ComputeMode::Replica) {
+            let mode = mode.map_or("none", |m| m.as_str());
+            let error = format!("the compute is not a replica (mode {mode})");
+            self.reporter.event(Event::PromotionFailed {
+                error: error.clone(),
+            });
+            return fail(error);
+        }
+        let timings = match promote::promote(&self.node, &spec, wal_flush_lsn).await {
+            Ok(timings) => timings,
+            Err(failure) => {
+                let error = format!("{:#}", failure.error);
+                if failure.promoted {
+                    *lock(&self.mode) = Some(ComputeMode::Primary);
+                    self.reporter.event(Event::Promoted);
+                    self.reporter.event(Event::ConfigurationFailed {
+                        error: error.clone(),
+                    });
+                } else {
+                    self.reporter.event(Event::PromotionFailed {
+                        error: error.clone(),
+                    });
+                }
+                return fail(error);
+            }
+        };
+        *lock(&self.mode) = Some(ComputeMode::Primary);
+        self.reporter.event(Event::Promoted);
+        let began = Instant::now();
+        match self.reconfigure(spec, tls).await {
+            Ok(()) => {
+                let reconfigure_time_ms = millis(began.elapsed());
+                tracing::info!(
+                    lsn_wait_time_ms = timings.lsn_wait_time_ms,
+                    pg_promote_time_ms = timings.pg_promote_time_ms,
+                    reconfigure_time_ms,
+                    "promoted to primary"
+                );
+                self.reporter.promote_outcome(PromoteState::Completed {
+                    lsn_wait_time_ms: timings.lsn_wait_time_ms,
+                    pg_promote_time_ms: timings.pg_promote_time_ms,
+                    reconfigure_time_ms,
+                });
+            }
+            Err(error) => fail(format!("promoted, but the spec was not applied: {error}")),
+        }
+    }
+
+    /// Fetch the configuration again from the control plane; its spec comes back as a
+    /// refreshed `SpecReceived`. A failure, or an answer without a spec, leaves the
+    /// configuration in force.
+    async fn fetch_spec(&self) {
+        let Some(control_plane) = &self.node.control_plane else {
+            self.reporter.event(Event::ConfigurationFailed {
+                error: "refreshing the configuration: no --control-plane-uri to fetch it from"
+                    .to_owned(),
             });
             return;
-        }
-        self.apply(&spec, spec.reconfigure_concurrency, deadline)
-            .await;
+        };
+        let reserved = Reserved::new(&self.node.superuser, &self.node.privileged_role);
+        let mut requests = crate::control_plane::Requests::new();
+        let fetched = crate::control_plane::fetch_config(
+            &control_plane.uri,
+            &control_plane.compute_id,
+            &mut requests,
+            &reserved,
+        )
+        .await;
+        self.reporter.cplane_requests(requests);
+        let error = match fetched {
+            Ok(config) => match config.spec {
+                Some(spec) => {
+                    // The keys in force stay (an empty set changes nothing): a refresh is
+                    // Postgres's request, and must not be able to lock the API out.
+                    self.reporter.spec(Configuration {
+                        spec: Arc::new(spec),
+                        jwks: Default::default(),
+                        tls: config.compute_ctl_config.tls,
+                        source: compute_states::SpecSource::Refresh,
+                    });
+                    return;
+                }
+                None => "the control plane has no spec for this compute (status empty)".to_owned(),
+            },
+            Err(error) => format!("{error:#}"),
+        };
+        self.reporter.event(Event::ConfigurationFailed {
+            error: format!(
+                "refreshing the configuration: {error}; the configuration in force stays"
+            ),
+        });
     }
 
     /// Install the TLS pair (a pair that does not match fails here, before anything is
@@ -384,6 +604,31 @@ impl Work {
             conf_check::check(&self.node),
         )
         .await;
+        let checked = match (checked, &self.pgbouncer) {
+            (Ok(warnings), Some(pgbouncer)) => {
+                // Before Postgres reloads: a file pgbouncer refuses fails the configuration,
+                // and then nothing may have changed.
+                let previous_ini = pgbouncer.in_force().await;
+                match pgbouncer
+                    .configure(&self.node, spec, tls.is_some(), &self.reporter)
+                    .instrument(info_span!("pgbouncer"))
+                    .await
+                {
+                    Ok(()) => Ok(warnings),
+                    Err(error) => {
+                        // pgbouncer put its file back already; once the TLS pair is back too,
+                        // it reloads again so that it serves the previous pair.
+                        let restored = tls::restore(&self.node, &previous_tls);
+                        pgbouncer.restore(&self.node, previous_ini.as_deref()).await;
+                        restored.with_context(|| {
+                            format!("{error:#}; putting back the previous TLS key and certificate")
+                        })?;
+                        Err(error)
+                    }
+                }
+            }
+            (checked, _) => checked,
+        };
         match checked {
             Ok(warnings) => {
                 postmaster.signal(Signal::SIGHUP);
@@ -419,7 +664,16 @@ impl Work {
     /// applied (`ConfigurationApplied`). The reading is part of the configuration, so that its
     /// sessions are over before the monitor counts sessions (`activity_monitor_experimental`)
     /// and never hold a database an apply renames.
-    async fn apply(&self, spec: &ValidSpec, concurrency: usize, deadline: Instant) -> bool {
+    ///
+    /// With pgbouncer, the apply also makes its `auth_query` role and function; `start_pgbouncer`
+    /// (at start: whether TLS is on) then starts it, a failure failing the configuration.
+    async fn apply(
+        &self,
+        spec: &ValidSpec,
+        concurrency: usize,
+        deadline: Instant,
+        start_pgbouncer: Option<bool>,
+    ) -> Result<(), String> {
         let began = Instant::now();
         let result = if !Self::updates_catalog(spec) {
             tracing::info!(
@@ -432,10 +686,24 @@ impl Work {
                 deadline,
                 self.node.configure_timeout,
                 "applying the spec (roles and databases)",
-                apply::apply(&self.node, spec, concurrency),
+                async {
+                    let statements = apply::apply(&self.node, spec, concurrency).await?;
+                    Ok(match &self.pgbouncer {
+                        Some(_) => statements + pgbouncer::auth::ensure(&self.node).await?,
+                        None => statements,
+                    })
+                },
             )
             .instrument(info_span!("apply_config"))
             .await
+        };
+        let result = match (result, &self.pgbouncer, start_pgbouncer) {
+            (Ok(statements), Some(pgbouncer), Some(tls)) => pgbouncer
+                .configure(&self.node, spec, tls, &self.reporter)
+                .instrument(info_span!("pgbouncer"))
+                .await
+                .map(|()| statements),
+            (result, _, _) => result,
         };
         match result {
             Ok(statements) => {
@@ -444,13 +712,14 @@ impl Work {
                 self.reporter.metrics(move |m| m.config_ms = millis(took));
                 self.read_extensions(deadline).await;
                 self.reporter.event(Event::ConfigurationApplied);
-                true
+                Ok(())
             }
             Err(error) => {
+                let error = format!("{error:#}");
                 self.reporter.event(Event::ConfigurationFailed {
-                    error: format!("{error:#}"),
+                    error: error.clone(),
                 });
-                false
+                Err(error)
             }
         }
     }

@@ -3,12 +3,15 @@
 //! A termination cancels it: the reply is dropped unanswered (the requester then answers with
 //! the status that cancelled it), and a schema dump already streaming is cut with an error.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog;
+use super::lfc::Lfc;
+use super::remote_ext::RemoteExtensions;
 use crate::node::Node;
 use crate::operation::{Operation, OperationError};
 use crate::vm_monitor::filecache::FileCache;
@@ -17,9 +20,15 @@ use crate::vm_monitor::filecache::FileCache;
 /// this time fails the downscale rather than holding the agent's request.
 const RESIZE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(node: &Node, operation: Operation, cancel: CancellationToken) {
+pub async fn run(
+    node: &Node,
+    lfc: &Arc<Lfc>,
+    remote_ext: &Arc<RemoteExtensions>,
+    operation: Operation,
+    cancel: CancellationToken,
+) {
     let streaming = tokio::select! {
-        streaming = answer(node, operation, cancel.clone()) => streaming,
+        streaming = answer(node, lfc, remote_ext, operation, cancel.clone()) => streaming,
         _ = cancel.cancelled() => return,
     };
     // The pump watches `cancel` itself; waiting for it here lets a termination wait until
@@ -32,6 +41,8 @@ pub async fn run(node: &Node, operation: Operation, cancel: CancellationToken) {
 /// Do the work and reply; a schema dump that is streaming returns its pump.
 async fn answer(
     node: &Node,
+    lfc: &Arc<Lfc>,
+    remote_ext: &Arc<RemoteExtensions>,
     operation: Operation,
     cancel: CancellationToken,
 ) -> Option<JoinHandle<()>> {
@@ -84,6 +95,28 @@ async fn answer(
         } => {
             let result = catalog::grant(node, &database, &schema, &privileges, &role).await;
             let _ = reply.send(result);
+        }
+        Operation::LfcPrewarm {
+            from_endpoint,
+            reply,
+        } => {
+            let _ = reply.send(lfc.prewarm(from_endpoint, &cancel).await);
+        }
+        Operation::LfcCancelPrewarm(reply) => {
+            lfc.cancel_prewarm();
+            let _ = reply.send(Ok(()));
+        }
+        Operation::LfcOffload(reply) => {
+            let _ = reply.send(lfc.offload(&cancel).await);
+        }
+        Operation::FetchExtension {
+            filename,
+            is_library,
+            reply,
+        } => {
+            // The download is a task of its own: a termination (or a requester that leaves)
+            // stops the waiting, not the download, which others may be waiting for.
+            let _ = reply.send(remote_ext.serve(&filename, is_library).await);
         }
         Operation::ResizeFileCache { bytes, reply } => {
             let options = node.connect_options(node.default_database(), "vm-monitor");

@@ -431,6 +431,13 @@ pub fn write_static_files(node: &Node, ephemeral: bool) -> anyhow::Result<()> {
     write_owned(node, STORAGE_CONF, storage)
 }
 
+/// Close the Postgres about to be pre-started (`--prestart`) to everyone but compute_ctl; the
+/// attach's [`write_static_files`] opens it.
+pub fn write_prestart_hba(node: &Node) -> anyhow::Result<()> {
+    let text = pgconf::prestart_hba(&node.superuser).context("--connstr user")?;
+    write_owned(node, "pg_hba.conf", &text)
+}
+
 /// The copies of `compute_ctl_config.tls`'s pair in PGDATA (`tls.rs`), as Neon names
 /// them; `ssl_cert_file` and `ssl_key_file` name them relative to PGDATA.
 pub const TLS_CERT_FILE: &str = "server.crt";

@@ -264,3 +264,48 @@ async fn operations_are_refused_or_cancelled_never_lost() {
     assert_eq!(code, 0);
     assert_eq!(jobs, ["operation", "stop immediate", "shutdown"]);
 }
+
+/// A promotion is `promoting` once accepted; a termination ends it as `failed` for its callers
+/// (the effect, cancelled, would never say).
+#[tokio::test]
+async fn a_termination_answers_the_callers_of_a_promotion() {
+    let h = start(JwkSet::default());
+    h.configure(JwkSet::default()).await;
+    h.applied();
+    h.status(ComputeStatus::Running).await;
+    let promotion = || {
+        Input::Promote(Promotion {
+            spec: spec(),
+            wal_flush_lsn: crate::spec::Lsn(0x1000),
+        })
+    };
+    let seq = h.handle.request(promotion()).await.unwrap();
+    assert_eq!(h.handle.snapshot().promotion, PromoteState::Promoting);
+    assert_eq!(h.handle.snapshot().status, ComputeStatus::Running);
+    assert!(
+        h.handle.request(promotion()).await.is_err(),
+        "one promotion at a time"
+    );
+    h.handle
+        .request(Input::Event(Event::TerminateRequested {
+            mode: TerminateMode::Fast,
+        }))
+        .await
+        .unwrap();
+    let ended = h.handle.wait_for(seq, |s| s.promotion.is_final()).await;
+    match &ended.promotion {
+        PromoteState::Failed { error } => assert!(error.contains("termination"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let (_, jobs) = h.exit().await;
+    assert_eq!(
+        jobs,
+        [
+            "configure running=false",
+            "start monitor",
+            "promote",
+            "stop fast",
+            "shutdown"
+        ]
+    );
+}

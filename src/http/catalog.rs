@@ -29,7 +29,10 @@ use crate::spec::{Database, Role};
 pub const SCHEMA_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// The answer of an operation, or the status code that says why there is none.
-fn answered<T>(engine: &EngineHandle, result: Result<T, OperateError>) -> Result<T, ApiError> {
+pub(super) fn answered<T>(
+    engine: &EngineHandle,
+    result: Result<T, OperateError>,
+) -> Result<T, ApiError> {
     let error = match result {
         Ok(answer) => return Ok(answer),
         Err(error) => error,
@@ -49,6 +52,9 @@ fn answered<T>(engine: &EngineHandle, result: Result<T, OperateError>) -> Result
             OperationError::Rejected(_) => StatusCode::BAD_REQUEST,
             OperationError::ReadOnly(_) => StatusCode::CONFLICT,
             OperationError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OperationError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            OperationError::NotConfigured(_) => StatusCode::PRECONDITION_FAILED,
+            OperationError::NotInSpec(_) => StatusCode::CONFLICT,
             OperationError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
     };

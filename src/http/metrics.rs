@@ -9,11 +9,7 @@ use prometheus::{
 use crate::engine::Snapshot;
 use crate::report::vm::Figures;
 
-/// The build label of `compute_ctl_up`: `BUILD_TAG` at compile time, else `latest` (as Neon).
-pub const BUILD_TAG: &str = match option_env!("BUILD_TAG") {
-    Some(tag) => tag,
-    None => "latest",
-};
+use crate::node::BUILD_TAG;
 
 pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
     let registry = Registry::new();
@@ -56,6 +52,42 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         }
     }
 
+    let lfc = snapshot.lfc_counts;
+    for (name, help, value) in [
+        (
+            "compute_ctl_lfc_prewarms_total",
+            "LFC prewarm requests",
+            lfc.prewarms,
+        ),
+        (
+            "compute_ctl_lfc_prewarm_errors_total",
+            "LFC prewarm failures",
+            lfc.prewarm_errors,
+        ),
+        (
+            "compute_ctl_lfc_offloads_total",
+            "LFC offload requests",
+            lfc.offloads,
+        ),
+        (
+            "compute_ctl_lfc_offload_errors_total",
+            "LFC offload failures",
+            lfc.offload_errors,
+        ),
+    ] {
+        let counter = IntCounter::new(name, help)?;
+        registry.register(Box::new(counter.clone()))?;
+        counter.inc_by(value);
+    }
+
+    // Neon's name: Postgres calls /refresh_configuration when its page stream fails.
+    let refreshes = IntCounter::new(
+        "pg_cctl_pagestream_request_errors_total",
+        "POST /refresh_configuration calls (Neon counts them as page-stream request errors)",
+    )?;
+    registry.register(Box::new(refreshes.clone()))?;
+    refreshes.inc_by(snapshot.refresh_requests);
+
     // Once read after a configuration (Neon omits a family without samples).
     if !snapshot.installed_extensions.is_empty() {
         let extensions = IntGaugeVec::new(
@@ -74,6 +106,23 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         }
     }
 
+    // Neon's counter of extension downloads; no family before the first.
+    if !snapshot.remote_ext_requests.is_empty() {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "compute_ctl_remote_ext_requests_total",
+                "Remote extension archive downloads, by HTTP status (unknown: no answer) and archive",
+            ),
+            &["http_status", "filename"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        for ((status, filename), count) in &snapshot.remote_ext_requests {
+            requests
+                .with_label_values(&[status, filename])
+                .inc_by(*count);
+        }
+    }
+
     // Neon's counter; like Neon, no family until a migration failed.
     if !snapshot.migrations_failed.is_empty() {
         let failed = IntCounterVec::new(
@@ -87,6 +136,16 @@ pub fn render(snapshot: &Snapshot) -> Result<String, prometheus::Error> {
         for (id, count) in &snapshot.migrations_failed {
             failed.with_label_values(&[&id.to_string()]).inc_by(*count);
         }
+    }
+
+    // Ours: only with --pgbouncer-ini (once pgbouncer was first started).
+    if snapshot.pgbouncer.is_some() {
+        let restarts = IntCounter::new(
+            "compute_ctl_pgbouncer_restarts_total",
+            "Times compute_ctl started pgbouncer again after it died",
+        )?;
+        restarts.inc_by(snapshot.pgbouncer_restarts);
+        registry.register(Box::new(restarts))?;
     }
 
     if snapshot.vm_monitor.active {

@@ -5,8 +5,11 @@ pub mod auth;
 mod body;
 mod catalog;
 mod error;
+mod extension_server;
 pub mod jwks;
+mod lfc;
 mod metrics;
+mod promote;
 mod routes;
 pub mod serve;
 
@@ -76,6 +79,9 @@ enum Kind {
     TokenLong,
     /// No token: `/metrics`, the probes, `/openapi.json`.
     Open,
+    /// No token, and as long as its (bounded) work: `/extension_server` answers when the
+    /// download is done.
+    OpenLong,
 }
 
 /// A route's method router, wrapped as its [`Kind`] asks.
@@ -89,11 +95,20 @@ fn external_routes(wrap: Wrap) -> OpenApiRouter<EngineHandle> {
         .routes(route(Kind::Token, routes!(routes::status)))
         .routes(route(Kind::TokenLong, routes!(routes::configure)))
         .routes(route(Kind::TokenLong, routes!(routes::terminate)))
+        .routes(route(Kind::TokenLong, routes!(promote::promote)))
         .routes(route(Kind::Token, routes!(routes::metrics_json)))
         .routes(route(Kind::Token, routes!(catalog::dbs_and_roles)))
         .routes(route(Kind::TokenLong, routes!(catalog::database_schema)))
         .routes(route(Kind::Token, routes!(catalog::check_writability)))
         .routes(route(Kind::Token, routes!(catalog::insights)))
+        .routes(route(
+            Kind::Token,
+            routes!(lfc::prewarm_state, lfc::prewarm, lfc::cancel_prewarm),
+        ))
+        .routes(route(
+            Kind::Token,
+            routes!(lfc::offload_state, lfc::offload),
+        ))
         .routes(route(Kind::Open, routes!(routes::metrics)))
         .routes(route(Kind::Open, routes!(routes::healthz)))
         .routes(route(Kind::Open, routes!(routes::readyz)))
@@ -108,7 +123,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The routes that answer when their work is done, without the request timeout.
-const LONG_PATHS: [&str; 3] = ["/configure", "/terminate", "/database_schema"];
+const LONG_PATHS: [&str; 4] = ["/configure", "/terminate", "/promote", "/database_schema"];
 
 /// The answers the layers give around every handler, so that the document lists every status
 /// a route can answer: the token check's (400 malformed header, 401 missing or unverified
@@ -128,7 +143,10 @@ fn common_responses(doc: &mut utoipa::openapi::OpenApi) {
             .build()
     };
     for (path, item) in doc.paths.paths.iter_mut() {
-        for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
             let mut added = Vec::new();
             if operation.security.is_some() {
                 added.push(("400", "The `Authorization` header is not `Bearer <token>` (Neon's `invalid authorization token`), or the request is malformed"));
@@ -196,7 +214,7 @@ pub fn external(
         let route = guard(kind, route, request_timeout);
         match kind {
             Kind::Token | Kind::TokenLong => route.route_layer(token.clone()),
-            Kind::Open => route,
+            Kind::Open | Kind::OpenLong => route,
         }
     })
     .split_for_parts();
@@ -211,8 +229,10 @@ pub fn external(
 }
 
 /// The on-box API, bound to loopback and without auth, as Neon's: read-only views for local
-/// tools, and the catalog changes of `/extensions` and `/grants`.
-pub fn internal(engine: EngineHandle, request_timeout: Duration) -> Router {
+/// tools, the catalog changes of `/extensions` and `/grants`, `/refresh_configuration`
+/// (`refreshable`: there is a control plane to fetch from), and the remote extension
+/// downloads of `/extension_server`.
+pub fn internal(engine: EngineHandle, request_timeout: Duration, refreshable: bool) -> Router {
     let route = |route| guard(Kind::Open, route, request_timeout);
     with_request_log(
         Router::new()
@@ -220,6 +240,19 @@ pub fn internal(engine: EngineHandle, request_timeout: Duration) -> Router {
             .route("/metrics.json", route(get(routes::metrics_json)))
             .route("/extensions", route(post(catalog::extensions)))
             .route("/grants", route(post(catalog::grants)))
+            .route(
+                "/refresh_configuration",
+                route(post(routes::refresh_configuration)),
+            )
+            .route(
+                "/extension_server/{*filename}",
+                guard(
+                    Kind::OpenLong,
+                    post(extension_server::extension_server),
+                    request_timeout,
+                ),
+            )
+            .layer(axum::Extension(routes::Refreshable(refreshable)))
             .with_state(engine),
     )
 }
@@ -234,7 +267,7 @@ fn guard(
     request_timeout: Duration,
 ) -> MethodRouter<EngineHandle> {
     let route = route.route_layer(axum::middleware::from_fn(body::check));
-    if kind == Kind::TokenLong {
+    if matches!(kind, Kind::TokenLong | Kind::OpenLong) {
         return route;
     }
     route.route_layer(

@@ -13,7 +13,9 @@ use compute_states::{ComputeStatus, Event, SpecSource, TerminateMode};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ErrorBody, jwks};
-use crate::engine::{ComputeMetrics, Configuration, EngineHandle, Input, RequestError, Snapshot};
+use crate::engine::{
+    ComputeMetrics, Configuration, EngineHandle, Input, PgbouncerState, RequestError, Snapshot,
+};
 use crate::spec::{self, Reserved};
 
 /// The roles a spec may not name: compute_ctl's own superuser (the `--connstr` user) and the
@@ -22,6 +24,31 @@ use crate::spec::{self, Reserved};
 pub struct ReservedRoles {
     pub superuser: Arc<str>,
     pub privileged_role: Arc<str>,
+}
+
+impl ReservedRoles {
+    /// A body that carries a spec, read by `parse` with these roles reserved: 400 when it is
+    /// not JSON or a value fails validation, 422 when its shape is wrong (both naming the JSON
+    /// path).
+    pub fn parse<T>(
+        &self,
+        body: &Bytes,
+        parse: fn(&[u8], &Reserved) -> Result<T, spec::SpecError>,
+    ) -> Result<T, ApiError> {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("request body is not JSON: {e}"),
+            ));
+        }
+        parse(body, &Reserved::new(&self.superuser, &self.privileged_role)).map_err(|e| {
+            let status = match e {
+                spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, e.to_string())
+        })
+    }
 }
 
 /// Neon's `ComputeStatusResponse`, field for field.
@@ -39,6 +66,12 @@ pub struct StatusResponse {
     /// Neon's response.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
+    /// Whether pgbouncer runs: `running`, `restarting` (it died and is started again after a
+    /// backoff) or `stopped`. Only with `--pgbouncer-ini`, once it was first started; not in
+    /// Neon's response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "running")]
+    pgbouncer: Option<PgbouncerState>,
 }
 
 impl From<&Snapshot> for StatusResponse {
@@ -51,6 +84,7 @@ impl From<&Snapshot> for StatusResponse {
             last_active: s.last_active.as_ref().map(rfc3339),
             error: s.error.clone(),
             warnings: s.warnings.clone(),
+            pgbouncer: s.pgbouncer,
         }
     }
 }
@@ -170,23 +204,7 @@ pub async fn configure(
     Extension(reserved): Extension<ReservedRoles>,
     body: Bytes,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("request body is not JSON: {e}"),
-        ));
-    }
-    let request = spec::parse_request(
-        &body,
-        &Reserved::new(&reserved.superuser, &reserved.privileged_role),
-    )
-    .map_err(|e| {
-        let status = match e {
-            spec::SpecError::Json { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, e.to_string())
-    })?;
+    let request = reserved.parse(&body, spec::parse_request)?;
     jwks::verifying_keys(&request.compute_ctl_config.jwks, "compute_ctl_config.jwks.")
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let configuration = Configuration {
@@ -280,5 +298,36 @@ pub async fn terminate(
             Ok((StatusCode::CREATED, Json(terminated(&engine.snapshot()))))
         }
         Err(e) => Err(ApiError::refused(&engine, e)),
+    }
+}
+
+/// Whether `--control-plane-uri` was given: `/refresh_configuration` has somewhere to fetch from.
+#[derive(Clone, Copy)]
+pub struct Refreshable(pub bool);
+
+/// `POST /refresh_configuration` (internal port): fetch the configuration from the control
+/// plane again and apply it. Answers once the refresh is under way (as Neon); `/status` tells
+/// how it goes (`refresh_configuration_pending`, `refresh_configuration`, then `running` or
+/// `failed` with the reason). Neon's answer in another status: 500 `Cannot refresh compute
+/// configuration in state …`.
+pub async fn refresh_configuration(
+    State(engine): State<EngineHandle>,
+    Extension(Refreshable(refreshable)): Extension<Refreshable>,
+) -> Result<StatusCode, ApiError> {
+    if !refreshable {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "no --control-plane-uri: there is no control plane to fetch the configuration from",
+        ));
+    }
+    match engine.request(Input::Event(Event::RefreshRequested)).await {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "Cannot refresh compute configuration in state {}",
+                engine.snapshot().status
+            ),
+        )),
     }
 }

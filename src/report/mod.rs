@@ -3,6 +3,7 @@
 //! the engine hands down, and the [`Runner`] trait that executes them. Effects and watchers
 //! import this module, never the engine.
 
+pub mod lfc;
 pub mod vm;
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control_plane;
 use crate::operation::{Operation, OperationError};
-use crate::spec::{JwkSet, TlsConfig, ValidSpec};
+use crate::spec::{JwkSet, Lsn, TlsConfig, ValidSpec};
 
 /// Startup timings, with Neon's field names and order (all milliseconds unless named).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -34,6 +35,9 @@ pub struct ComputeMetrics {
     pub total_ext_download_size: u64,
     /// Ours, not Neon's: copying the cached template into PGDATA (`--storage template`).
     pub template_copy_ms: u64,
+    /// Ours: with `--prestart`, the restart of the pre-started Postgres at attach because a
+    /// setting of the spec needs one; 0 when a reload took the spec's configuration.
+    pub attach_restart_ms: u64,
 }
 
 /// One series of `compute_installed_extensions`: a version of an extension, whether the
@@ -61,6 +65,40 @@ pub struct Configuration {
     pub source: SpecSource,
 }
 
+/// `POST /promote`: the spec the promoted compute runs with, and the primary's last flushed
+/// position, which replay must reach first.
+pub struct Promotion {
+    pub spec: Arc<ValidSpec>,
+    pub wal_flush_lsn: Lsn,
+}
+
+/// Neon's `PromoteState`, plus `promoting` while one is under way (never answered: a caller
+/// waits for the outcome).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum PromoteState {
+    NotPromoted,
+    Promoting,
+    Completed {
+        lsn_wait_time_ms: u64,
+        pg_promote_time_ms: u64,
+        reconfigure_time_ms: u64,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl PromoteState {
+    /// Whether this is the outcome of a promotion.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            PromoteState::Completed { .. } | PromoteState::Failed { .. }
+        )
+    }
+}
+
 /// What can be sent to the engine.
 pub enum Input {
     Event(Event),
@@ -68,6 +106,12 @@ pub enum Input {
     Spec(Configuration),
     /// A request that runs as an effect if the machine accepts it.
     Operation(Operation),
+    /// `POST /promote`: becomes `PromoteRequested`.
+    Promote(Promotion),
+    /// How the promotion under way ended.
+    PromoteOutcome(PromoteState),
+    /// The LFC prewarm or offload moved on.
+    Lfc(lfc::LfcState),
     /// A timing measured by an effect.
     Metrics(Box<dyn FnOnce(&mut ComputeMetrics) + Send>),
     /// The final WAL position, read by the stop effect after the postmaster stopped.
@@ -84,6 +128,33 @@ pub enum Input {
     CplaneRequests(control_plane::Requests),
     /// Neon's migration of this id failed (`compute_ctl_db_migration_failed_total`).
     MigrationFailed(i64),
+    /// A remote extension's archive was requested from the gateway
+    /// (`compute_ctl_remote_ext_requests_total`): the answer's status (`unknown`: none) and
+    /// the archive's name.
+    RemoteExtRequest {
+        status: String,
+        filename: String,
+    },
+    /// What the pgbouncer supervisor saw (`--pgbouncer-ini`).
+    Pgbouncer(PgbouncerReport),
+}
+
+/// Whether pgbouncer runs (`--pgbouncer-ini`), as `/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgbouncerState {
+    /// A pgbouncer process runs.
+    Running,
+    /// It died; compute_ctl starts it again after a backoff.
+    Restarting,
+    /// Stopped by a termination, or never started (its configuration failed).
+    Stopped,
+}
+
+pub enum PgbouncerReport {
+    State(PgbouncerState),
+    /// pgbouncer was started again after it died (`compute_ctl_pgbouncer_restarts_total`).
+    Restarted,
 }
 
 /// An input on its way to the engine.
@@ -119,6 +190,19 @@ impl Reporter {
         self.send(Input::Event(event));
     }
 
+    /// A spec fetched by an effect (`POST /refresh_configuration`).
+    pub fn spec(&self, configuration: Configuration) {
+        self.send(Input::Spec(configuration));
+    }
+
+    pub fn promote_outcome(&self, state: PromoteState) {
+        self.send(Input::PromoteOutcome(state));
+    }
+
+    pub fn lfc(&self, state: lfc::LfcState) {
+        self.send(Input::Lfc(state));
+    }
+
     pub fn metrics(&self, update: impl FnOnce(&mut ComputeMetrics) + Send + 'static) {
         self.send(Input::Metrics(Box::new(update)));
     }
@@ -145,6 +229,18 @@ impl Reporter {
 
     pub fn migration_failed(&self, id: i64) {
         self.send(Input::MigrationFailed(id));
+    }
+
+    pub fn remote_ext_request(&self, status: String, filename: String) {
+        self.send(Input::RemoteExtRequest { status, filename });
+    }
+
+    pub fn pgbouncer_state(&self, state: PgbouncerState) {
+        self.send(Input::Pgbouncer(PgbouncerReport::State(state)));
+    }
+
+    pub fn pgbouncer_restarted(&self) {
+        self.send(Input::Pgbouncer(PgbouncerReport::Restarted));
     }
 
     /// Send an input and wait until the machine accepted or rejected it.
@@ -211,6 +307,16 @@ pub enum Job {
         tls: Option<TlsConfig>,
         postgres_running: bool,
     },
+    /// Start Postgres before any spec (`--prestart`).
+    Prestart,
+    /// Promote the replica, then apply `spec` as a primary.
+    Promote {
+        spec: Arc<ValidSpec>,
+        tls: Option<TlsConfig>,
+        wal_flush_lsn: Lsn,
+    },
+    /// Fetch the configuration again from the control plane.
+    FetchSpec,
     StartMonitor,
     Operation(Operation),
     /// Cancel what runs, stop Postgres, report `Stopped`.
@@ -222,6 +328,9 @@ impl Job {
         match self {
             Job::Start { .. } => "start",
             Job::Configure { .. } => "configure",
+            Job::Prestart => "prestart",
+            Job::Promote { .. } => "promote",
+            Job::FetchSpec => "fetch spec",
             Job::StartMonitor => "start monitor",
             Job::Operation(_) => "operation",
             Job::Stop(_) => "stop",

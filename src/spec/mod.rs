@@ -25,11 +25,12 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use parse::{
-    SpecError, load_config, load_spec, parse_config, parse_control_plane_response, parse_request,
-    parse_spec,
+    SpecError, load_config, load_spec, parse_config, parse_control_plane_response,
+    parse_promote_request, parse_request, parse_spec, prestart_spec,
 };
 pub use validate::{
-    DEFAULT_PRIVILEGED_ROLE, Delta, READY_DATABASE_PREFIX, Reserved, ValidSpec, validate,
+    DEFAULT_PRIVILEGED_ROLE, Delta, PGBOUNCER_ROLE, READY_DATABASE_PREFIX, Reserved, ValidSpec,
+    validate,
 };
 
 /// PostgreSQL truncates identifiers to `NAMEDATALEN - 1` = 63 bytes.
@@ -66,6 +67,14 @@ pub enum ControlPlaneComputeStatus {
 pub struct ConfigurationRequest<S = ComputeSpec> {
     pub spec: S,
     pub compute_ctl_config: ComputeCtlConfig,
+}
+
+/// The body of `POST /promote` (Neon's `PromoteConfig`): the spec of the primary this replica
+/// becomes, and the old primary's last flushed position, which replay must reach first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PromoteRequest<S = ComputeSpec> {
+    pub spec: S,
+    pub wal_flush_lsn: Lsn,
 }
 
 /// Settings for compute_ctl itself rather than for Postgres.

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::validate::{Reserved, ValidSpec, validate_at};
-use super::{ComputeConfig, ComputeSpec, ConfigurationRequest, ControlPlaneConfigResponse};
+use super::{
+    ComputeConfig, ComputeMode, ComputeSpec, ConfigurationRequest, ControlPlaneConfigResponse,
+    PromoteRequest,
+};
 
 /// Why a configuration was refused. Display is one line, prefixed with the file if there is one.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +151,41 @@ pub fn parse_request(
         spec: validate_at(request.spec, "spec.", reserved)?,
         compute_ctl_config: request.compute_ctl_config,
     })
+}
+
+/// Parses the body of `POST /promote` and validates its spec, which is installed as a primary's:
+/// `Primary` or `Replica` (the mode the compute had, as Neon's first promotions sent), never
+/// `Static`.
+pub fn parse_promote_request(
+    bytes: &[u8],
+    reserved: &Reserved,
+) -> Result<PromoteRequest<ValidSpec>, SpecError> {
+    let mut request: PromoteRequest = from_json(bytes)?;
+    match request.spec.mode {
+        ComputeMode::Primary => {}
+        ComputeMode::Replica => request.spec.mode = ComputeMode::Primary,
+        ComputeMode::Static(lsn) => {
+            return Err(SpecError::invalid(
+                "spec.mode".into(),
+                &format!("Static {lsn}"),
+                "a promoted compute is a primary: the mode must be Primary (or Replica)",
+            ));
+        }
+    }
+    Ok(PromoteRequest {
+        spec: validate_at(request.spec, "spec.", reserved)?,
+        wal_flush_lsn: request.wal_flush_lsn,
+    })
+}
+
+/// The spec a pre-started Postgres (`--prestart`) runs with until the first real one: no
+/// roles, no databases, no settings.
+pub fn prestart_spec(reserved: &Reserved) -> ValidSpec {
+    parse_spec(
+        br#"{"format_version": 1.0, "suspend_timeout_seconds": -1, "cluster": {"roles": [], "databases": []}}"#,
+        reserved,
+    )
+    .expect("the empty spec is valid")
 }
 
 fn valid_option(

@@ -653,6 +653,7 @@ fn reserved_roles_are_refused() {
         "cloud_admin",
         "neon_superuser",
         "zenith_admin",
+        "compute_ctl_pgbouncer",
         "pg_monitor",
         "pg_new",
     ] {
@@ -787,4 +788,95 @@ fn local_proxy_roles_are_read_and_checked() {
     let mut v = minimal();
     v["local_proxy_config"] = json!({});
     assert!(parse_value(&v).unwrap().jwks_roles().is_empty());
+}
+
+#[test]
+fn the_prestart_spec_is_valid_and_empty() {
+    let spec = crate::spec::prestart_spec(&Reserved::new("cloud_admin", "neon_superuser"));
+    assert_eq!(spec.roles().count(), 0);
+    assert_eq!(spec.databases().count(), 0);
+}
+
+/// `remote_extensions` names become file names (a URL's last part, control files written
+/// into Postgres's `share/extension`): each must be one plain file name.
+#[test]
+fn remote_extension_names_are_plain_file_names() {
+    let with = |ext: serde_json::Value| {
+        let mut v = minimal();
+        v["remote_extensions"] = ext;
+        parse_value(&v)
+    };
+    let good = json!({
+        "public_extensions": ["postgis"], "custom_extensions": null,
+        "library_index": {"postgis-3": "postgis"},
+        "extension_data": {"postgis": {"archive_path": "x", "control_data": {"postgis.control": "c"}}}
+    });
+    with(good.clone()).unwrap();
+    let cases = [
+        (
+            "/public_extensions/0",
+            json!("../x"),
+            "remote_extensions.public_extensions[0]",
+        ),
+        (
+            "/library_index/postgis-3",
+            json!("a/b"),
+            "remote_extensions.library_index.postgis-3",
+        ),
+        (
+            "/extension_data/postgis/control_data",
+            json!({"../../evil.control": "c"}),
+            "control_data.../../evil.control",
+        ),
+        (
+            "/extension_data/postgis/control_data",
+            json!({"postgis.sql": "c"}),
+            "must end in .control",
+        ),
+        (
+            "/extension_data/postgis/control_data",
+            json!({"postgis.control": "a\u{0}b"}),
+            "NUL",
+        ),
+    ];
+    for (pointer, value, expected) in cases {
+        let mut ext = good.clone();
+        *ext.pointer_mut(pointer).unwrap() = value;
+        let err = with(ext).unwrap_err().to_string();
+        assert!(err.contains(expected), "{pointer}: {err}");
+    }
+    let mut ext = good.clone();
+    ext["extension_data"] = json!({"..": {"archive_path": "x", "control_data": {}}});
+    let err = with(ext).unwrap_err().to_string();
+    assert!(err.contains("remote_extensions.extension_data.."), "{err}");
+}
+
+#[test]
+fn pgbouncer_settings_must_be_lines_of_the_pgbouncer_section() {
+    let with = |key: &str, value: &str| {
+        let mut v = minimal();
+        v["pgbouncer_settings"] = json!({"default_pool_size": "42", key: value});
+        parse_value(&v).map_err(|e| e.to_string())
+    };
+    assert!(with("pool_mode", "session").is_ok());
+    let err = with("pool_mode", "session\nauth_type = trust").unwrap_err();
+    assert!(
+        err.starts_with("at pgbouncer_settings.pool_mode: ") && err.contains("one line"),
+        "{err}"
+    );
+    let err = with("pool mode", "session").unwrap_err();
+    assert!(
+        err.starts_with("at pgbouncer_settings.pool mode: "),
+        "{err}"
+    );
+    let err = with("[databases]", "x").unwrap_err();
+    assert!(err.contains("not a pgbouncer setting name"), "{err}");
+    for own in ["auth_user", "auth_query", "AUTH_FILE"] {
+        let err = with(own, "x").unwrap_err();
+        assert!(
+            err.starts_with(&format!("at pgbouncer_settings.{own}: "))
+                && err.contains("compute_ctl sets"),
+            "{err}"
+        );
+    }
 }

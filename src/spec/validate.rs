@@ -40,6 +40,17 @@ fn check_database_name(field: String, name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The role compute_ctl makes for pgbouncer (`--pgbouncer-ini`): pgbouncer's `auth_user`,
+/// which looks up the spec roles' passwords through a `SECURITY DEFINER` function, and the
+/// user compute_ctl logs into pgbouncer's admin console as. Reserved whether or not pgbouncer
+/// runs, so a spec valid on one compute is valid on every other.
+pub const PGBOUNCER_ROLE: &str = "compute_ctl_pgbouncer";
+
+/// `pgbouncer_settings` keys compute_ctl sets itself: a spec that set them would cut spec roles
+/// off from pgbouncer (`auth_user`, `auth_query`) or compute_ctl from its admin console
+/// (`auth_file`).
+const PGBOUNCER_OWN_KEYS: [&str; 3] = ["auth_user", "auth_query", "auth_file"];
+
 /// The roles a spec may not create, alter, rename or delete. A spec that demoted or dropped
 /// compute_ctl's own superuser would leave a compute that no later spec can repair.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +78,8 @@ impl<'a> Reserved<'a> {
             Some("reserved role: the privileged role compute_ctl grants to spec roles")
         } else if name == ZENITH_ADMIN {
             Some("reserved role: Neon's administrator")
+        } else if name == PGBOUNCER_ROLE {
+            Some("reserved role: compute_ctl's pgbouncer auth_user and admin console user")
         } else if name.starts_with("pg_") {
             Some("reserved role: PostgreSQL reserves names starting with pg_")
         } else {
@@ -305,7 +318,14 @@ pub(super) fn validate_at(
         deltas.push(delta);
     }
 
+    if let Some(settings) = &spec.pgbouncer_settings {
+        for (key, value) in settings.iter() {
+            check_pgbouncer_setting(at(&format!("pgbouncer_settings.{key}")), key, value)?;
+        }
+    }
+
     check_safekeepers(&spec, prefix)?;
+    check_remote_extensions(&spec, prefix)?;
     let jwks_roles = jwks_roles(&spec, prefix)?;
     Ok(ValidSpec {
         spec,
@@ -315,6 +335,34 @@ pub(super) fn validate_at(
         deltas,
         jwks_roles,
     })
+}
+
+/// A `pgbouncer_settings` entry must be one `key = value` line of pgbouncer.ini's
+/// `[pgbouncer]` section: a key of letters, digits and `_`, a value on one line. pgbouncer
+/// itself judges the rest (unknown keys, bad values) when it loads the file.
+fn check_pgbouncer_setting(field: String, key: &str, value: &str) -> Result<(), SpecError> {
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(SpecError::invalid(
+            field,
+            key,
+            "not a pgbouncer setting name (letters, digits and _ only)",
+        ));
+    }
+    if PGBOUNCER_OWN_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+        return Err(SpecError::invalid(
+            field,
+            key,
+            "compute_ctl sets this pgbouncer setting itself",
+        ));
+    }
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(SpecError::invalid(
+            field,
+            value,
+            "a pgbouncer setting's value must be one line",
+        ));
+    }
+    Ok(())
 }
 
 /// `local_proxy_config.jwks[].role_names`. The rest of `local_proxy_config` stays raw JSON,
@@ -347,6 +395,56 @@ fn jwks_roles(spec: &ComputeSpec, prefix: &str) -> Result<BTreeSet<String>, Spec
         .flatten()
         .flat_map(|jwks| jwks.role_names)
         .collect())
+}
+
+/// `remote_extensions`: its names become file names (`<ext>.tar.zst` in a URL, control files
+/// written into Postgres's `share/extension`), so each must be one plain file name: not
+/// empty, no `/`, no NUL, not `.` or `..` (Neon joins them to paths unchecked).
+fn check_remote_extensions(spec: &ComputeSpec, prefix: &str) -> Result<(), SpecError> {
+    let Some(ext) = &spec.remote_extensions else {
+        return Ok(());
+    };
+    let field = |rest: &str| format!("{prefix}remote_extensions.{rest}");
+    let plain = |field: String, name: &str, what: &str| -> Result<(), SpecError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(SpecError::invalid(
+                field,
+                name,
+                format!("{what} must be a plain file name (not empty, no '/', not '.' or '..')"),
+            ));
+        }
+        Ok(())
+    };
+    for (list, names) in [
+        ("public_extensions", &ext.public_extensions),
+        ("custom_extensions", &ext.custom_extensions),
+    ] {
+        for (i, name) in names.iter().flatten().enumerate() {
+            plain(field(&format!("{list}[{i}]")), name, "an extension name")?;
+        }
+    }
+    for (library, name) in &ext.library_index {
+        let at = field(&format!("library_index.{library}"));
+        plain(at.clone(), library, "a library name")?;
+        plain(at, name, "an extension name")?;
+    }
+    for (name, data) in &ext.extension_data {
+        let at = field(&format!("extension_data.{name}"));
+        plain(at.clone(), name, "an extension name")?;
+        for (file, text) in &data.control_data {
+            let at = format!("{at}.control_data.{file}");
+            plain(at.clone(), file, "a control file name")?;
+            if !file.ends_with(".control") {
+                return Err(SpecError::invalid(
+                    at,
+                    file,
+                    "a control file name must end in .control",
+                ));
+            }
+            check_no_nul(at, text, "a control file")?;
+        }
+    }
+    Ok(())
 }
 
 fn check_safekeepers(spec: &ComputeSpec, prefix: &str) -> Result<(), SpecError> {

@@ -15,6 +15,18 @@ pub enum Command {
         spec: SpecRef,
         postgres_running: bool,
     },
+    /// Start Postgres without a spec (`--prestart`), reachable by compute_ctl only; the
+    /// `Configure` of the first spec then attaches to it instead of starting one. Reports
+    /// nothing: a pre-start that fails leaves the cold start to that `Configure`.
+    Prestart,
+    /// Promote the replica with `spec` (Neon's `/promote`): wait for replay to reach the
+    /// primary's last flush, `pg_promote()`, check the session is writable, then apply `spec`
+    /// as a primary as `Configure` does. Reports `Promoted`, then `ConfigurationApplied` /
+    /// `ConfigurationFailed`; or `PromotionFailed` when Postgres was not promoted.
+    Promote { spec: SpecRef },
+    /// Fetch the configuration again from the control plane. Reports `SpecReceived` (refresh)
+    /// or `ConfigurationFailed`.
+    FetchSpec,
     /// Start the compute monitor; it reports `ActivityObserved`, `PostgresReachable` and
     /// `PostgresUnreachable` until `Stop` cancels it. Issued once, at the first `Running`.
     /// With autoscaling the runtime starts the vm-monitor with it.
@@ -33,6 +45,9 @@ pub enum Command {
 pub enum CommandKind {
     StartCompute,
     Configure,
+    Prestart,
+    Promote,
+    FetchSpec,
     StartMonitor,
     RunOperation,
     Stop,
@@ -44,6 +59,9 @@ impl CommandKind {
         match self {
             CommandKind::StartCompute => "StartCompute",
             CommandKind::Configure => "Configure",
+            CommandKind::Prestart => "Prestart",
+            CommandKind::Promote => "Promote",
+            CommandKind::FetchSpec => "FetchSpec",
             CommandKind::StartMonitor => "StartMonitor",
             CommandKind::RunOperation => "RunOperation",
             CommandKind::Stop => "Stop",
@@ -57,6 +75,9 @@ impl Command {
         match self {
             Command::StartCompute { .. } => CommandKind::StartCompute,
             Command::Configure { .. } => CommandKind::Configure,
+            Command::Prestart => CommandKind::Prestart,
+            Command::Promote { .. } => CommandKind::Promote,
+            Command::FetchSpec => CommandKind::FetchSpec,
             Command::StartMonitor => CommandKind::StartMonitor,
             Command::RunOperation { .. } => CommandKind::RunOperation,
             Command::Stop { .. } => CommandKind::Stop,

@@ -14,7 +14,8 @@ pub struct SpecRef(pub u64);
 pub struct OpRef(pub u64);
 
 /// Where a spec came from. A spec of the startup config (a file or the control plane) starts
-/// the compute (`init`); one from `POST /configure` configures it (`configuration_pending`).
+/// the compute (`init`); one from `POST /configure` configures it (`configuration_pending`);
+/// one fetched again for `POST /refresh_configuration` re-applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SpecSource {
     /// `--config` or `--spec-path`.
@@ -23,12 +24,29 @@ pub enum SpecSource {
     ControlPlane,
     /// `POST /configure`.
     Configure,
+    /// `--control-plane-uri` again, after `POST /refresh_configuration`.
+    Refresh,
 }
 
 impl SpecSource {
-    pub fn at_startup(self) -> bool {
-        !matches!(self, SpecSource::Configure)
+    pub fn origin(self) -> SpecOrigin {
+        match self {
+            SpecSource::File | SpecSource::ControlPlane => SpecOrigin::Startup,
+            SpecSource::Configure => SpecOrigin::Configure,
+            SpecSource::Refresh => SpecOrigin::Refresh,
+        }
     }
+}
+
+/// What a spec is for, which is all the machine needs of its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpecOrigin {
+    /// The startup config: start the compute.
+    Startup,
+    /// `POST /configure`: configure it.
+    Configure,
+    /// The control plane's answer to a refresh: re-apply it.
+    Refresh,
 }
 
 /// How to stop Postgres: `fast` (SIGINT, shutdown checkpoint) or `immediate` (SIGQUIT).
@@ -84,14 +102,27 @@ pub enum Event {
     SpecReceived { spec: SpecRef, source: SpecSource },
     /// The configuration effect took the pending spec and began to apply it.
     ConfigurationStarted,
-    /// A request that reads whatever Postgres there is (`/dbs_and_roles`, `/database_schema`):
-    /// it runs in every live status and answers 503 itself when no Postgres answers.
+    /// A request that runs in every live status: a read of whatever Postgres there is
+    /// (`/dbs_and_roles`, `/database_schema`), which answers 503 itself when no Postgres
+    /// answers, or a remote extension download (`/extension_server`), which needs none.
     InspectRequested { op: OpRef },
     /// A request that needs a running compute (`/insights`, `/check_writability`,
     /// `/extensions`, `/grants`).
     CatalogRequested { op: OpRef },
     /// The vm-monitor asks to resize the file cache; it runs wherever Postgres is supervised.
     FileCacheResizeRequested { op: OpRef },
+    /// `--prestart` on a compute without a spec: start Postgres before a spec arrives, kept
+    /// closed to all but compute_ctl, so that `/configure` only attaches to it.
+    PrestartRequested,
+    /// `POST /promote` with a validated spec: make this replica the primary.
+    PromoteRequested { spec: SpecRef },
+    /// The promotion effect promoted Postgres; the spec's configuration follows.
+    Promoted,
+    /// The promotion did not happen (not a replica, replay behind, `pg_promote` refused);
+    /// Postgres is still the replica it was.
+    PromotionFailed { error: String },
+    /// `POST /refresh_configuration`: fetch the configuration again and apply it.
+    RefreshRequested,
     /// The postmaster wrote `ready` into `postmaster.pid`.
     PostgresStarted,
     /// Postgres could not be started (PGDATA, initdb, spawn, readiness).
@@ -118,14 +149,19 @@ pub enum Event {
 /// The data-free name of an [`Event`], used by the transition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
-    /// Split by where the spec came from: the two start the compute differently.
+    /// Split by what the spec is for: each leads elsewhere.
     SpecReceived {
-        at_startup: bool,
+        origin: SpecOrigin,
     },
     ConfigurationStarted,
     InspectRequested,
     CatalogRequested,
     FileCacheResizeRequested,
+    PrestartRequested,
+    PromoteRequested,
+    Promoted,
+    PromotionFailed,
+    RefreshRequested,
     PostgresStarted,
     StartFailed,
     ConfigurationApplied,
@@ -139,13 +175,25 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
-        EventKind::SpecReceived { at_startup: true },
-        EventKind::SpecReceived { at_startup: false },
+    pub const ALL: [EventKind; 22] = [
+        EventKind::SpecReceived {
+            origin: SpecOrigin::Startup,
+        },
+        EventKind::SpecReceived {
+            origin: SpecOrigin::Configure,
+        },
+        EventKind::SpecReceived {
+            origin: SpecOrigin::Refresh,
+        },
         EventKind::ConfigurationStarted,
         EventKind::InspectRequested,
         EventKind::CatalogRequested,
         EventKind::FileCacheResizeRequested,
+        EventKind::PrestartRequested,
+        EventKind::PromoteRequested,
+        EventKind::Promoted,
+        EventKind::PromotionFailed,
+        EventKind::RefreshRequested,
         EventKind::PostgresStarted,
         EventKind::StartFailed,
         EventKind::ConfigurationApplied,
@@ -164,6 +212,11 @@ impl EventKind {
             EventKind::InspectRequested => "InspectRequested",
             EventKind::CatalogRequested => "CatalogRequested",
             EventKind::FileCacheResizeRequested => "FileCacheResizeRequested",
+            EventKind::PrestartRequested => "PrestartRequested",
+            EventKind::PromoteRequested => "PromoteRequested",
+            EventKind::Promoted => "Promoted",
+            EventKind::PromotionFailed => "PromotionFailed",
+            EventKind::RefreshRequested => "RefreshRequested",
             EventKind::ConfigurationStarted => "ConfigurationStarted",
             EventKind::PostgresStarted => "PostgresStarted",
             EventKind::StartFailed => "StartFailed",
@@ -194,11 +247,16 @@ impl Event {
     pub fn kind(&self) -> EventKind {
         match self {
             Event::SpecReceived { source, .. } => EventKind::SpecReceived {
-                at_startup: source.at_startup(),
+                origin: source.origin(),
             },
             Event::InspectRequested { .. } => EventKind::InspectRequested,
             Event::CatalogRequested { .. } => EventKind::CatalogRequested,
             Event::FileCacheResizeRequested { .. } => EventKind::FileCacheResizeRequested,
+            Event::PrestartRequested => EventKind::PrestartRequested,
+            Event::PromoteRequested { .. } => EventKind::PromoteRequested,
+            Event::Promoted => EventKind::Promoted,
+            Event::PromotionFailed { .. } => EventKind::PromotionFailed,
+            Event::RefreshRequested => EventKind::RefreshRequested,
             Event::ConfigurationStarted => EventKind::ConfigurationStarted,
             Event::PostgresStarted => EventKind::PostgresStarted,
             Event::StartFailed { .. } => EventKind::StartFailed,

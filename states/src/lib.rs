@@ -18,7 +18,9 @@ mod status;
 pub mod table;
 
 pub use command::{Command, CommandKind};
-pub use event::{Event, EventKind, OpRef, PostmasterExit, SpecRef, SpecSource, TerminateMode};
+pub use event::{
+    Event, EventKind, OpRef, PostmasterExit, SpecOrigin, SpecRef, SpecSource, TerminateMode,
+};
 pub use machine::{Compute, Handled, Rejection};
 pub use monitoring::Monitoring;
 pub use status::{ComputeStatus, StateKind};

@@ -10,7 +10,7 @@ use statig::blocking::*;
 use statig::prelude::Outcome;
 
 use crate::command::Command;
-use crate::event::{Event, EventKind, TerminateMode};
+use crate::event::{Event, EventKind, SpecOrigin, TerminateMode};
 use crate::monitoring::Monitoring;
 use crate::status::{ComputeStatus, StateKind};
 
@@ -48,11 +48,18 @@ impl Logic {
     #[state(superstate = "live")]
     fn empty(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
         match event {
-            Event::SpecReceived { spec, source } if source.at_startup() => {
-                context.commands.push(Command::StartCompute { spec: *spec });
-                Transition(State::init())
+            Event::SpecReceived { spec, source } => match source.origin() {
+                SpecOrigin::Startup => {
+                    context.commands.push(Command::StartCompute { spec: *spec });
+                    Transition(State::init())
+                }
+                SpecOrigin::Configure => self.configure(*spec, context),
+                SpecOrigin::Refresh => Super,
+            },
+            Event::PrestartRequested => {
+                context.commands.push(Command::Prestart);
+                Handled
             }
-            Event::SpecReceived { spec, .. } => self.configure(*spec, context),
             _ => Super,
         }
     }
@@ -72,26 +79,82 @@ impl Logic {
 
     #[state(superstate = "supervising")]
     fn init(&mut self, event: &Event) -> Outcome<State> {
-        self.starting(event)
+        match event {
+            // As Neon: the start is about to apply the freshest spec anyway.
+            Event::RefreshRequested => Handled,
+            _ => self.starting(event),
+        }
     }
 
     #[state(superstate = "supervising", entry_action = "enter_running")]
     fn running(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
         match event {
-            Event::SpecReceived { spec, source } if !source.at_startup() => {
+            Event::SpecReceived { spec, source } if source.origin() == SpecOrigin::Configure => {
                 self.configure(*spec, context)
             }
+            Event::PromoteRequested { spec } => {
+                context.commands.push(Command::Promote { spec: *spec });
+                Transition(State::promotion())
+            }
+            Event::RefreshRequested => refresh(context),
             Event::CatalogRequested { op } => run(*op, context),
             _ => Super,
         }
     }
 
+    /// A replica becoming the primary. Until `pg_promote()` succeeded nothing has changed, so
+    /// a failed promotion is back to `Running`; after it the spec is applied as `/configure`'s
+    /// is (`Configuration`).
+    #[state(superstate = "supervising")]
+    fn promotion(context: &mut Decisions, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Promoted => Transition(State::configuration()),
+            Event::PromotionFailed { .. } => Transition(State::running()),
+            Event::CatalogRequested { op } => run(*op, context),
+            _ => Super,
+        }
+    }
+
+    /// The configuration is being fetched again (`POST /refresh_configuration`).
+    #[state(superstate = "supervising")]
+    fn refresh_configuration_pending(
+        &mut self,
+        context: &mut Decisions,
+        event: &Event,
+    ) -> Outcome<State> {
+        match event {
+            Event::SpecReceived { spec, source } if source.origin() == SpecOrigin::Refresh => {
+                context.commands.push(Command::Configure {
+                    spec: *spec,
+                    postgres_running: self.postmaster_alive,
+                });
+                Handled
+            }
+            Event::ConfigurationStarted => Transition(State::refresh_configuration()),
+            // The fetch failed: the configuration in force stays.
+            Event::ConfigurationFailed { error } => {
+                self.error = Some(error.clone());
+                Transition(State::failed())
+            }
+            // One refresh is under way: it fetches the latest configuration anyway.
+            Event::RefreshRequested => Handled,
+            _ => Super,
+        }
+    }
+
+    /// The fetched configuration is being applied.
+    #[state(superstate = "supervising")]
+    fn refresh_configuration(&mut self, event: &Event) -> Outcome<State> {
+        self.starting(event)
+    }
+
     #[state(superstate = "live")]
     fn failed(&mut self, context: &mut Decisions, event: &Event) -> Outcome<State> {
         match event {
-            Event::SpecReceived { spec, source } if !source.at_startup() => {
+            Event::SpecReceived { spec, source } if source.origin() == SpecOrigin::Configure => {
                 self.configure(*spec, context)
             }
+            Event::RefreshRequested => refresh(context),
             // A failed reconfiguration leaves Postgres running, and the monitor with it.
             Event::ActivityObserved { .. }
             | Event::PostgresReachable { .. }
@@ -209,6 +272,12 @@ fn run(op: crate::OpRef, context: &mut Decisions) -> Outcome<State> {
     Handled
 }
 
+/// Fetch the configuration again; its spec comes back as `SpecReceived` (refresh).
+fn refresh(context: &mut Decisions) -> Outcome<State> {
+    context.commands.push(Command::FetchSpec);
+    Transition(State::refresh_configuration_pending())
+}
+
 impl Logic {
     fn configure(&mut self, spec: crate::SpecRef, context: &mut Decisions) -> Outcome<State> {
         context.commands.push(Command::Configure {
@@ -228,7 +297,8 @@ impl Logic {
         Handled
     }
 
-    /// Shared by `Init` (startup spec) and `Configuration` (spec from `/configure`).
+    /// Shared by `Init` (startup spec), `Configuration` (spec from `/configure` or a
+    /// promotion) and `RefreshConfiguration`.
     fn starting(&mut self, event: &Event) -> Outcome<State> {
         match event {
             Event::PostgresStarted => {
@@ -257,6 +327,9 @@ impl State {
             State::Configuration {} => StateKind::Configuration,
             State::Init {} => StateKind::Init,
             State::Running {} => StateKind::Running,
+            State::Promotion {} => StateKind::Promotion,
+            State::RefreshConfigurationPending {} => StateKind::RefreshConfigurationPending,
+            State::RefreshConfiguration {} => StateKind::RefreshConfiguration,
             State::Failed {} => StateKind::Failed,
             State::TerminationPending { .. } => StateKind::TerminationPending,
             State::Terminated {} => StateKind::Terminated,
@@ -269,7 +342,9 @@ impl State {
             State::ConfigurationPending {} => ComputeStatus::ConfigurationPending,
             State::Configuration {} => ComputeStatus::Configuration,
             State::Init {} => ComputeStatus::Init,
-            State::Running {} => ComputeStatus::Running,
+            State::Running {} | State::Promotion {} => ComputeStatus::Running,
+            State::RefreshConfigurationPending {} => ComputeStatus::RefreshConfigurationPending,
+            State::RefreshConfiguration {} => ComputeStatus::RefreshConfiguration,
             State::Failed {} => ComputeStatus::Failed,
             State::TerminationPending { mode } => ComputeStatus::termination_pending(*mode),
             State::Terminated {} => ComputeStatus::Terminated,
@@ -375,6 +450,8 @@ pub(crate) mod sample {
         let mut machine = Logic {
             error: None,
             postmaster_alive: !matches!(kind, StateKind::Empty | StateKind::Terminated),
+            // Only a compute that has been running gets to these.
+            monitor_started: matches!(kind, StateKind::Running | StateKind::Promotion),
             ..Logic::default()
         }
         .uninitialized_state_machine();
@@ -384,6 +461,9 @@ pub(crate) mod sample {
             StateKind::Configuration => State::configuration(),
             StateKind::Init => State::init(),
             StateKind::Running => State::running(),
+            StateKind::Promotion => State::promotion(),
+            StateKind::RefreshConfigurationPending => State::refresh_configuration_pending(),
+            StateKind::RefreshConfiguration => State::refresh_configuration(),
             StateKind::Failed => State::failed(),
             StateKind::TerminationPending => State::termination_pending(TerminateMode::Fast),
             StateKind::Terminated => State::terminated(),

@@ -12,18 +12,25 @@ pub enum StateKind {
     Configuration,
     Init,
     Running,
+    /// A replica being promoted; reported as `running`, as Neon does.
+    Promotion,
+    RefreshConfigurationPending,
+    RefreshConfiguration,
     Failed,
     TerminationPending,
     Terminated,
 }
 
 impl StateKind {
-    pub const ALL: [StateKind; 8] = [
+    pub const ALL: [StateKind; 11] = [
         StateKind::Empty,
         StateKind::ConfigurationPending,
         StateKind::Configuration,
         StateKind::Init,
         StateKind::Running,
+        StateKind::Promotion,
+        StateKind::RefreshConfigurationPending,
+        StateKind::RefreshConfiguration,
         StateKind::Failed,
         StateKind::TerminationPending,
         StateKind::Terminated,
@@ -36,6 +43,9 @@ impl StateKind {
             StateKind::Configuration => "Configuration",
             StateKind::Init => "Init",
             StateKind::Running => "Running",
+            StateKind::Promotion => "Promotion",
+            StateKind::RefreshConfigurationPending => "RefreshConfigurationPending",
+            StateKind::RefreshConfiguration => "RefreshConfiguration",
             StateKind::Failed => "Failed",
             StateKind::TerminationPending => "TerminationPending",
             StateKind::Terminated => "Terminated",
@@ -57,6 +67,8 @@ pub enum ComputeStatus {
     Configuration,
     Init,
     Running,
+    RefreshConfigurationPending,
+    RefreshConfiguration,
     Failed,
     TerminationPendingFast,
     TerminationPendingImmediate,
@@ -64,12 +76,14 @@ pub enum ComputeStatus {
 }
 
 impl ComputeStatus {
-    pub const ALL: [ComputeStatus; 9] = [
+    pub const ALL: [ComputeStatus; 11] = [
         ComputeStatus::Empty,
         ComputeStatus::ConfigurationPending,
         ComputeStatus::Configuration,
         ComputeStatus::Init,
         ComputeStatus::Running,
+        ComputeStatus::RefreshConfigurationPending,
+        ComputeStatus::RefreshConfiguration,
         ComputeStatus::Failed,
         ComputeStatus::TerminationPendingFast,
         ComputeStatus::TerminationPendingImmediate,
@@ -91,6 +105,8 @@ impl ComputeStatus {
             ComputeStatus::Configuration => "configuration",
             ComputeStatus::Init => "init",
             ComputeStatus::Running => "running",
+            ComputeStatus::RefreshConfigurationPending => "refresh_configuration_pending",
+            ComputeStatus::RefreshConfiguration => "refresh_configuration",
             ComputeStatus::Failed => "failed",
             ComputeStatus::TerminationPendingFast => "termination_pending_fast",
             ComputeStatus::TerminationPendingImmediate => "termination_pending_immediate",
@@ -106,6 +122,8 @@ impl ComputeStatus {
             ComputeStatus::ConfigurationPending
                 | ComputeStatus::Configuration
                 | ComputeStatus::Init
+                | ComputeStatus::RefreshConfigurationPending
+                | ComputeStatus::RefreshConfiguration
         )
     }
 }
@@ -119,6 +137,8 @@ impl fmt::Display for ComputeStatus {
             ComputeStatus::Configuration => "configuration",
             ComputeStatus::Init => "init",
             ComputeStatus::Running => "running",
+            ComputeStatus::RefreshConfigurationPending => "refresh-configuration-pending",
+            ComputeStatus::RefreshConfiguration => "refresh-configuration",
             ComputeStatus::Failed => "failed",
             ComputeStatus::TerminationPendingFast => "termination-pending-fast",
             ComputeStatus::TerminationPendingImmediate => "termination-pending-immediate",

@@ -2,7 +2,7 @@
 //! statig handlers by the tests.
 
 use crate::command::CommandKind;
-use crate::event::EventKind;
+use crate::event::{EventKind, SpecOrigin};
 use crate::status::StateKind;
 
 /// Where an accepted event leads.
@@ -49,8 +49,15 @@ use EventKind as E;
 use StateKind as S;
 use Target::{Stay, To};
 
-const STARTUP_SPEC: E = E::SpecReceived { at_startup: true };
-const CONFIGURE_SPEC: E = E::SpecReceived { at_startup: false };
+const STARTUP_SPEC: E = E::SpecReceived {
+    origin: SpecOrigin::Startup,
+};
+const CONFIGURE_SPEC: E = E::SpecReceived {
+    origin: SpecOrigin::Configure,
+};
+const REFRESHED_SPEC: E = E::SpecReceived {
+    origin: SpecOrigin::Refresh,
+};
 
 /// Every accepted pair, one edge per line. Any pair not listed is rejected with `invalid
 /// compute status`.
@@ -59,6 +66,7 @@ pub const TRANSITIONS: &[Edge] = &[
     edge(S::Empty, STARTUP_SPEC, To(S::Init), &[C::StartCompute], "startup config"),
     edge(S::Empty, CONFIGURE_SPEC, To(S::ConfigurationPending), &[C::Configure], "POST /configure"),
     edge(S::Empty, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Empty, E::PrestartRequested, Stay, &[C::Prestart], "--prestart: Postgres without a spec"),
     edge(S::Empty, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], ""),
     edge(S::ConfigurationPending, E::ConfigurationStarted, To(S::Configuration), &[], ""),
     edge(S::ConfigurationPending, E::InspectRequested, Stay, &[C::RunOperation], ""),
@@ -81,17 +89,44 @@ pub const TRANSITIONS: &[Edge] = &[
     edge(S::Init, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
     edge(S::Init, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
     edge(S::Init, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], "cancel"),
+    edge(S::Init, E::RefreshRequested, Stay, &[], "no-op: the start applies the latest spec"),
     edge(S::Running, CONFIGURE_SPEC, To(S::ConfigurationPending), &[C::Configure], "reconfigure"),
     edge(S::Running, E::InspectRequested, Stay, &[C::RunOperation], ""),
     edge(S::Running, E::CatalogRequested, Stay, &[C::RunOperation], ""),
     edge(S::Running, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
     edge(S::Running, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
     edge(S::Running, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], ""),
+    edge(S::Running, E::PromoteRequested, To(S::Promotion), &[C::Promote], "POST /promote"),
+    edge(S::Running, E::RefreshRequested, To(S::RefreshConfigurationPending), &[C::FetchSpec], "POST /refresh_configuration"),
+    edge(S::Promotion, E::Promoted, To(S::Configuration), &[], "apply the spec as a primary"),
+    edge(S::Promotion, E::PromotionFailed, To(S::Running), &[], "still the replica"),
+    edge(S::Promotion, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Promotion, E::CatalogRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Promotion, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
+    edge(S::Promotion, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
+    edge(S::Promotion, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], "cancel"),
+    edge(S::RefreshConfigurationPending, REFRESHED_SPEC, Stay, &[C::Configure], "fetched"),
+    edge(S::RefreshConfigurationPending, E::ConfigurationStarted, To(S::RefreshConfiguration), &[], ""),
+    edge(S::RefreshConfigurationPending, E::ConfigurationFailed, To(S::Failed), &[], "fetch failed, error set"),
+    edge(S::RefreshConfigurationPending, E::RefreshRequested, Stay, &[], "already under way"),
+    edge(S::RefreshConfigurationPending, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::RefreshConfigurationPending, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
+    edge(S::RefreshConfigurationPending, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
+    edge(S::RefreshConfigurationPending, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], "cancel"),
+    edge(S::RefreshConfiguration, E::PostgresStarted, Stay, &[], "after a failed start"),
+    edge(S::RefreshConfiguration, E::ConfigurationApplied, To(S::Running), &[C::StartMonitor], "monitor at the first running"),
+    edge(S::RefreshConfiguration, E::StartFailed, To(S::Failed), &[], "error set"),
+    edge(S::RefreshConfiguration, E::ConfigurationFailed, To(S::Failed), &[], "error set"),
+    edge(S::RefreshConfiguration, E::InspectRequested, Stay, &[C::RunOperation], ""),
+    edge(S::RefreshConfiguration, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
+    edge(S::RefreshConfiguration, E::PostmasterExited, To(S::Failed), &[C::Exit], "exit with its code"),
+    edge(S::RefreshConfiguration, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], "cancel"),
     edge(S::Failed, CONFIGURE_SPEC, To(S::ConfigurationPending), &[C::Configure], "retry"),
     edge(S::Failed, E::InspectRequested, Stay, &[C::RunOperation], ""),
     edge(S::Failed, E::FileCacheResizeRequested, Stay, &[C::RunOperation], ""),
     edge(S::Failed, E::PostmasterExited, Stay, &[C::Exit], "exit with its code"),
     edge(S::Failed, E::TerminateRequested, To(S::TerminationPending), &[C::Stop], ""),
+    edge(S::Failed, E::RefreshRequested, To(S::RefreshConfigurationPending), &[C::FetchSpec], "POST /refresh_configuration"),
     edge(S::TerminationPending, E::TerminateRequested, Stay, &[C::Stop], "escalate to immediate"),
     edge(S::TerminationPending, E::PostmasterExited, Stay, &[], ""),
     edge(S::TerminationPending, E::Stopped, To(S::Terminated), &[C::Exit], "exit 0"),
@@ -110,6 +145,15 @@ pub const TRANSITIONS: &[Edge] = &[
     edge(S::Running, E::ActivityObserved, Stay, &[], OBSERVED),
     edge(S::Running, E::PostgresReachable, Stay, &[], OBSERVED),
     edge(S::Running, E::PostgresUnreachable, Stay, &[], OBSERVED),
+    edge(S::Promotion, E::ActivityObserved, Stay, &[], OBSERVED),
+    edge(S::Promotion, E::PostgresReachable, Stay, &[], OBSERVED),
+    edge(S::Promotion, E::PostgresUnreachable, Stay, &[], OBSERVED),
+    edge(S::RefreshConfigurationPending, E::ActivityObserved, Stay, &[], OBSERVED),
+    edge(S::RefreshConfigurationPending, E::PostgresReachable, Stay, &[], OBSERVED),
+    edge(S::RefreshConfigurationPending, E::PostgresUnreachable, Stay, &[], OBSERVED),
+    edge(S::RefreshConfiguration, E::ActivityObserved, Stay, &[], OBSERVED),
+    edge(S::RefreshConfiguration, E::PostgresReachable, Stay, &[], OBSERVED),
+    edge(S::RefreshConfiguration, E::PostgresUnreachable, Stay, &[], OBSERVED),
     edge(S::Failed, E::ActivityObserved, Stay, &[], OBSERVED),
     edge(S::Failed, E::PostgresReachable, Stay, &[], OBSERVED),
     edge(S::Failed, E::PostgresUnreachable, Stay, &[], OBSERVED),

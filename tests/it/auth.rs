@@ -714,10 +714,13 @@ async fn openapi_document_matches_the_routes() {
     assert_eq!(
         documented,
         [
+            "DELETE /lfc/prewarm",
             "GET /database_schema",
             "GET /dbs_and_roles",
             "GET /healthz",
             "GET /insights",
+            "GET /lfc/offload",
+            "GET /lfc/prewarm",
             "GET /metrics",
             "GET /metrics.json",
             "GET /openapi.json",
@@ -725,6 +728,9 @@ async fn openapi_document_matches_the_routes() {
             "GET /status",
             "POST /check_writability",
             "POST /configure",
+            "POST /lfc/offload",
+            "POST /lfc/prewarm",
+            "POST /promote",
             "POST /terminate",
         ]
     );

@@ -287,3 +287,112 @@ async fn sigterm_while_fetching_exits_zero() {
         c.log_tail(20)
     );
 }
+
+/// `POST /refresh_configuration` (internal port).
+async fn refresh(c: &Compute) -> (reqwest::StatusCode, Value) {
+    let resp = c
+        .http()
+        .post(c.internal_url("/refresh_configuration"))
+        .send()
+        .await
+        .unwrap();
+    Compute::response(resp).await
+}
+
+/// Wait until `role` exists and the compute is running again.
+async fn wait_until_role_exists(c: &Compute, role: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut conn = c.connect("postgres").await;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+                .bind(role)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        if exists && c.status().await["status"] == "running" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "role {role:?} not created by the refresh\n{}",
+            c.log_tail(40)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A refresh fetches the configuration again and applies it; a control plane that fails the
+/// fetch leaves the configuration in force and says why in `/status`; a later refresh from
+/// `failed` recovers. Every call is counted in Neon's metric.
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_configuration_fetches_and_applies_the_spec_again() {
+    let mut c = Compute::new("cp-refresh");
+    let (uri, script) = control_plane(vec![answer(200, attached(&c))]).await;
+    start(&mut c, &uri);
+    c.wait_for_status("running").await;
+    let fetched = requests(&script).len();
+
+    // The control plane now has a spec with one more role.
+    let name = "refreshed 'role' $x$ 🐘";
+    let changed = json!({
+        "status": "attached",
+        "spec": common::spec(
+            vec![role(hostile_name(), None), role(name, None)],
+            vec![database(hostile_name(), hostile_name())],
+            vec![],
+        ),
+        "compute_ctl_config": {"jwks": c.jwks()},
+    });
+    script.lock().unwrap().answers = vec![answer(200, changed.to_string())].into();
+    let (code, body) = refresh(&c).await;
+    assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+    wait_until_role_exists(&c, name).await;
+    assert_eq!(requests(&script).len(), fetched + 1);
+    assert!(
+        c.log()
+            .contains("compute status running -> refresh-configuration-pending"),
+        "{}",
+        c.log_tail(40)
+    );
+
+    // A final error of the control plane: failed with the reason, Postgres untouched.
+    script.lock().unwrap().answers = vec![answer(404, "no such compute")].into();
+    let (code, body) = refresh(&c).await;
+    assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+    let status = c.wait_for_status("failed").await;
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains("refreshing the configuration") && error.contains("404"),
+        "{status}"
+    );
+    c.assert_postgres_answers().await;
+
+    // From failed, a refresh that succeeds is back to running.
+    script.lock().unwrap().answers = vec![answer(200, changed.to_string())].into();
+    let (code, body) = refresh(&c).await;
+    assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+    c.wait_for_status("running").await;
+    assert_eq!(
+        c.metric("pg_cctl_pagestream_request_errors_total").await,
+        Some(3.0)
+    );
+}
+
+/// Without `--control-plane-uri` there is nothing to refresh from.
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_without_a_control_plane_is_refused() {
+    let mut c = Compute::new("cp-no-refresh");
+    c.start_with_spec(&common::spec(vec![], vec![], vec![]));
+    c.wait_for_status("running").await;
+    let (code, body) = refresh(&c).await;
+    assert_eq!(code, reqwest::StatusCode::PRECONDITION_FAILED, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--control-plane-uri"),
+        "{body}"
+    );
+    assert_eq!(c.status().await["status"], "running");
+}

@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 use crate::common::*;
 
 /// A CA and a server certificate for 127.0.0.1 that it signed.
-struct Pair {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+pub struct Pair {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -35,7 +35,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// Make `<name>-ca.crt` and a server pair `<name>.crt`/`<name>.key` (ECDSA P-256) in `dir`.
-fn make_pair(dir: &Path, name: &str) -> Pair {
+pub fn make_pair(dir: &Path, name: &str) -> Pair {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
     let (ca_key, ca) = (format!("{name}-ca.key"), format!("{name}-ca.crt"));
     let mut args = vec!["req", "-x509", "-nodes", "-days", "2"];

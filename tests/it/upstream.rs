@@ -11,23 +11,6 @@ use sqlx::{Connection, PgConnection};
 /// How long a row written on the primary may take to show up on a standby.
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A spec following `primary` in `mode` (`"Replica"` or `{"Static": lsn}`).
-fn standby_spec(primary_port: u16, mode: Value) -> Value {
-    let mut s = spec(
-        vec![],
-        vec![],
-        vec![setting(
-            "primary_conninfo",
-            &format!(
-                "host=127.0.0.1 port={primary_port} user=cloud_admin application_name=standby"
-            ),
-            "string",
-        )],
-    );
-    s["mode"] = mode;
-    s
-}
-
 async fn ids(conn: &mut PgConnection) -> Vec<i32> {
     sqlx::query_scalar("SELECT id FROM t ORDER BY id")
         .fetch_all(conn)

@@ -4,7 +4,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::machine::sample;
-use crate::{Command, Compute, Event, OpRef, PostmasterExit, SpecRef, SpecSource, TerminateMode};
+use crate::{
+    Command, Compute, Event, OpRef, PostmasterExit, SpecOrigin, SpecRef, SpecSource, TerminateMode,
+};
 
 fn startup_spec(n: u64) -> Event {
     Event::SpecReceived {
@@ -20,12 +22,29 @@ fn configure_spec(n: u64) -> Event {
     }
 }
 
+fn refreshed_spec(n: u64) -> Event {
+    Event::SpecReceived {
+        spec: SpecRef(n),
+        source: SpecSource::Refresh,
+    }
+}
+
 /// An event of each kind; in `TerminationPending` (fast) the sample termination is immediate,
 /// so that the escalation's conditional `Stop` is exercised.
 fn sample_event(kind: EventKind) -> Event {
     match kind {
-        EventKind::SpecReceived { at_startup: true } => startup_spec(1),
-        EventKind::SpecReceived { at_startup: false } => configure_spec(2),
+        EventKind::SpecReceived { origin } => match origin {
+            SpecOrigin::Startup => startup_spec(1),
+            SpecOrigin::Configure => configure_spec(2),
+            SpecOrigin::Refresh => refreshed_spec(3),
+        },
+        EventKind::PrestartRequested => Event::PrestartRequested,
+        EventKind::PromoteRequested => Event::PromoteRequested { spec: SpecRef(4) },
+        EventKind::Promoted => Event::Promoted,
+        EventKind::PromotionFailed => Event::PromotionFailed {
+            error: "replay did not reach 0/3000000 within 20s".into(),
+        },
+        EventKind::RefreshRequested => Event::RefreshRequested,
         EventKind::InspectRequested => Event::InspectRequested { op: OpRef(1) },
         EventKind::CatalogRequested => Event::CatalogRequested { op: OpRef(2) },
         EventKind::FileCacheResizeRequested => Event::FileCacheResizeRequested { op: OpRef(3) },
@@ -294,6 +313,14 @@ fn any_event() -> impl Strategy<Value = Event> {
     prop_oneof![
         any::<u64>().prop_map(startup_spec),
         any::<u64>().prop_map(configure_spec),
+        any::<u64>().prop_map(refreshed_spec),
+        any::<u64>().prop_map(|n| Event::PromoteRequested { spec: SpecRef(n) }),
+        Just(Event::Promoted),
+        Just(Event::PromotionFailed {
+            error: "not a replica".into()
+        }),
+        Just(Event::RefreshRequested),
+        Just(Event::PrestartRequested),
         any::<u64>().prop_map(|n| Event::InspectRequested { op: OpRef(n) }),
         any::<u64>().prop_map(|n| Event::CatalogRequested { op: OpRef(n) }),
         any::<u64>().prop_map(|n| Event::FileCacheResizeRequested { op: OpRef(n) }),
@@ -441,7 +468,8 @@ fn catalog_requests_need_running_and_inspection_any_live_status() {
     for from in StateKind::ALL {
         let mut compute = sample::in_state(from);
         let catalog = compute.handle(&Event::CatalogRequested { op: OpRef(1) });
-        assert_eq!(catalog.is_ok(), from == StateKind::Running, "{from:?}");
+        let running = matches!(from, StateKind::Running | StateKind::Promotion);
+        assert_eq!(catalog.is_ok(), running, "{from:?}");
         let inspect = compute.handle(&Event::InspectRequested { op: OpRef(2) });
         assert_eq!(inspect.is_ok(), from.is_live(), "{from:?}");
         if let Ok(handled) = inspect {
@@ -462,4 +490,72 @@ fn a_startup_spec_is_refused_once_the_compute_has_one() {
         compute.handle(&configure_spec(3)).is_err(),
         "init accepts no /configure"
     );
+}
+
+#[test]
+fn a_failed_promotion_is_the_running_replica_it_was() {
+    let mut compute = sample::in_state(StateKind::Running);
+    let handled = compute
+        .handle(&Event::PromoteRequested { spec: SpecRef(9) })
+        .unwrap();
+    assert_eq!(
+        handled.commands,
+        vec![Command::Promote { spec: SpecRef(9) }]
+    );
+    assert_eq!(compute.status(), crate::ComputeStatus::Running, "as Neon");
+    assert!(
+        compute.handle(&configure_spec(10)).is_err(),
+        "one change at a time"
+    );
+    let handled = compute
+        .handle(&Event::PromotionFailed {
+            error: "not a replica".into(),
+        })
+        .unwrap();
+    assert!(handled.commands.is_empty(), "the monitor runs already");
+    assert_eq!(compute.state(), StateKind::Running);
+    assert_eq!(compute.error(), None, "the compute did not fail");
+}
+
+#[test]
+fn a_promoted_compute_applies_its_spec_like_a_configure() {
+    let mut compute = sample::in_state(StateKind::Promotion);
+    compute.handle(&Event::Promoted).unwrap();
+    assert_eq!(compute.state(), StateKind::Configuration);
+    compute
+        .handle(&Event::ConfigurationFailed {
+            error: "role x".into(),
+        })
+        .unwrap();
+    assert_eq!(compute.state(), StateKind::Failed);
+    assert_eq!(compute.error(), Some("role x"));
+}
+
+#[test]
+fn a_refresh_fetches_then_configures_and_coalesces() {
+    let mut compute = sample::in_state(StateKind::Running);
+    let handled = compute.handle(&Event::RefreshRequested).unwrap();
+    assert_eq!(handled.commands, vec![Command::FetchSpec]);
+    assert_eq!(
+        compute.status(),
+        crate::ComputeStatus::RefreshConfigurationPending
+    );
+    // A second call while one is under way changes nothing.
+    let again = compute.handle(&Event::RefreshRequested).unwrap();
+    assert!(again.commands.is_empty() && again.transition.is_none());
+    assert!(compute.handle(&configure_spec(1)).is_err());
+    let handled = compute.handle(&refreshed_spec(2)).unwrap();
+    assert_eq!(
+        handled.commands,
+        vec![Command::Configure {
+            spec: SpecRef(2),
+            postgres_running: true
+        }]
+    );
+    compute.handle(&Event::ConfigurationStarted).unwrap();
+    assert_eq!(compute.status(), crate::ComputeStatus::RefreshConfiguration);
+    compute.handle(&Event::ConfigurationApplied).unwrap();
+    assert_eq!(compute.state(), StateKind::Running);
+    // A refreshed spec outside a refresh is refused.
+    assert!(compute.handle(&refreshed_spec(3)).is_err());
 }

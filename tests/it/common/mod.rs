@@ -630,7 +630,7 @@ impl Compute {
         }
     }
 
-    fn options(&self, user: &str, db: &str) -> PgConnectOptions {
+    pub fn options(&self, user: &str, db: &str) -> PgConnectOptions {
         PgConnectOptions::new_without_pgpass()
             .host("127.0.0.1")
             .port(self.pg_port)
@@ -795,6 +795,23 @@ pub async fn exec(conn: &mut PgConnection, sql: &str) {
 /// `"` doubled: only for SQL the test itself sends to set things up.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A spec following `primary` in `mode` (`"Replica"` or `{"Static": lsn}`).
+pub fn standby_spec(primary_port: u16, mode: Value) -> Value {
+    let mut s = spec(
+        vec![],
+        vec![],
+        vec![setting(
+            "primary_conninfo",
+            &format!(
+                "host=127.0.0.1 port={primary_port} user=cloud_admin application_name=standby"
+            ),
+            "string",
+        )],
+    );
+    s["mode"] = mode;
+    s
 }
 
 /// A running compute whose table `t` holds the rows 1, 2 and 3: the primary of replica tests,

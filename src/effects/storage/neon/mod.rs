@@ -15,7 +15,6 @@
 
 pub mod pageserver;
 pub mod safekeepers;
-pub mod untar;
 
 use std::time::Instant;
 
@@ -171,7 +170,7 @@ impl Backend for Neon {
 /// What follows the unpacking: ownership, Neon's signal file, standby mode.
 fn finish(node: &Node, mode: ComputeMode) -> anyhow::Result<()> {
     if let Some(user) = &node.os_user {
-        untar::give_tree(&node.pgdata, user.uid.as_raw(), user.gid.as_raw())
+        crate::effects::untar::give_tree(&node.pgdata, user.uid.as_raw(), user.gid.as_raw())
             .context("giving the base backup to the Postgres user")?;
     }
     // Older pageservers send `zenith.signal`; newer Postgres builds read `neon.signal`.

@@ -15,7 +15,7 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tokio_stream::StreamExt;
 
-use super::untar;
+use crate::effects::untar;
 use crate::spec::{ComputeMode, ComputeSpec, Lsn};
 
 /// How long connecting to the pageserver may take (libpq has no default; sqlx neither).

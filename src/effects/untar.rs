@@ -1,7 +1,9 @@
-//! Unpacking a gzip'd base backup into PGDATA as it streams in, refusing any entry that could
-//! land outside PGDATA: absolute paths, `..`, links whose target is absolute or climbs, and
-//! devices or FIFOs. (`tar`'s `unpack_in` also checks that the parent of every entry resolves
-//! inside PGDATA, so an earlier symlink cannot be used to escape either.)
+//! Unpacking a tar stream into a directory as it streams in, refusing any entry that could land
+//! outside it: absolute paths, `..`, links whose target is absolute or climbs, and devices or
+//! FIFOs. (`tar`'s `unpack_in` also checks that the parent of every entry resolves inside the
+//! directory, so an earlier symlink cannot be used to escape either.) Used for Neon's gzip'd
+//! base backups (into PGDATA) and for remote extensions' zstd archives (into a staging
+//! directory).
 
 use std::fs;
 use std::io::{self, BufReader, Read};
@@ -57,11 +59,17 @@ impl Read for ChannelReader {
     }
 }
 
-/// Gunzip and untar `reader` into `target`. Zero blocks are skipped rather than taken as the
-/// end, so the whole stream is consumed (as Neon does).
+/// Gunzip and untar `reader` into PGDATA (`target`).
 pub fn unpack(reader: impl Read, target: &Path) -> Result<(), UnpackError> {
     let gunzip = flate2::read::GzDecoder::new(BufReader::with_capacity(256 * 1024, reader));
-    let mut archive = tar::Archive::new(gunzip);
+    unpack_tar(gunzip, target, "PGDATA")
+}
+
+/// Untar the (decompressed) `reader` into `target`, which error messages call `what`. Zero
+/// blocks are skipped rather than taken as the end, so the whole stream is consumed (as Neon
+/// does with base backups: a trailing error is noticed).
+pub fn unpack_tar(reader: impl Read, target: &Path, what: &str) -> Result<(), UnpackError> {
+    let mut archive = tar::Archive::new(reader);
     archive.set_ignore_zeros(true);
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(false);
@@ -70,7 +78,7 @@ pub fn unpack(reader: impl Read, target: &Path) -> Result<(), UnpackError> {
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.into_owned();
-        check_inside(&path, "path").map_err(UnpackError::Refused)?;
+        check_inside(&path, "path", what).map_err(UnpackError::Refused)?;
         if path.components().all(|c| c == Component::CurDir) {
             continue; // the archive's root, `./`
         }
@@ -81,19 +89,19 @@ pub fn unpack(reader: impl Read, target: &Path) -> Result<(), UnpackError> {
                 let link = entry.link_name()?.ok_or_else(|| {
                     UnpackError::Refused(anyhow!("link {} has no target", path.display()))
                 })?;
-                check_inside(&link, &format!("target of link {}", path.display()))
+                check_inside(&link, &format!("target of link {}", path.display()), what)
                     .map_err(UnpackError::Refused)?;
             }
             other => {
                 return Err(UnpackError::Refused(anyhow!(
-                    "entry {} is of type {other:?}, which a data directory does not hold",
+                    "entry {} is of type {other:?}, which {what} may not hold",
                     path.display()
                 )));
             }
         }
         if !entry.unpack_in(target)? {
             return Err(UnpackError::Refused(anyhow!(
-                "entry {} would be written outside PGDATA",
+                "entry {} would be written outside {what}",
                 path.display()
             )));
         }
@@ -102,13 +110,13 @@ pub fn unpack(reader: impl Read, target: &Path) -> Result<(), UnpackError> {
 }
 
 /// `path` must be relative and must not climb (`..`).
-fn check_inside(path: &Path, what: &str) -> anyhow::Result<()> {
+fn check_inside(path: &Path, what: &str, root: &str) -> anyhow::Result<()> {
     for component in path.components() {
         match component {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
                 anyhow::bail!(
-                    "{what} {:?} would lead outside PGDATA (absolute, or with '..')",
+                    "{what} {:?} would lead outside {root} (absolute, or with '..')",
                     path.display()
                 );
             }

@@ -1,0 +1,222 @@
+//! Pooled computes (`--prestart`): Postgres is started before any spec, on the address and
+//! port the compute will serve, admitting compute_ctl's superuser only; the first spec then
+//! *attaches* to it instead of starting one: the spec's `postgresql.conf` and the compute's
+//! `pg_hba.conf` are written, Postgres checks them and reloads (or restarts, when a setting
+//! needs it), and the spec is applied as after a cold start. The result is the same cluster
+//! and settings as a cold start of that spec (tests/it/prestart.rs compares them).
+//!
+//! What cannot attach starts cold: a pre-start that failed or whose Postgres died, or a spec
+//! whose storage is not the pre-started one (Neon storage, an upstream primary).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use compute_states::TerminateMode;
+use nix::sys::signal::Signal;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use super::postgres::{self, Postmaster};
+use super::{Work, conf_check, lock, pgdata, sql, storage, tls, within};
+use crate::report::millis;
+use crate::spec::{Reserved, TlsConfig, ValidSpec};
+
+/// How long the postmaster may take to take a reload.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+const APPLICATION_NAME: &str = "compute_ctl:attach";
+
+/// A Postgres started without a spec.
+pub struct Prestarted {
+    postmaster: Postmaster,
+    backend: Box<dyn storage::Backend>,
+    /// Its `pg_conf_load_time()`, read once it ran: nothing reloads it before the attach.
+    loaded: String,
+}
+
+/// Where the pre-started Postgres waits. The pre-start holds the lock while it starts, so an
+/// attach that comes early waits for it rather than starting a second Postgres.
+#[derive(Clone, Default)]
+pub struct Slot(Arc<AsyncMutex<Option<Prestarted>>>);
+
+impl Slot {
+    /// The slot for the pre-start; `None` if one holds it already.
+    pub fn claim(&self) -> Option<OwnedMutexGuard<Option<Prestarted>>> {
+        self.0.clone().try_lock_owned().ok()
+    }
+}
+
+impl Work {
+    /// Start Postgres for a spec to come. A failure is logged, not reported: the first spec
+    /// then starts Postgres cold, and says why if that fails too.
+    pub(super) async fn prestart(&self, mut slot: OwnedMutexGuard<Option<Prestarted>>) {
+        let reserved = Reserved::new(&self.node.superuser, &self.node.privileged_role);
+        let spec = crate::spec::prestart_spec(&reserved);
+        let started = async {
+            let (postmaster, took, backend) = self.start_postgres(&spec, None, true).await?;
+            let loaded = conf_load_time(self).await?;
+            anyhow::Ok((postmaster, took, backend, loaded))
+        };
+        match started.await {
+            Ok((postmaster, took, backend, loaded)) => {
+                tracing::info!(
+                    ?took,
+                    storage = backend.name(),
+                    "postgres pre-started: waiting for a spec to attach"
+                );
+                *slot = Some(Prestarted {
+                    postmaster,
+                    backend,
+                    loaded,
+                });
+            }
+            Err(error) => {
+                tracing::warn!("pre-start failed: {error:#}; the first spec starts postgres");
+                self.stop_unannounced().await;
+            }
+        }
+    }
+
+    /// The pre-started Postgres, if `spec` can attach to it (waiting for a pre-start under
+    /// way); one it cannot attach to is stopped.
+    pub(super) async fn take_prestarted(&self, spec: &ValidSpec) -> Option<Prestarted> {
+        let prestarted = self.prestarted.0.lock().await.take()?;
+        if let Some(exit) = prestarted.postmaster.exited() {
+            tracing::warn!("the pre-started postgres exited ({exit}): starting postgres");
+            return None;
+        }
+        let backend = match storage::choose(&self.storage, spec) {
+            Ok(backend) => backend,
+            // The start says so.
+            Err(_) => {
+                self.stop_unannounced().await;
+                return None;
+            }
+        };
+        if backend.name() != prestarted.backend.name() {
+            tracing::info!(
+                "the spec's storage is {}, not the pre-started {}: starting postgres",
+                backend.name(),
+                prestarted.backend.name()
+            );
+            self.stop_unannounced().await;
+            return None;
+        }
+        Some(prestarted)
+    }
+
+    /// Give the pre-started Postgres the spec's configuration: what a cold start returns.
+    pub(super) async fn attach(
+        &self,
+        prestarted: Prestarted,
+        spec: &ValidSpec,
+        tls: Option<&TlsConfig>,
+    ) -> anyhow::Result<(Postmaster, Duration, Box<dyn storage::Backend>)> {
+        let began = Instant::now();
+        let Prestarted {
+            postmaster,
+            backend,
+            loaded,
+        } = prestarted;
+        let configured = self
+            .configure_prestarted(postmaster, &loaded, spec, tls, backend.ephemeral())
+            .await;
+        match configured {
+            Ok(postmaster) => Ok((postmaster, began.elapsed(), backend)),
+            Err(error) => {
+                // As a failed cold start: no Postgres is left behind.
+                self.stop_unannounced().await;
+                Err(error.context("attaching to the pre-started postgres"))
+            }
+        }
+    }
+
+    async fn configure_prestarted(
+        &self,
+        postmaster: Postmaster,
+        loaded: &str,
+        spec: &ValidSpec,
+        tls: Option<&TlsConfig>,
+        ephemeral: bool,
+    ) -> anyhow::Result<Postmaster> {
+        let node = &self.node;
+        let deadline = Instant::now() + node.configure_timeout;
+        if let Some(tls) = tls {
+            tls::check(node, tls).await?.write(node)?;
+        }
+        // As a cold start: the libraries the spec preloads are fetched first (a new
+        // `shared_preload_libraries` then restarts Postgres, below).
+        if let Some(figures) = self.remote_ext.prepare(spec).await {
+            tracing::info!(?figures, "remote extensions ready");
+            self.reporter.metrics(move |m| figures.record(m));
+        }
+        pgdata::write_postgresql_conf(node, spec, tls.is_some())?;
+        pgdata::write_static_files(node, ephemeral)?;
+        let needs_restart = within(
+            deadline,
+            node.configure_timeout,
+            "checking the spec's postgresql.conf",
+            conf_check::check(node),
+        )
+        .await?;
+        if needs_restart.is_empty() {
+            postmaster.signal(Signal::SIGHUP);
+            within(
+                deadline,
+                node.configure_timeout,
+                "waiting for postgres to reload",
+                reloaded(self, loaded),
+            )
+            .await?;
+            return Ok(postmaster);
+        }
+        tracing::info!(
+            settings = ?needs_restart,
+            "restarting the pre-started postgres: the spec has settings that need a restart"
+        );
+        let began = Instant::now();
+        postgres::stop(&postmaster, TerminateMode::Fast).await;
+        let postmaster = postgres::spawn(node, self.reporter.clone())?;
+        *lock(&self.postmaster) = Some(postmaster.clone());
+        postgres::wait_ready(node, &postmaster).await?;
+        let took = began.elapsed();
+        tracing::info!(?took, "pre-started postgres restarted");
+        self.reporter
+            .metrics(move |m| m.attach_restart_ms = millis(took).max(1));
+        Ok(postmaster)
+    }
+
+    /// Stop a postmaster nobody was told about (a pre-start's): its exit reports nothing.
+    async fn stop_unannounced(&self) {
+        let postmaster = lock(&self.postmaster).take();
+        if let Some(postmaster) = postmaster
+            && postmaster.exited().is_none()
+        {
+            postgres::stop(&postmaster, TerminateMode::Immediate).await;
+        }
+    }
+}
+
+/// The postmaster's `pg_conf_load_time()`, as a new session inherits it.
+async fn conf_load_time(work: &Work) -> anyhow::Result<String> {
+    let options = sql::options(&work.node, work.node.default_database(), APPLICATION_NAME);
+    let mut conn = sql::connect(&options, sql::connect_timeout(&work.node)).await?;
+    let loaded: String = sqlx::query_scalar("SELECT pg_conf_load_time()::text")
+        .fetch_one(&mut conn)
+        .await
+        .context("SELECT pg_conf_load_time()")?;
+    Ok(loaded)
+}
+
+/// Wait until new sessions see a reload after `before`: the postmaster took the new files.
+async fn reloaded(work: &Work, before: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + RELOAD_TIMEOUT;
+    loop {
+        if conf_load_time(work).await? != before {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("postgres did not reload its configuration within {RELOAD_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
