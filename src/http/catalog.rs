@@ -100,7 +100,8 @@ fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         (status = 200, description = "Every role of `pg_authid` (`name`, `encrypted_password`, \
             `options: null`) and every database of `pg_database` (`name`, `owner`, \
             `options: null`, `restrict_conn`, `invalid`) as Postgres has them, sorted by name \
-            (Neon's `CatalogObjects`)", body = Object),
+            (Neon's `CatalogObjects`), but compute_ctl's ready databases \
+            (`compute_ctl_ready_…`, made ahead for specs to take)", body = Object),
         (status = 412, description = "A termination has begun", body = ErrorBody),
         (status = 503, description = "Postgres cannot be reached", body = ErrorBody),
         (status = 500, description = "Postgres failed the query", body = ErrorBody)))]

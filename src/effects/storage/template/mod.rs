@@ -285,7 +285,9 @@ async fn make_ready_databases(node: &Node, data: &Path) -> anyhow::Result<()> {
     }
     // The script is a few hundred bytes: it fits a pipe's buffer, so it is written whole
     // before the child starts.
-    let (read, write) = nix::unistd::pipe().context("making a pipe")?;
+    // Close-on-exec: no other child inherits it (the child gets it as stdin, by dup2).
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("making a pipe")?;
     let mut write = File::from(write);
     std::io::Write::write_all(&mut write, script.as_bytes())?;
     drop(write);
