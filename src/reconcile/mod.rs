@@ -527,13 +527,19 @@ pub fn plan_with_outcome(
             }
         }
         // Neon grants a database it creates to the privileged role; a spec database found
-        // without that grant (made before, or by someone else) gets it too, once.
+        // without that grant (made before, or by someone else) gets it too, once. The grant
+        // marks the database as set up, so one that accepts connections gets it in the
+        // schema-privileges phase, in the same transaction as its schema's privileges: an
+        // apply that stops in between (another database failed) leaves it ungranted, and the
+        // next apply sets it up in full.
         if let Some(state) = now.databases.get_mut(&db.name)
             && !state.granted
         {
-            statements.push(Statement::batched(neon::grant_database(
-                &db.name, privileged,
-            )?));
+            if !state.attrs.allow_connections {
+                statements.push(Statement::batched(neon::grant_database(
+                    &db.name, privileged,
+                )?));
+            }
             state.granted = true;
             granted.push(db.name.clone());
         }
@@ -601,7 +607,8 @@ pub fn plan_with_outcome(
         databases,
     });
 
-    // Neon's ChangeSchemaPerms, for the databases granted above (so once per database).
+    // Neon's ChangeSchemaPerms, for the databases granted above (so once per database), with
+    // their grant (one transaction, see above).
     let mut databases = Vec::new();
     for db in granted {
         let Some(state) = now.databases.get(&db) else {
@@ -611,7 +618,8 @@ pub fn plan_with_outcome(
             continue;
         }
         let sql = neon::schema_privileges(&state.owner, admin, privileged)?;
-        databases.push((db, vec![Statement::batched(sql)]));
+        let grant = neon::grant_database(&db, privileged)?;
+        databases.push((db, vec![Statement::batched(grant), Statement::batched(sql)]));
     }
     plan.push(Phase::PerDatabase {
         name: "schema privileges",

@@ -129,11 +129,15 @@ fn grant(db: &str) -> String {
     neon::grant_database(db, "neon_superuser").unwrap()
 }
 
-fn schema(db: &str, owner: &str) -> String {
-    format!(
-        "[{db}] {}",
-        neon::schema_privileges(owner, "cloud_admin", "neon_superuser").unwrap()
-    )
+/// The schema-privileges work of a database: its grant, then Neon's ChangeSchemaPerms.
+fn schema(db: &str, owner: &str) -> [String; 2] {
+    [
+        format!("[{db}] {}", grant(db)),
+        format!(
+            "[{db}] {}",
+            neon::schema_privileges(owner, "cloud_admin", "neon_superuser").unwrap()
+        ),
+    ]
 }
 
 #[test]
@@ -163,20 +167,18 @@ fn fixture_on_a_fresh_cluster() {
                     "CREATE DATABASE \"DB2\" LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0 \
                      OWNER \"alexk\""
                         .to_owned(),
-                    grant("DB2"),
                     "CREATE DATABASE \"zenith\" OWNER \"MyRole\"".to_owned(),
-                    grant("zenith"),
                     "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
-                    grant("zen"),
                 ]
             ),
             (
                 "schema privileges",
-                vec![
+                [
                     schema("DB2", "alexk"),
                     schema("zenith", "MyRole"),
                     schema("zen", "zen"),
                 ]
+                .concat()
             ),
             (
                 "extensions and health check",
@@ -257,11 +259,11 @@ fn another_privileged_role_name() {
         "{rendered:?}"
     );
     assert_eq!(
-        rendered[2].1[1],
-        "GRANT ALL PRIVILEGES ON DATABASE \"d\" TO \"db_owners\""
+        rendered[3].1[0],
+        "[d] GRANT ALL PRIVILEGES ON DATABASE \"d\" TO \"db_owners\""
     );
-    assert!(rendered[3].1[0].contains("\"db_owners\" WITH GRANT OPTION"));
-    assert!(rendered[3].1[0].contains("$x$admin$x$"));
+    assert!(rendered[3].1[1].contains("\"db_owners\" WITH GRANT OPTION"));
+    assert!(rendered[3].1[1].contains("$x$admin$x$"));
 }
 
 /// A spec database found without the privileged role's grant is granted and set up once; a
@@ -289,11 +291,9 @@ fn existing_databases_are_granted_once() {
     assert_eq!(
         render(&plan(&spec, &catalog, &ADMIN).unwrap()),
         [
-            (
-                "create and alter databases",
-                vec![grant("old"), grant("closed")]
-            ),
-            ("schema privileges", vec![schema("old", "cloud_admin")]),
+            // One that refuses connections is granted here: nothing is run inside it.
+            ("create and alter databases", vec![grant("closed")]),
+            ("schema privileges", schema("old", "cloud_admin").to_vec()),
         ]
     );
     assert_idempotent(&spec, &catalog);
@@ -445,9 +445,7 @@ fn fixture_delta_operations() {
                     // DB2 exists (renamed): its creation options are not re-applied.
                     "ALTER DATABASE \"DB2\" OWNER TO \"alexk\"".to_owned(),
                     "CREATE DATABASE \"zenith\" OWNER \"MyRole\"".to_owned(),
-                    grant("zenith"),
                     "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
-                    grant("zen"),
                     // Owned by the deleted role itself: to the admin first.
                     "ALTER DATABASE \"zenith2db\" OWNER TO \"cloud_admin\"".to_owned(),
                 ]
@@ -469,7 +467,7 @@ fn fixture_delta_operations() {
             ),
             (
                 "schema privileges",
-                vec![schema("zenith", "MyRole"), schema("zen", "zen")]
+                [schema("zenith", "MyRole"), schema("zen", "zen")].concat()
             ),
             (
                 "drop roles",
@@ -507,12 +505,9 @@ fn an_invalid_database_is_dropped_and_created_again() {
             ),
             (
                 "create and alter databases",
-                vec![
-                    "CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned(),
-                    grant("zen")
-                ]
+                vec!["CREATE DATABASE \"zen\" OWNER \"zen\"".to_owned()]
             ),
-            ("schema privileges", vec![schema("zen", "zen")]),
+            ("schema privileges", schema("zen", "zen").to_vec()),
         ]
     );
     assert_idempotent(&spec, &catalog);
@@ -783,18 +778,14 @@ fn a_new_database_takes_a_ready_one_unless_it_asks_for_creation_options() {
                     b("ALTER DATABASE \"compute_ctl_ready_0\" RENAME TO \"plain\""),
                     b("ALTER DATABASE \"plain\" OWNER TO \"app\""),
                     b("ALTER DATABASE \"plain\" WITH ALLOW_CONNECTIONS true"),
-                    b(&grant("plain")),
                 ]
             ),
             (
                 "c".to_owned(),
-                vec![
-                    (
-                        "CREATE DATABASE \"c\" TEMPLATE template0 OWNER \"app\"".to_owned(),
-                        true
-                    ),
-                    b(&grant("c")),
-                ]
+                vec![(
+                    "CREATE DATABASE \"c\" TEMPLATE template0 OWNER \"app\"".to_owned(),
+                    true
+                ),]
             ),
             (
                 // An option ALTER DATABASE can set does not stop a take.
@@ -803,26 +794,19 @@ fn a_new_database_takes_a_ready_one_unless_it_asks_for_creation_options() {
                     b("ALTER DATABASE \"compute_ctl_ready_1\" RENAME TO \"limited\""),
                     b("ALTER DATABASE \"limited\" OWNER TO \"app\""),
                     b("ALTER DATABASE \"limited\" WITH ALLOW_CONNECTIONS true CONNECTION LIMIT 5"),
-                    b(&grant("limited")),
                 ]
             ),
             (
                 "l".to_owned(),
-                vec![
-                    (
-                        "CREATE DATABASE \"l\" LOCALE 'C' OWNER \"app\"".to_owned(),
-                        true
-                    ),
-                    b(&grant("l")),
-                ]
+                vec![(
+                    "CREATE DATABASE \"l\" LOCALE 'C' OWNER \"app\"".to_owned(),
+                    true
+                ),]
             ),
             (
                 // None left: created.
                 "late".to_owned(),
-                vec![
-                    ("CREATE DATABASE \"late\" OWNER \"app\"".to_owned(), true),
-                    b(&grant("late")),
-                ]
+                vec![("CREATE DATABASE \"late\" OWNER \"app\"".to_owned(), true),]
             ),
         ]
     );
@@ -831,13 +815,13 @@ fn a_new_database_takes_a_ready_one_unless_it_asks_for_creation_options() {
     assert_eq!(after.databases["limited"].attrs.connection_limit, 5);
     assert!(after.databases["plain"].attrs.allow_connections);
     assert_eq!(after.databases["plain"].owner, "app");
-    // Every database gets its schema privileges, taken or created.
+    // Every database gets its grant and schema privileges, taken or created.
     let rendered = render(&plan);
     let schemas = rendered
         .iter()
         .find(|(n, _)| *n == "schema privileges")
         .unwrap();
-    assert_eq!(schemas.1.len(), 5);
+    assert_eq!(schemas.1.len(), 10);
     assert_idempotent(&spec, &catalog);
 }
 

@@ -289,22 +289,37 @@ async fn a_failed_database_in_a_concurrent_phase_is_named_and_the_others_stay() 
     .unwrap();
     let expected: Vec<String> = names.iter().filter(|n| *n != "many 07").cloned().collect();
     assert_eq!(found, expected);
-    // Each of them got its grant (in the same group as its CREATE DATABASE).
-    let granted: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_database WHERE datname LIKE 'many %' \
-         AND has_database_privilege('neon_superuser', oid, 'CREATE')",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(granted, 11);
-    conn.close().await.ok();
+    // None was set up yet: the grant goes with the schema privileges, in a later phase, so
+    // that an apply stopped in between leaves nothing half set up.
+    let granted = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'many %' \
+             AND has_database_privilege('neon_superuser', oid, 'CREATE')",
+        )
+    };
+    assert_eq!(granted().fetch_one(&mut conn).await.unwrap(), 0);
 
-    // With the owner fixed, the next apply creates the missing one only: CREATE DATABASE,
-    // its grant, its schema privileges.
+    // With the owner fixed, the next apply creates the missing one and sets up all twelve:
+    // one CREATE DATABASE, then per database its grant and schema privileges.
     many["cluster"]["databases"][7]["owner"] = json!("app");
     let (code, body) = c.configure(&many).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    assert_eq!(last_apply_statements(&c), 3, "{}", c.log_tail(20));
+    assert_eq!(last_apply_statements(&c), 25, "{}", c.log_tail(20));
+    assert_eq!(granted().fetch_one(&mut conn).await.unwrap(), 12);
+    let set_up: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE 'many %'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(set_up, 12);
+    conn.close().await.ok();
+    // Each database's default privileges were given (Neon's ChangeSchemaPerms).
+    let mut inside = c.connect("many 03").await;
+    let defaults: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_default_acl")
+        .fetch_one(&mut inside)
+        .await
+        .unwrap();
+    assert_eq!(defaults, 2);
+    inside.close().await.ok();
     c.terminate(Some("immediate")).await;
 }
