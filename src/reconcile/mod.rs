@@ -113,8 +113,8 @@ pub enum Phase {
         databases: Vec<(String, Vec<Statement>)>,
     },
     /// Runs on connections to the maintenance database, several groups at once: each group's
-    /// statements in order on one connection, the groups in any order. One group per database
-    /// (named by its first member), independent of the others.
+    /// statements in order on one connection, the groups in any order. One group per database,
+    /// with its name, independent of the others.
     Concurrent {
         name: &'static str,
         groups: Vec<(String, Vec<Statement>)>,
