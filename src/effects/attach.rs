@@ -207,11 +207,19 @@ async fn conf_load_time(work: &Work) -> anyhow::Result<String> {
     Ok(loaded)
 }
 
-/// Wait until new sessions see a reload after `before`: the postmaster took the new files.
+/// Wait until the postmaster took the new files. One session is enough: the postmaster
+/// reloads (its settings and `pg_hba.conf`, which new sessions inherit) before it passes the
+/// signal on to its children, so a session that sees a new `pg_conf_load_time()` proves it.
 async fn reloaded(work: &Work, before: &str) -> anyhow::Result<()> {
+    let options = sql::options(&work.node, work.node.default_database(), APPLICATION_NAME);
+    let mut conn = sql::connect(&options, sql::connect_timeout(&work.node)).await?;
     let deadline = Instant::now() + RELOAD_TIMEOUT;
     loop {
-        if conf_load_time(work).await? != before {
+        let loaded: String = sqlx::query_scalar("SELECT pg_conf_load_time()::text")
+            .fetch_one(&mut conn)
+            .await
+            .context("SELECT pg_conf_load_time()")?;
+        if loaded != before {
             return Ok(());
         }
         if Instant::now() >= deadline {
