@@ -62,6 +62,8 @@ bench: postgres
 	$(CARGO) build --release --bin compute_ctl
 	TMPDIR=/var/tmp bench/startup -n 20
 	TMPDIR=/dev/shm bench/startup -n 20
+	TMPDIR=/var/tmp bench/attach -n 10
+	TMPDIR=/dev/shm bench/attach -n 10
 	TMPDIR=/var/tmp bench/apply
 	TMPDIR=/dev/shm bench/apply
 	bench/create-database /var/tmp off 40 4
