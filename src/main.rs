@@ -52,7 +52,8 @@ fn subcommand(command: Command) -> anyhow::Result<()> {
             print!("{}", compute_states::mermaid::state_diagram())
         }
         Command::Diagram { markdown: true } => print!("{}", compute_states::mermaid::document()),
-        Command::Openapi => print!("{}", http::openapi_text()),
+        Command::Openapi { internal: false } => print!("{}", http::openapi_text()),
+        Command::Openapi { internal: true } => print!("{}", http::internal_openapi_text()),
         Command::Keygen { key, config } => {
             if !key.exists() {
                 use std::io::Write;

@@ -13,8 +13,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::ApiError;
 use super::catalog::answered;
+use super::{ApiError, ErrorBody};
 use crate::engine::EngineHandle;
 use crate::operation::Operation;
 
@@ -24,6 +24,17 @@ pub struct Params {
     is_library: bool,
 }
 
+#[utoipa::path(post, path = "/extension_server/{filename}", tag = "internal",
+    params(
+        ("filename" = String, Path, description = "An extension's name, or with `is_library` a library's file name (a `.so…` suffix is ignored)"),
+        ("is_library" = Option<bool>, Query, description = "`filename` names a library (default false)")),
+    responses(
+        (status = 200, description = "The files are in place"),
+        (status = 400, description = "Bad path or query", body = ErrorBody),
+        (status = 404, description = "The spec does not let this compute have it", body = ErrorBody),
+        (status = 409, description = "The spec in force has no `remote_extensions` (or there is no spec yet)", body = ErrorBody),
+        (status = 412, description = "No `--remote-ext-base-url`", body = ErrorBody),
+        (status = 500, description = "The download or the archive failed (a hostile archive included)", body = ErrorBody)))]
 pub async fn extension_server(
     State(engine): State<EngineHandle>,
     filename: Result<Path<String>, PathRejection>,

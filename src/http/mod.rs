@@ -51,6 +51,33 @@ pub use error::{ApiError, ErrorBody};
 )]
 struct ApiDoc;
 
+/// The internal port's own routes. `/status` and `/metrics.json` are served there too, as on
+/// the external port but without a token.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "compute_ctl internal API",
+        description = "Routes of the internal port (loopback only, no token, as Neon's), \
+            besides `GET /status` and `GET /metrics.json`, which answer as on the external port."
+    ),
+    paths(
+        catalog::extensions,
+        catalog::grants,
+        routes::refresh_configuration,
+        extension_server::extension_server
+    )
+)]
+struct InternalDoc;
+
+/// The internal port's document as committed (`docs/openapi-internal.json`).
+pub fn internal_openapi_text() -> String {
+    let mut text = InternalDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    text.push('\n');
+    text
+}
+
 struct BearerScheme;
 
 impl utoipa::Modify for BearerScheme {
@@ -360,4 +387,16 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod internal_doc {
+    #[test]
+    fn committed_internal_document_is_fresh() {
+        let committed = include_str!("../../docs/openapi-internal.json");
+        assert!(
+            committed == super::internal_openapi_text(),
+            "docs/openapi-internal.json is stale: run 'make openapi'"
+        );
+    }
 }

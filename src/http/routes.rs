@@ -310,6 +310,11 @@ pub struct Refreshable(pub bool);
 /// how it goes (`refresh_configuration_pending`, `refresh_configuration`, then `running` or
 /// `failed` with the reason). Neon's answer in another status: 500 `Cannot refresh compute
 /// configuration in state …`.
+#[utoipa::path(post, path = "/refresh_configuration", tag = "internal",
+    responses(
+        (status = 200, description = "The refresh is under way (or one was already, or the compute is starting): `/status` tells how it goes"),
+        (status = 412, description = "No `--control-plane-uri` to fetch from", body = ErrorBody),
+        (status = 500, description = "Not in this status: `Cannot refresh compute configuration in state <status>` (Neon's words)", body = ErrorBody)))]
 pub async fn refresh_configuration(
     State(engine): State<EngineHandle>,
     Extension(Refreshable(refreshable)): Extension<Refreshable>,

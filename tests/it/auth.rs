@@ -737,3 +737,49 @@ async fn openapi_document_matches_the_routes() {
     c.signal(Signal::SIGTERM);
     assert!(c.wait_exit().await.success());
 }
+
+/// Every route of `docs/openapi-internal.json` is served on the internal port, without a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_document_matches_the_internal_routes() {
+    let mut c = Compute::new("openapi-internal");
+    c.start_with_config(&config(None));
+    wait_until_serving(&mut c).await;
+    let doc: Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/openapi-internal.json"
+    )))
+    .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut served = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            let url = c.internal_url(&path.replace("{filename}", "anything"));
+            let resp = client
+                .request(method.to_uppercase().parse().unwrap(), url)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let code = resp.status().as_u16().to_string();
+            assert!(
+                documented.contains(&&code),
+                "{method} {path}: {code} is not among {documented:?}"
+            );
+            served.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    served.sort();
+    assert_eq!(
+        served,
+        [
+            "POST /extension_server/{filename}",
+            "POST /extensions",
+            "POST /grants",
+            "POST /refresh_configuration"
+        ]
+    );
+    c.signal(Signal::SIGTERM);
+    assert!(c.wait_exit().await.success());
+}
