@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use compute_states::TerminateMode;
 use nix::sys::signal::Signal;
+use sqlx::{Connection, PgConnection};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::postgres::{self, Postmaster};
@@ -31,6 +32,9 @@ pub struct Prestarted {
     backend: Box<dyn storage::Backend>,
     /// Its `pg_conf_load_time()`, read once it ran: nothing reloads it before the attach.
     loaded: String,
+    /// A session of compute_ctl's, opened at the pre-start: the attach checks the files and
+    /// sees the reload on it instead of paying for new backends.
+    session: PgConnection,
 }
 
 /// Where the pre-started Postgres waits. The pre-start holds the lock while it starts, so an
@@ -53,11 +57,12 @@ impl Work {
         let spec = crate::spec::prestart_spec(&reserved);
         let started = async {
             let (postmaster, took, backend) = self.start_postgres(&spec, None, true).await?;
-            let loaded = conf_load_time(self).await?;
-            anyhow::Ok((postmaster, took, backend, loaded))
+            let mut session = session(self).await?;
+            let loaded = conf_load_time(&mut session).await?;
+            anyhow::Ok((postmaster, took, backend, loaded, session))
         };
         match started.await {
-            Ok((postmaster, took, backend, loaded)) => {
+            Ok((postmaster, took, backend, loaded, session)) => {
                 tracing::info!(
                     ?took,
                     storage = backend.name(),
@@ -67,6 +72,7 @@ impl Work {
                     postmaster,
                     backend,
                     loaded,
+                    session,
                 });
             }
             Err(error) => {
@@ -116,9 +122,10 @@ impl Work {
             postmaster,
             backend,
             loaded,
+            session,
         } = prestarted;
         let configured = self
-            .configure_prestarted(postmaster, &loaded, spec, tls, backend.ephemeral())
+            .configure_prestarted(postmaster, &loaded, session, spec, tls, backend.ephemeral())
             .await;
         match configured {
             Ok(postmaster) => Ok((postmaster, began.elapsed(), backend)),
@@ -134,12 +141,23 @@ impl Work {
         &self,
         postmaster: Postmaster,
         loaded: &str,
+        mut session: PgConnection,
         spec: &ValidSpec,
         tls: Option<&TlsConfig>,
         ephemeral: bool,
     ) -> anyhow::Result<Postmaster> {
         let node = &self.node;
         let deadline = Instant::now() + node.configure_timeout;
+        // Kept since the pre-start; should anything have closed it, a new one.
+        if session.ping().await.is_err() {
+            session = within(
+                deadline,
+                node.configure_timeout,
+                "connecting to the pre-started postgres",
+                self::session(self),
+            )
+            .await?;
+        }
         if let Some(tls) = tls {
             tls::check(node, tls).await?.write(node)?;
         }
@@ -155,7 +173,7 @@ impl Work {
             deadline,
             node.configure_timeout,
             "checking the spec's postgresql.conf",
-            conf_check::check(node),
+            conf_check::check_on(node, &mut session),
         )
         .await?;
         if needs_restart.is_empty() {
@@ -164,7 +182,7 @@ impl Work {
                 deadline,
                 node.configure_timeout,
                 "waiting for postgres to reload",
-                reloaded(self, loaded),
+                reloaded(&mut session, loaded),
             )
             .await?;
             return Ok(postmaster);
@@ -196,30 +214,28 @@ impl Work {
     }
 }
 
-/// The postmaster's `pg_conf_load_time()`, as a new session inherits it.
-async fn conf_load_time(work: &Work) -> anyhow::Result<String> {
+/// A session of compute_ctl's on the default database.
+async fn session(work: &Work) -> anyhow::Result<PgConnection> {
     let options = sql::options(&work.node, work.node.default_database(), APPLICATION_NAME);
-    let mut conn = sql::connect(&options, sql::connect_timeout(&work.node)).await?;
-    let loaded: String = sqlx::query_scalar("SELECT pg_conf_load_time()::text")
-        .fetch_one(&mut conn)
+    sql::connect(&options, sql::connect_timeout(&work.node)).await
+}
+
+/// `pg_conf_load_time()` as `session` sees it: the postmaster's, once the session took the
+/// reload the postmaster passed on.
+async fn conf_load_time(session: &mut PgConnection) -> anyhow::Result<String> {
+    sqlx::query_scalar("SELECT pg_conf_load_time()::text")
+        .fetch_one(session)
         .await
-        .context("SELECT pg_conf_load_time()")?;
-    Ok(loaded)
+        .context("SELECT pg_conf_load_time()")
 }
 
 /// Wait until the postmaster took the new files. One session is enough: the postmaster
 /// reloads (its settings and `pg_hba.conf`, which new sessions inherit) before it passes the
 /// signal on to its children, so a session that sees a new `pg_conf_load_time()` proves it.
-async fn reloaded(work: &Work, before: &str) -> anyhow::Result<()> {
-    let options = sql::options(&work.node, work.node.default_database(), APPLICATION_NAME);
-    let mut conn = sql::connect(&options, sql::connect_timeout(&work.node)).await?;
+async fn reloaded(session: &mut PgConnection, before: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + RELOAD_TIMEOUT;
     loop {
-        let loaded: String = sqlx::query_scalar("SELECT pg_conf_load_time()::text")
-            .fetch_one(&mut conn)
-            .await
-            .context("SELECT pg_conf_load_time()")?;
-        if loaded != before {
+        if conf_load_time(session).await? != before {
             return Ok(());
         }
         if Instant::now() >= deadline {

@@ -34,7 +34,18 @@ const NOT_APPLIED: &str = "setting could not be applied";
 /// take until a restart (warnings); an error with Postgres's words when it rejects the files,
 /// or when it could not be asked.
 pub async fn check(node: &Node) -> anyhow::Result<Vec<String>> {
-    let rows = file_settings(node).await?;
+    let options = sql::options(node, node.default_database(), APPLICATION_NAME);
+    let mut conn = sql::connect(&options, sql::connect_timeout(node))
+        .await
+        .context("connecting to postgres to check the configuration")?;
+    let checked = check_on(node, &mut conn).await;
+    conn.close().await.ok();
+    checked
+}
+
+/// [`check`] on a session of compute_ctl's that is open already.
+pub async fn check_on(node: &Node, conn: &mut sqlx::PgConnection) -> anyhow::Result<Vec<String>> {
+    let rows = file_settings(conn).await?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -113,11 +124,7 @@ struct FileError {
     postmaster: bool,
 }
 
-async fn file_settings(node: &Node) -> anyhow::Result<Vec<FileError>> {
-    let options = sql::options(node, node.default_database(), APPLICATION_NAME);
-    let mut conn = sql::connect(&options, sql::connect_timeout(node))
-        .await
-        .context("connecting to postgres to check the configuration")?;
+async fn file_settings(conn: &mut sqlx::PgConnection) -> anyhow::Result<Vec<FileError>> {
     let rows = sqlx::query(
         "SELECT f.sourcefile, f.sourceline, f.name, f.setting, f.error, \
          coalesce(s.context = 'postmaster', false) \
@@ -125,10 +132,9 @@ async fn file_settings(node: &Node) -> anyhow::Result<Vec<FileError>> {
          LEFT JOIN pg_catalog.pg_settings s ON s.name = f.name \
          WHERE f.error IS NOT NULL ORDER BY f.seqno",
     )
-    .fetch_all(&mut conn)
+    .fetch_all(conn)
     .await
     .context("reading pg_file_settings")?;
-    conn.close().await.ok();
     rows.iter()
         .map(|row| {
             Ok(FileError {
