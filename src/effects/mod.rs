@@ -636,6 +636,10 @@ impl Work {
                     tracing::warn!("postgresql.conf: {warning}");
                 }
                 self.reporter.warnings(warnings);
+                if tls.is_none() {
+                    // `ssl` is off from this reload on: the copies of a previous pair go.
+                    tls::remove(&self.node)?;
+                }
                 Ok(())
             }
             Err(error) => {

@@ -60,6 +60,18 @@ pub fn restore(node: &Node, previous: &Installed) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Remove the pair from PGDATA: a configuration without TLS leaves no key material behind
+/// (a persistent PGDATA would otherwise keep it for good).
+pub fn remove(node: &Node) -> anyhow::Result<()> {
+    restore(
+        node,
+        &Installed {
+            cert: None,
+            key: None,
+        },
+    )
+}
+
 /// A key and the certificate it belongs to, read and checked: what [`Pair::write`] copies.
 pub struct Pair {
     cert: Vec<u8>,

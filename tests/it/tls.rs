@@ -225,6 +225,15 @@ async fn postgres_serves_tls_and_a_configure_rotates_the_pair() {
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(ssl_as_seen_with(&c, &first.ca).as_deref(), Ok("t"));
+
+    // Without `tls` TLS is off, and no key material stays in PGDATA.
+    let (code, body) = c.configure(&spec(vec![], vec![], vec![])).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for copy in ["server.crt", "server.key"] {
+        assert!(!c.pgdata.join(copy).exists(), "{copy} left in PGDATA");
+    }
+    assert!(ssl_as_seen_with(&c, &first.ca).is_err(), "TLS is off");
+    c.assert_postgres_answers().await;
     let (code, _) = c.terminate(None).await;
     assert_eq!(code, StatusCode::OK);
     c.wait_exit().await;
