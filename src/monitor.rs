@@ -103,6 +103,11 @@ impl Monitor {
             period_ms = self.period.as_millis() as u64,
             "compute monitor started"
         );
+        // As Neon's `last_up` at the monitor's launch: the start that issued it has just had
+        // Postgres apply the spec, so an outage seen by the first check counts from here.
+        let launched = chrono::Utc::now().timestamp_millis();
+        self.reporter
+            .event(Event::PostgresReachable { at: launched });
         let mut ticks = tokio::time::interval(self.period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
