@@ -15,7 +15,7 @@ use anyhow::{Context, anyhow, bail};
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::sql;
+use super::{lock, sql};
 use crate::node::Node;
 use crate::operation::OperationError;
 use crate::quote;
@@ -41,10 +41,6 @@ pub struct Lfc {
     offloading: AtomicBool,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Lfc {
     pub fn new(
         node: Arc<Node>,
@@ -61,7 +57,7 @@ impl Lfc {
     }
 
     /// Start a prewarm; `cancel` is the effects' token (a termination).
-    pub async fn prewarm(
+    pub fn prewarm(
         self: &Arc<Self>,
         from_endpoint: Option<String>,
         cancel: &CancellationToken,
@@ -103,10 +99,7 @@ impl Lfc {
     }
 
     /// Start an offload; `cancel` is the effects' token (a termination).
-    pub async fn offload(
-        self: &Arc<Self>,
-        cancel: &CancellationToken,
-    ) -> Result<(), OperationError> {
+    pub fn offload(self: &Arc<Self>, cancel: &CancellationToken) -> Result<(), OperationError> {
         if self.offloading.swap(true, Ordering::AcqRel) {
             return Err(OperationError::Busy(
                 "Multiple requests for offload are not allowed".to_owned(),

@@ -83,7 +83,8 @@ impl Effects {
             reporter.clone(),
             Arc::clone(&spec),
         ));
-        let remote_ext = RemoteExtensions::without_gateway(node.clone(), reporter.clone());
+        let remote_ext =
+            RemoteExtensions::without_gateway(node.clone(), reporter.clone(), Arc::clone(&spec));
         Self {
             remote_ext: Arc::new(remote_ext),
             node,
@@ -110,6 +111,7 @@ impl Effects {
             self.node.clone(),
             base,
             self.reporter.clone(),
+            self.spec.clone(),
         )?);
         Ok(self)
     }
@@ -154,7 +156,6 @@ impl Effects {
             &job
         {
             *lock(&self.spec) = Some(spec.clone());
-            self.remote_ext.set_spec(spec);
             if !matches!(job, Job::Promote { .. }) {
                 // A promotion changes the mode once Postgres is promoted.
                 *lock(&self.mode) = Some(spec.mode);

@@ -100,14 +100,14 @@ async fn answer(
             from_endpoint,
             reply,
         } => {
-            let _ = reply.send(lfc.prewarm(from_endpoint, &cancel).await);
+            let _ = reply.send(lfc.prewarm(from_endpoint, &cancel));
         }
         Operation::LfcCancelPrewarm(reply) => {
             lfc.cancel_prewarm();
             let _ = reply.send(Ok(()));
         }
         Operation::LfcOffload(reply) => {
-            let _ = reply.send(lfc.offload(&cancel).await);
+            let _ = reply.send(lfc.offload(&cancel));
         }
         Operation::FetchExtension {
             filename,

@@ -28,6 +28,7 @@ use reqwest::Url;
 use tokio::sync::{OnceCell, mpsc, watch};
 use tracing::Instrument;
 
+use super::lock;
 use super::untar::{self, ChannelReader, UnpackError};
 use crate::node::{BUILD_TAG, Node};
 use crate::operation::OperationError;
@@ -76,8 +77,8 @@ pub struct RemoteExtensions {
     gateway: Option<(Url, reqwest::Client)>,
     node: Arc<Node>,
     reporter: Reporter,
-    /// `remote_extensions` of the spec of the latest start or configuration.
-    spec: Mutex<Option<Arc<RemoteExtSpec>>>,
+    /// The spec in force (the effects' handle): its `remote_extensions` is the allow-list.
+    spec: Arc<Mutex<Option<Arc<ValidSpec>>>>,
     layout: OnceCell<Layout>,
     archives: Mutex<HashMap<String, Archive>>,
     next_staging: AtomicU64,
@@ -203,8 +204,13 @@ pub fn preload_libraries(spec: &ValidSpec, remote: &RemoteExtSpec) -> Vec<String
 }
 
 impl RemoteExtensions {
-    pub fn new(node: Arc<Node>, base: Option<Url>, reporter: Reporter) -> anyhow::Result<Self> {
-        let mut this = Self::without_gateway(node, reporter);
+    pub fn new(
+        node: Arc<Node>,
+        base: Option<Url>,
+        reporter: Reporter,
+        spec: Arc<Mutex<Option<Arc<ValidSpec>>>>,
+    ) -> anyhow::Result<Self> {
+        let mut this = Self::without_gateway(node, reporter, spec);
         if let Some(base) = base {
             let client = reqwest::Client::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
@@ -217,21 +223,20 @@ impl RemoteExtensions {
     }
 
     /// No `--remote-ext-base-url`: `/extension_server` answers 412, a start fetches nothing.
-    pub fn without_gateway(node: Arc<Node>, reporter: Reporter) -> Self {
+    pub fn without_gateway(
+        node: Arc<Node>,
+        reporter: Reporter,
+        spec: Arc<Mutex<Option<Arc<ValidSpec>>>>,
+    ) -> Self {
         Self {
             gateway: None,
             node,
             reporter,
-            spec: Mutex::default(),
+            spec,
             layout: OnceCell::new(),
             archives: Mutex::default(),
             next_staging: AtomicU64::new(0),
         }
-    }
-
-    /// The spec of a start or configuration is in force from now on.
-    pub fn set_spec(&self, spec: &ValidSpec) {
-        *lock(&self.spec) = spec.remote_extensions.clone().map(Arc::new);
     }
 
     /// `POST /extension_server/{filename}[?is_library=true]`: fetch the archive that `filename`
@@ -246,11 +251,14 @@ impl RemoteExtensions {
                 "remote storage is not configured".to_owned(),
             ));
         }
-        let spec = lock(&self.spec).clone().ok_or_else(|| {
-            OperationError::NotInSpec(
-                "information about remote extensions is unavailable".to_owned(),
-            )
-        })?;
+        let in_force = lock(&self.spec).clone();
+        let spec = in_force
+            .and_then(|s| s.remote_extensions.clone())
+            .ok_or_else(|| {
+                OperationError::NotInSpec(
+                    "information about remote extensions is unavailable".to_owned(),
+                )
+            })?;
         let ext = resolve(&spec, filename, is_library).map_err(|e| {
             tracing::warn!("extension download failed to find extension: {e}");
             OperationError::NotFound(format!("failed to find file {filename}: {e}"))
@@ -701,10 +709,6 @@ fn pg_major(version: &str) -> Option<String> {
     let number = version.trim().strip_prefix("PostgreSQL ")?;
     let major: String = number.chars().take_while(char::is_ascii_digit).collect();
     (!major.is_empty()).then(|| format!("v{major}"))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
