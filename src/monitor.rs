@@ -74,6 +74,9 @@ pub struct Monitor {
     conn: Option<PgConnection>,
     /// The previous `pg_stat_database` sample (rule 1); the first one only primes.
     database_stats: Option<(f64, i64)>,
+    /// Held while compute_ctl reads the installed extensions: a check waits for that reading,
+    /// whose sessions are compute_ctl's, not activity.
+    extension_reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Monitor {
@@ -83,6 +86,7 @@ impl Monitor {
         period: Duration,
         experimental: Arc<AtomicBool>,
         postmaster: Option<Pid>,
+        extension_reading: Arc<tokio::sync::Mutex<()>>,
     ) -> Self {
         let options = node.connect_options(node.default_database(), "compute_ctl:compute_monitor");
         Self {
@@ -94,6 +98,7 @@ impl Monitor {
             postmaster,
             conn: None,
             database_stats: None,
+            extension_reading,
         }
     }
 
@@ -125,6 +130,9 @@ impl Monitor {
     async fn check_once(&mut self) -> bool {
         // Shorter than the period, so a hung Postgres is seen as down before the next check.
         let limit = self.period.mul_f64(0.8);
+        // A check waits for a reading to end, for a period at most: a hung Postgres, which
+        // holds the reading up too, must still be seen.
+        let _ = timeout(self.period, self.extension_reading.lock()).await;
         let result = match timeout(limit, self.check()).await {
             Ok(result) => result.map_err(|e| format!("{e:#}")),
             Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),

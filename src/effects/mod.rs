@@ -73,6 +73,8 @@ pub struct Effects {
     remote_ext: Arc<RemoteExtensions>,
     /// pgbouncer, with `--pgbouncer-ini`.
     pgbouncer: Option<Arc<Pgbouncer>>,
+    /// Held while the installed extensions are read (see [`ExtensionReading`]).
+    extension_reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Effects {
@@ -102,6 +104,7 @@ impl Effects {
             lfc,
             prestarted: attach::Slot::default(),
             pgbouncer: None,
+            extension_reading: Arc::default(),
         }
     }
 
@@ -151,6 +154,7 @@ impl Effects {
             prestarted: self.prestarted.clone(),
             remote_ext: self.remote_ext.clone(),
             pgbouncer: self.pgbouncer.clone(),
+            extension_reading: self.extension_reading.clone(),
         };
         if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
             &job
@@ -181,7 +185,9 @@ impl Effects {
                     work.reporter.event(Event::ConfigurationStarted);
                     if postgres_running {
                         // Reported as an event; nobody else waits for the error.
-                        let _ = work.reconfigure(spec, tls).await;
+                        if let Ok(reading) = work.reconfigure(spec, tls).await {
+                            work.read_extensions(reading).await;
+                        }
                     } else {
                         work.start(spec, tls).await
                     }
@@ -213,6 +219,7 @@ impl Effects {
                     self.monitor_period,
                     self.activity_monitor_experimental.clone(),
                     lock(&self.postmaster).as_ref().map(|p| p.pid),
+                    self.extension_reading.clone(),
                 );
                 self.spawn_cancellable(monitor.run());
                 if let Some(vm_monitor) = self.vm_monitor.take() {
@@ -316,6 +323,17 @@ struct Work {
     prestarted: attach::Slot,
     remote_ext: Arc<RemoteExtensions>,
     pgbouncer: Option<Arc<Pgbouncer>>,
+    extension_reading: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The right to read the installed extensions, taken by a configuration that succeeded before
+/// it reports `ConfigurationApplied`: the reading then runs in the background of a running
+/// compute (as on Neon), not on the path of the start or the `/configure`. The next apply
+/// waits for it, since a reading's session would hold a database that apply renames; and so
+/// does each check of the compute monitor, since its sessions would count as activity
+/// (`activity_monitor_experimental` counts every session in `pg_stat_database`).
+struct ExtensionReading {
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.
@@ -365,7 +383,7 @@ impl Work {
         // A fresh postmaster took every line of its files.
         self.reporter.warnings(Vec::new());
         let deadline = Instant::now() + self.node.configure_timeout;
-        let applied = self
+        let applied = match self
             .apply(
                 &spec,
                 crate::reconcile::startup_concurrency(&spec),
@@ -373,7 +391,13 @@ impl Work {
                 Some(tls.is_some()),
             )
             .await
-            .is_ok();
+        {
+            Ok(reading) => {
+                self.read_extensions(reading).await;
+                true
+            }
+            Err(_) => false,
+        };
         if applied && Self::updates_catalog(&spec) {
             // As Neon: at start only, in the background of a running compute; a failure is
             // counted and logged, and the compute stays up.
@@ -449,7 +473,7 @@ impl Work {
         &self,
         spec: Arc<ValidSpec>,
         tls: Option<TlsConfig>,
-    ) -> Result<(), String> {
+    ) -> Result<ExtensionReading, String> {
         let deadline = Instant::now() + self.node.configure_timeout;
         if let Err(error) = self.reload(&spec, tls.as_ref(), deadline).await {
             let error = format!("{error:#}");
@@ -501,7 +525,7 @@ impl Work {
         self.reporter.event(Event::Promoted);
         let began = Instant::now();
         match self.reconfigure(spec, tls).await {
-            Ok(()) => {
+            Ok(reading) => {
                 let reconfigure_time_ms = millis(began.elapsed());
                 tracing::info!(
                     lsn_wait_time_ms = timings.lsn_wait_time_ms,
@@ -514,6 +538,7 @@ impl Work {
                     pg_promote_time_ms: timings.pg_promote_time_ms,
                     reconfigure_time_ms,
                 });
+                self.read_extensions(reading).await;
             }
             Err(error) => fail(format!("promoted, but the spec was not applied: {error}")),
         }
@@ -665,10 +690,8 @@ impl Work {
         !spec.skip_pg_catalog_updates && spec.mode == ComputeMode::Primary
     }
 
-    /// Apply the spec by `deadline`, then read the installed extensions; whether it was
-    /// applied (`ConfigurationApplied`). The reading is part of the configuration, so that its
-    /// sessions are over before the monitor counts sessions (`activity_monitor_experimental`)
-    /// and never hold a database an apply renames.
+    /// Apply the spec by `deadline`; whether it was applied (`ConfigurationApplied`), and then
+    /// the reading of the installed extensions the caller owes once its own work is reported.
     ///
     /// With pgbouncer, the apply also makes its `auth_query` role and function; `start_pgbouncer`
     /// (at start: whether TLS is on) then starts it, a failure failing the configuration.
@@ -678,7 +701,10 @@ impl Work {
         concurrency: usize,
         deadline: Instant,
         start_pgbouncer: Option<bool>,
-    ) -> Result<(), String> {
+    ) -> Result<ExtensionReading, String> {
+        // A reading of the previous configuration may still hold sessions in the databases
+        // this apply renames or drops; it is bounded, and so is this wait.
+        let _ = tokio::time::timeout_at(deadline.into(), self.extension_reading.lock()).await;
         let began = Instant::now();
         let result = if !Self::updates_catalog(spec) {
             tracing::info!(
@@ -715,9 +741,12 @@ impl Work {
                 let took = began.elapsed();
                 tracing::info!(statements, "spec applied in {took:?}");
                 self.reporter.metrics(move |m| m.config_ms = millis(took));
-                self.read_extensions(deadline).await;
+                // Taken before `running`: the monitor started then waits for the reading.
+                let reading = ExtensionReading {
+                    _held: self.extension_reading.clone().lock_owned().await,
+                };
                 self.reporter.event(Event::ConfigurationApplied);
-                Ok(())
+                Ok(reading)
             }
             Err(error) => {
                 let error = format!("{error:#}");
@@ -729,10 +758,10 @@ impl Work {
         }
     }
 
-    /// Read the installed extensions for `/metrics` (as Neon does after a configuration), by
-    /// `deadline`; a failure only keeps the previous figures.
-    async fn read_extensions(&self, deadline: Instant) {
-        let limit = deadline.saturating_duration_since(Instant::now());
+    /// Read the installed extensions for `/metrics` (as Neon does after a configuration),
+    /// within `--configure-timeout`; a failure only keeps the previous figures.
+    async fn read_extensions(&self, reading: ExtensionReading) {
+        let limit = self.node.configure_timeout;
         match tokio::time::timeout(limit, extensions::installed(&self.node)).await {
             Ok(Ok(installed)) => {
                 if let Ok(json) =
@@ -745,6 +774,7 @@ impl Work {
             Ok(Err(error)) => tracing::warn!("reading the installed extensions: {error:#}"),
             Err(_) => tracing::warn!("reading the installed extensions timed out after {limit:?}"),
         }
+        drop(reading);
     }
 
     /// Stop Postgres if it runs, report a primary's final LSN, then report `Stopped`.
