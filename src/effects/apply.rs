@@ -26,12 +26,23 @@ use crate::spec::{READY_DATABASE_PREFIX, Reserved, ValidSpec};
 
 const APPLICATION_NAME: &str = "compute_ctl:apply_config";
 
-/// Bring roles and databases in line with the spec. Returns the number of statements run.
-pub async fn apply(node: &Node, spec: &ValidSpec, concurrency: usize) -> anyhow::Result<usize> {
-    let options = sql::options(node, node.default_database(), APPLICATION_NAME);
-    let mut conn = sql::connect(&options, sql::connect_timeout(node))
-        .await
-        .context("connecting to postgres to apply the spec")?;
+/// Bring roles and databases in line with the spec, on `session` (one of compute_ctl's on the
+/// default database) or a new one. Returns the number of statements run.
+pub async fn apply(
+    node: &Node,
+    spec: &ValidSpec,
+    concurrency: usize,
+    session: Option<PgConnection>,
+) -> anyhow::Result<usize> {
+    let mut conn = match session {
+        Some(session) => session,
+        None => {
+            let options = sql::options(node, node.default_database(), APPLICATION_NAME);
+            sql::connect(&options, sql::connect_timeout(node))
+                .await
+                .context("connecting to postgres to apply the spec")?
+        }
+    };
     let roles = Reserved::new(&node.superuser, &node.privileged_role);
     let catalog = read_catalog(&mut conn, &roles).await?;
     let plan = reconcile::plan(spec, &catalog, &roles)?;

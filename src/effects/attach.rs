@@ -18,7 +18,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::postgres::{self, Postmaster};
-use super::{Work, conf_check, lock, pgdata, sql, storage, tls, within};
+use super::{Started, Work, conf_check, lock, pgdata, sql, storage, tls, within};
 use crate::report::millis;
 use crate::spec::{Reserved, TlsConfig, ValidSpec};
 
@@ -56,21 +56,22 @@ impl Work {
         let reserved = Reserved::new(&self.node.superuser, &self.node.privileged_role);
         let spec = crate::spec::prestart_spec(&reserved);
         let started = async {
-            let (postmaster, took, backend) = self.start_postgres(&spec, None, true).await?;
+            let started = self.start_postgres(&spec, None, true).await?;
             let mut session = session(self).await?;
             let loaded = conf_load_time(&mut session).await?;
-            anyhow::Ok((postmaster, took, backend, loaded, session))
+            warm_ready_databases(self, &mut session).await?;
+            anyhow::Ok((started, loaded, session))
         };
         match started.await {
-            Ok((postmaster, took, backend, loaded, session)) => {
+            Ok((started, loaded, session)) => {
                 tracing::info!(
-                    ?took,
-                    storage = backend.name(),
+                    took = ?started.took,
+                    storage = started.backend.name(),
                     "postgres pre-started: waiting for a spec to attach"
                 );
                 *slot = Some(Prestarted {
-                    postmaster,
-                    backend,
+                    postmaster: started.postmaster,
+                    backend: started.backend,
                     loaded,
                     session,
                 });
@@ -110,13 +111,14 @@ impl Work {
         Some(prestarted)
     }
 
-    /// Give the pre-started Postgres the spec's configuration: what a cold start returns.
+    /// Give the pre-started Postgres the spec's configuration: what a cold start returns, with
+    /// the kept session for the apply.
     pub(super) async fn attach(
         &self,
         prestarted: Prestarted,
         spec: &ValidSpec,
         tls: Option<&TlsConfig>,
-    ) -> anyhow::Result<(Postmaster, Duration, Box<dyn storage::Backend>)> {
+    ) -> anyhow::Result<Started> {
         let began = Instant::now();
         let Prestarted {
             postmaster,
@@ -128,7 +130,12 @@ impl Work {
             .configure_prestarted(postmaster, &loaded, session, spec, tls, backend.ephemeral())
             .await;
         match configured {
-            Ok(postmaster) => Ok((postmaster, began.elapsed(), backend)),
+            Ok((postmaster, session)) => Ok(Started {
+                postmaster,
+                took: began.elapsed(),
+                backend,
+                session,
+            }),
             Err(error) => {
                 // As a failed cold start: no Postgres is left behind.
                 self.stop_unannounced().await;
@@ -145,7 +152,7 @@ impl Work {
         spec: &ValidSpec,
         tls: Option<&TlsConfig>,
         ephemeral: bool,
-    ) -> anyhow::Result<Postmaster> {
+    ) -> anyhow::Result<(Postmaster, Option<PgConnection>)> {
         let node = &self.node;
         let deadline = Instant::now() + node.configure_timeout;
         // Kept since the pre-start; should anything have closed it, a new one.
@@ -185,7 +192,7 @@ impl Work {
                 reloaded(&mut session, loaded),
             )
             .await?;
-            return Ok(postmaster);
+            return Ok((postmaster, Some(session)));
         }
         tracing::info!(
             settings = ?needs_restart,
@@ -200,7 +207,7 @@ impl Work {
         tracing::info!(?took, "pre-started postgres restarted");
         self.reporter
             .metrics(move |m| m.attach_restart_ms = millis(took).max(1));
-        Ok(postmaster)
+        Ok((postmaster, None))
     }
 
     /// Stop a postmaster nobody was told about (a pre-start's): its exit reports nothing.
@@ -218,6 +225,44 @@ impl Work {
 async fn session(work: &Work) -> anyhow::Result<PgConnection> {
     let options = sql::options(&work.node, work.node.default_database(), APPLICATION_NAME);
     sql::connect(&options, sql::connect_timeout(&work.node)).await
+}
+
+/// Have a session enter each ready database once, so the first session of the database a spec
+/// takes (the user's, most often) finds the relation cache's init file, which Postgres removes
+/// at every start and the first backend of a database writes (~2.5 ms of a new backend's ~5).
+/// A ready database is closed to connections: it is opened for this and closed again. Should
+/// compute_ctl die in between, an open one is never taken (see `apply::read_catalog`).
+async fn warm_ready_databases(work: &Work, session: &mut PgConnection) -> anyhow::Result<()> {
+    let ready: Vec<String> = sqlx::query_scalar(
+        "SELECT d.datname::text FROM pg_catalog.pg_database d \
+         JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) d.datdba \
+         WHERE r.rolname OPERATOR(pg_catalog.=) $1 AND NOT d.datallowconn \
+         AND NOT d.datistemplate AND d.datconnlimit OPERATOR(pg_catalog.<>) -2",
+    )
+    .bind(&work.node.superuser)
+    .fetch_all(&mut *session)
+    .await
+    .context("listing the ready databases")?;
+    let node = &work.node;
+    for name in ready
+        .iter()
+        .filter(|name| super::apply::is_ready_database(name, &node.superuser, &node.superuser))
+    {
+        let quoted = crate::quote::ident(name)?;
+        let alter = |allow: bool| format!("ALTER DATABASE {quoted} ALLOW_CONNECTIONS {allow}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(alter(true)))
+            .execute(&mut *session)
+            .await
+            .with_context(|| format!("opening ready database {name:?}"))?;
+        let options = sql::options(node, name, APPLICATION_NAME);
+        let entered = sql::connect(&options, sql::connect_timeout(node)).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(alter(false)))
+            .execute(&mut *session)
+            .await
+            .with_context(|| format!("closing ready database {name:?}"))?;
+        entered?.close().await.ok();
+    }
+    Ok(())
 }
 
 /// `pg_conf_load_time()` as `session` sees it: the postmaster's, once the session took the

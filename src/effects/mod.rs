@@ -332,6 +332,23 @@ struct Work {
 /// waits for it, since a reading's session would hold a database that apply renames; and so
 /// does each check of the compute monitor, since its sessions would count as activity
 /// (`activity_monitor_experimental` counts every session in `pg_stat_database`).
+/// How long a start's housekeeping (the installed extensions, Neon's migrations, the spare
+/// copy of a template) waits once the compute is `running`: a serverless compute is started
+/// for a client that connects at once, and on a small machine the new backends and the copy
+/// of that housekeeping would compete with its connection (measured with `bench/attach`: the
+/// first connection took 6-11 ms instead of 2-5).
+const FIRST_CLIENT_GRACE: Duration = Duration::from_millis(100);
+
+/// A Postgres that runs, as a start leaves it for the apply.
+struct Started {
+    postmaster: Postmaster,
+    /// How long the start took Postgres (`start_postgres_ms`).
+    took: Duration,
+    backend: Box<dyn storage::Backend>,
+    /// A session of compute_ctl's the apply may use instead of opening one (an attach's).
+    session: Option<sqlx::PgConnection>,
+}
+
 struct ExtensionReading {
     _held: tokio::sync::OwnedMutexGuard<()>,
 }
@@ -369,7 +386,12 @@ impl Work {
                 return;
             }
         };
-        let (postmaster, took, backend) = started;
+        let Started {
+            postmaster,
+            took,
+            backend,
+            session,
+        } = started;
         self.reporter
             .metrics(move |m| m.start_postgres_ms = millis(took));
         postmaster.announce();
@@ -389,10 +411,13 @@ impl Work {
                 crate::reconcile::startup_concurrency(&spec),
                 deadline,
                 Some(tls.is_some()),
+                session,
             )
             .await
         {
             Ok(reading) => {
+                // What follows is housekeeping: the client that woke the compute comes first.
+                tokio::time::sleep(FIRST_CLIENT_GRACE).await;
                 self.read_extensions(reading).await;
                 true
             }
@@ -426,7 +451,7 @@ impl Work {
         spec: &ValidSpec,
         tls: Option<&TlsConfig>,
         prestart: bool,
-    ) -> anyhow::Result<(Postmaster, std::time::Duration, Box<dyn storage::Backend>)> {
+    ) -> anyhow::Result<Started> {
         let backend = storage::choose(&self.storage, spec)?;
         // Checked before PGDATA is touched: a bad pair fails the start at once.
         let tls_pair = match tls {
@@ -463,7 +488,12 @@ impl Work {
         *lock(&self.postmaster) = Some(postmaster.clone());
         tracing::info!(pid = postmaster.pid.as_raw(), "postmaster started");
         postgres::wait_ready(&self.node, &postmaster).await?;
-        Ok((postmaster, began.elapsed(), backend))
+        Ok(Started {
+            postmaster,
+            took: began.elapsed(),
+            backend,
+            session: None,
+        })
     }
 
     /// Install the TLS pair, rewrite postgresql.conf, have Postgres check it, reload, apply the
@@ -482,7 +512,7 @@ impl Work {
             });
             return Err(error);
         }
-        self.apply(&spec, spec.reconfigure_concurrency, deadline, None)
+        self.apply(&spec, spec.reconfigure_concurrency, deadline, None, None)
             .await
     }
 
@@ -695,12 +725,14 @@ impl Work {
     ///
     /// With pgbouncer, the apply also makes its `auth_query` role and function; `start_pgbouncer`
     /// (at start: whether TLS is on) then starts it, a failure failing the configuration.
+    /// `session`, if any, is the apply's main session (otherwise it opens one).
     async fn apply(
         &self,
         spec: &ValidSpec,
         concurrency: usize,
         deadline: Instant,
         start_pgbouncer: Option<bool>,
+        session: Option<sqlx::PgConnection>,
     ) -> Result<ExtensionReading, String> {
         // A reading of the previous configuration may still hold sessions in the databases
         // this apply renames or drops; it is bounded, and so is this wait.
@@ -718,7 +750,7 @@ impl Work {
                 self.node.configure_timeout,
                 "applying the spec (roles and databases)",
                 async {
-                    let statements = apply::apply(&self.node, spec, concurrency).await?;
+                    let statements = apply::apply(&self.node, spec, concurrency, session).await?;
                     Ok(match &self.pgbouncer {
                         Some(_) => statements + pgbouncer::auth::ensure(&self.node).await?,
                         None => statements,

@@ -160,6 +160,10 @@ async fn an_attached_compute_is_a_cold_started_one() {
     let mut cold = Compute::new("prestart-cold");
     cold.start_raw(template_args(&cache, cold.config_args(&attach_spec())));
     cold.wait_for_status("running").await;
+    // Neon's migrations run in the background of both.
+    for c in [&pooled, &cold] {
+        c.wait_for_log("migrations done").await;
+    }
 
     let attached = fingerprint(&pooled).await;
     let started = fingerprint(&cold).await;

@@ -502,6 +502,20 @@ impl Compute {
         self.wait_for_status_within(target, STATUS_TIMEOUT).await
     }
 
+    /// Poll the log until it holds `text` (60 s at most): for what a running compute does in
+    /// its background (Neon's migrations, the installed extensions).
+    pub async fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + STATUS_TIMEOUT;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} not in the log within {STATUS_TIMEOUT:?}\n{}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// [`Compute::wait_for_status`] with another deadline.
     pub async fn wait_for_status_within(&mut self, target: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
