@@ -152,14 +152,25 @@ async fn template_is_built_once_reused_and_rebuilt_when_damaged_or_rekeyed() {
     second.connect("app").await;
     // The template itself is not written by the running compute (it is a copy).
     assert!(!built[0].join("data/postmaster.pid").exists());
+    // It leaves a spare, which the next start takes.
+    second
+        .wait_for_log("made a spare copy of the template")
+        .await;
     stop_immediately(&mut second).await;
 
-    // A file deleted from the template: detected, rebuilt, not used.
+    // A file deleted from the template: detected, rebuilt, never copied. A start that takes a
+    // spare (copied before the damage) checks the template once running and rebuilds it then.
     fs::remove_file(built[0].join("data/PG_VERSION")).unwrap();
     let mut third = Compute::new("tpl-deleted-file");
     start_template(&mut third, &cache);
     third.wait_for_status("running").await;
     third.assert_postgres_answers().await;
+    assert!(
+        third.log().contains("took a spare copy"),
+        "{}",
+        third.log_tail(40)
+    );
+    third.wait_for_log("template built in").await;
     assert!(
         third.log().contains("the cached template is unusable"),
         "{}",

@@ -10,6 +10,9 @@
 //! start never sees a half-built one. Every start checks the stamp (its checksum, then every
 //! listed entry's type, size and mtime) before copying: a truncated or missing stamp, or a
 //! deleted, truncated or rewritten file, makes it rebuild the template instead of using it.
+//! A start that takes a spare (below) checks the stamp only, since the spare was copied right
+//! after the files were checked; it checks the files once running, and a damaged template is
+//! then rebuilt in the background.
 //! Silent corruption of a file's contents with its size and mtime unchanged is the
 //! filesystem's business: hashing the 40 MB of a template at every start would cost more than
 //! the copy. Concurrent starts that find no template take the key's lock in turn: the first
@@ -39,7 +42,7 @@ mod spares;
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -53,7 +56,9 @@ use crate::report::millis;
 
 #[derive(Debug)]
 pub struct Template {
-    pub cache: PathBuf,
+    cache: PathBuf,
+    /// This start took a spare without checking the template's files: `after_start` does.
+    unchecked: AtomicBool,
 }
 
 impl Backend for Template {
@@ -70,48 +75,37 @@ impl Backend for Template {
             let node = cx.node;
             let key = key(node)?;
             let dir = cache::template(&self.cache, &key);
-            // Claiming PGDATA (wiping the previous start's files) and finding the template
-            // are independent: they run together.
+            // Claiming PGDATA (wiping the previous start's files) and reading the template's
+            // stamp are independent: they run together.
             let claim = pgdata::claim(node);
-            let template = async {
-                let (cache, key_owned, dir_owned) = (self.cache.clone(), key.clone(), dir.clone());
-                let (checked, reading) = tokio::task::spawn_blocking(move || {
-                    let reading = cache::read_lock(&cache, &key_owned)?;
-                    anyhow::Ok((Manifest::verify(&dir_owned), reading))
+            let stamp = {
+                let (cache, key, dir) = (self.cache.clone(), key.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || {
+                    let reading = cache::read_lock(&cache, &key)?;
+                    anyhow::Ok((Manifest::read(&dir), reading))
                 })
-                .await??;
-                match checked {
-                    Ok(manifest) => {
-                        tracing::info!(template = %dir.display(), "using the cached template");
-                        Ok((manifest, true, reading))
-                    }
-                    Err(why) => {
-                        // A shared lock cannot become the builder's exclusive one in place.
-                        drop(reading);
-                        build(node, &self.cache, &key, &dir, &why)
-                            .await
-                            .map(|manifest| (manifest, false, None))
-                    }
-                }
             };
-            let (claimed, manifest) = tokio::join!(claim, template);
+            let (claimed, stamp) = tokio::join!(claim, stamp);
             claimed?;
-            // `_reading` is held until the template is copied (dropped at the end of scope).
-            let (manifest, verified, _reading) = manifest?;
+            // `reading` is held until the template is copied.
+            let (stamp, reading) = stamp??;
             let began = Instant::now();
-            if verified {
-                // A spare (a copy made in the background after an earlier start) is only
-                // taken when the template it was copied from verified just now.
+            if let Ok(manifest) = &stamp {
+                tracing::info!(template = %dir.display(), "using the cached template");
+                // A spare was copied from this very build of the template (its tag names the
+                // stamp's checksum) right after the template's files were checked: taking it
+                // needs the stamp only. The files are checked again after the start.
                 let (node, cache, key, tag) = (
                     node.clone(),
                     self.cache.clone(),
                     key.clone(),
-                    spares::tag(&manifest)?,
+                    spares::tag(manifest)?,
                 );
                 let taken =
                     tokio::task::spawn_blocking(move || spares::take(&node, &cache, &key, &tag))
                         .await??;
                 if taken {
+                    self.unchecked.store(true, Ordering::Relaxed);
                     let took = began.elapsed();
                     tracing::info!("took a spare copy of the template in {took:?}");
                     cx.reporter
@@ -119,6 +113,24 @@ impl Backend for Template {
                     return Ok(());
                 }
             }
+            // No spare: the template's files are checked before they are copied.
+            let checked = match stamp {
+                Ok(manifest) => {
+                    let dir = dir.clone();
+                    tokio::task::spawn_blocking(move || manifest.check(&dir).map(|()| manifest))
+                        .await?
+                }
+                Err(why) => Err(why),
+            };
+            let (manifest, _reading) = match checked {
+                Ok(manifest) => (manifest, reading),
+                Err(why) => {
+                    // A shared lock cannot become the builder's exclusive one in place.
+                    drop(reading);
+                    (build(node, &self.cache, &key, &dir, &why).await?, None)
+                }
+            };
+            let began = Instant::now();
             let (from, to, owner) = (dir.join("data"), node.pgdata.clone(), owner(node));
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
             let copied = tokio::task::spawn_blocking(move || {
@@ -145,7 +157,43 @@ impl Backend for Template {
     }
 
     fn after_start<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, ()> {
-        Box::pin(spares::replenish(node, &self.cache))
+        Box::pin(async move {
+            if self.unchecked.load(Ordering::Relaxed) {
+                self.check_after_start(node).await;
+            }
+            spares::replenish(node, &self.cache).await
+        })
+    }
+}
+
+impl Template {
+    pub fn new(cache: PathBuf) -> Self {
+        Self {
+            cache,
+            unchecked: AtomicBool::new(false),
+        }
+    }
+
+    /// Check the files of the template a start took a spare of; a damaged one is rebuilt now,
+    /// in the background of the running compute, rather than on the next start's path.
+    async fn check_after_start(&self, node: &Node) {
+        let checked = async {
+            let key = key(node)?;
+            let dir = cache::template(&self.cache, &key);
+            let (cache, key_owned, dir_owned) = (self.cache.clone(), key.clone(), dir.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                let _reading = cache::read_lock(&cache, &key_owned)?;
+                anyhow::Ok(Manifest::verify(&dir_owned))
+            })
+            .await??;
+            if let Err(why) = checked {
+                build(node, &self.cache, &key, &dir, &why).await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(error) = checked.await {
+            tracing::warn!("checking the cached template after the start: {error:#}");
+        }
     }
 }
 

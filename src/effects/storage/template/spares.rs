@@ -9,9 +9,10 @@
 //! Spares lie in the cache beside the templates (see [`super::cache`]).
 //!
 //! A start takes a spare with one `rename` into PGDATA: among concurrent starts exactly one
-//! wins it, the others find it gone and copy the template. A spare is taken only when the
-//! template of its key verified at this start and its tag names that very build of the template
-//! (the SHA-256 of its manifest) and this boot of the machine (spares are not synced: after a
+//! wins it, the others find it gone and copy the template. A spare is made only from a template
+//! whose files were checked just before, and taken only when the stamp of its key's template
+//! reads back intact and the spare's tag names that very build of the template (the SHA-256 of
+//! its manifest) and this boot of the machine (spares are not synced: after a
 //! crash of the machine their contents are not trusted). At most one spare per key waits.
 //! When the cache and PGDATA lie on different filesystems the rename cannot work: spares are
 //! then neither made nor taken.
