@@ -18,7 +18,8 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::postgres::{self, Postmaster};
-use super::{Started, Work, conf_check, lock, pgdata, sql, storage, tls, within};
+use super::start::Started;
+use super::{Work, conf_check, lock, pgdata, sql, storage, tls, within};
 use crate::report::millis;
 use crate::spec::{Reserved, TlsConfig, ValidSpec};
 

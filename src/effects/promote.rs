@@ -5,15 +5,18 @@
 //! Until `pg_promote()` succeeds nothing has changed, so every failure before it leaves the
 //! replica as it was.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use compute_states::Event;
 use sqlx::PgConnection;
 
-use super::sql;
+use super::{Work, lock, sql};
 use crate::node::Node;
 use crate::quote;
-use crate::spec::{Lsn, ValidSpec};
+use crate::report::{PromoteState, millis};
+use crate::spec::{ComputeMode, Lsn, TlsConfig, ValidSpec};
 
 /// How long replay may take to reach the primary's last flush (Neon: 20 tries, 1 s apart).
 pub const CATCH_UP: Duration = Duration::from_secs(20);
@@ -155,4 +158,69 @@ async fn point_at_safekeepers(conn: &mut PgConnection, spec: &ValidSpec) -> anyh
             .with_context(|| statement)?;
     }
     Ok(())
+}
+
+impl Work {
+    /// Promote the replica, then apply `spec` as a primary; the outcome goes to the callers
+    /// of `/promote` as well as to the machine.
+    pub(super) async fn promote(
+        &self,
+        spec: Arc<ValidSpec>,
+        tls: Option<TlsConfig>,
+        wal_flush_lsn: Lsn,
+    ) {
+        let fail = |error: String| {
+            tracing::error!("promotion failed: {error}");
+            self.reporter
+                .promote_outcome(PromoteState::Failed { error });
+        };
+        let mode = *lock(&self.mode);
+        if mode != Some(ComputeMode::Replica) {
+            let mode = mode.map_or("none", |m| m.as_str());
+            let error = format!("the compute is not a replica (mode {mode})");
+            self.reporter.event(Event::PromotionFailed {
+                error: error.clone(),
+            });
+            return fail(error);
+        }
+        let timings = match promote(&self.node, &spec, wal_flush_lsn).await {
+            Ok(timings) => timings,
+            Err(failure) => {
+                let error = format!("{:#}", failure.error);
+                if failure.promoted {
+                    *lock(&self.mode) = Some(ComputeMode::Primary);
+                    self.reporter.event(Event::Promoted);
+                    self.reporter.event(Event::ConfigurationFailed {
+                        error: error.clone(),
+                    });
+                } else {
+                    self.reporter.event(Event::PromotionFailed {
+                        error: error.clone(),
+                    });
+                }
+                return fail(error);
+            }
+        };
+        *lock(&self.mode) = Some(ComputeMode::Primary);
+        self.reporter.event(Event::Promoted);
+        let began = Instant::now();
+        match self.reconfigure(spec, tls).await {
+            Ok(reading) => {
+                let reconfigure_time_ms = millis(began.elapsed());
+                tracing::info!(
+                    lsn_wait_time_ms = timings.lsn_wait_time_ms,
+                    pg_promote_time_ms = timings.pg_promote_time_ms,
+                    reconfigure_time_ms,
+                    "promoted to primary"
+                );
+                self.reporter.promote_outcome(PromoteState::Completed {
+                    lsn_wait_time_ms: timings.lsn_wait_time_ms,
+                    pg_promote_time_ms: timings.pg_promote_time_ms,
+                    reconfigure_time_ms,
+                });
+                self.read_extensions(reading).await;
+            }
+            Err(error) => fail(format!("promoted, but the spec was not applied: {error}")),
+        }
+    }
 }
