@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use super::sql;
 use crate::node::Node;
 use crate::reconcile::migrations::{self, Migration};
-use crate::reconcile::{self, Catalog, DatabaseState, Phase, RoleState, Statement};
+use crate::reconcile::{self, Catalog, DatabaseState, Phase, ReadyDatabase, RoleState, Statement};
 use crate::reconcile::{DatabaseAttrs, RoleAttrs};
 use crate::spec::{READY_DATABASE_PREFIX, Reserved, ValidSpec};
 
@@ -268,7 +268,8 @@ async fn read_catalog(conn: &mut PgConnection, roles: &Reserved<'_>) -> anyhow::
         };
         catalog.roles.insert(row.try_get(0)?, state);
     }
-    // `granted`: the privileged role holds CREATE by a grant on the database's own ACL;
+    // `granted`: the privileged role holds CREATE by a grant on the database's own ACL (for a
+    // ready database: it was set up ahead, see `ReadyDatabase::granted`);
     // `subscriptions`: pg_subscription is shared, so one read covers every database.
     for row in sqlx::query(
         "SELECT d.datname::text, r.rolname::text, d.datallowconn, d.datconnlimit, \
@@ -306,13 +307,17 @@ async fn read_catalog(conn: &mut PgConnection, roles: &Reserved<'_>) -> anyhow::
             // compute_ctl's own: never the user's. Taken only when intact (connectable ones
             // were not made by compute_ctl, or someone used them).
             if !state.invalid && !state.attrs.allow_connections && !state.attrs.is_template {
-                catalog.ready.push((name, state.attrs));
+                catalog.ready.push(ReadyDatabase {
+                    name,
+                    attrs: state.attrs,
+                    granted: state.granted,
+                });
             }
             continue;
         }
         catalog.databases.insert(name, state);
     }
-    catalog.ready.sort_by(|a, b| a.0.cmp(&b.0));
+    catalog.ready.sort_by(|a, b| a.name.cmp(&b.name));
     let (health_check, marks, file_copy): (bool, bool, bool) = sqlx::query_as(
         "SELECT pg_catalog.to_regclass('public.health_check') IS NOT NULL, \
          pg_catalog.to_regclass('neon.drop_subscriptions_done') IS NOT NULL, \

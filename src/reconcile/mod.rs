@@ -13,7 +13,9 @@
 //! runs on several sessions at once (`CREATE DATABASE` cannot share a transaction, so each is a
 //! round trip of its own). A new database without creation-only options takes an empty one
 //! made ahead ([`Catalog::ready`]) with `ALTER DATABASE … RENAME TO`, which costs a catalog
-//! update instead of a copy of `template1`.
+//! update instead of a copy of `template1`; one that was set up for the privileged role when it
+//! was made ([`ReadyDatabase::granted`]) needs no schema-privileges work either, unless
+//! `web_access` exists (Neon's block gives it `CREATE` on schema `public`).
 //!
 //! The planner walks an in-memory copy of the catalog through the phases, so every statement is
 //! planned against the state the previous ones leave; and it only plans what changes
@@ -42,7 +44,7 @@ pub struct Catalog {
     /// Empty databases compute_ctl made ahead ([`crate::spec::READY_DATABASE_PREFIX`], owned by
     /// its superuser, not connectable), in the order they are taken: never in `databases`,
     /// never the user's until a spec database takes one.
-    pub ready: Vec<(String, DatabaseAttrs)>,
+    pub ready: Vec<ReadyDatabase>,
     /// `CREATE DATABASE` gets `STRATEGY FILE_COPY` (unless the spec names a strategy):
     /// Postgres runs with `fsync = off` on local storage, where copying the files is about twice
     /// as fast as WAL-logging every page (the default); with fsync on it is far slower
@@ -79,6 +81,19 @@ pub struct DatabaseState {
     pub granted: bool,
     /// How many logical-replication subscriptions it holds (`pg_subscription` is shared).
     pub subscriptions: usize,
+}
+
+/// An empty database made ahead, for a spec database to take ([`Catalog::ready`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadyDatabase {
+    pub name: String,
+    pub attrs: DatabaseAttrs,
+    /// Set up for the privileged role when it was made, as the schema-privileges phase sets up
+    /// a database its superuser owns: granted to the privileged role (the same test as
+    /// [`DatabaseState::granted`]) and, inside, [`neon::default_privileges`]. The template
+    /// backend does both when it builds a template, so a database that takes it needs no
+    /// session of its own in that phase.
+    pub granted: bool,
 }
 
 /// One SQL statement of a phase.
@@ -454,6 +469,10 @@ pub fn plan_with_outcome(
     // Spec databases granted to the privileged role by this plan: their schema `public` is
     // set up below.
     let mut granted = Vec::new();
+    // A taken ready database that was set up ahead skips the schema-privileges phase, unless
+    // `web_access` exists then: Neon's block also lets it create in schema `public`, which
+    // the template could not do for a role it did not know.
+    let web_access = now.roles.contains_key(neon::WEB_ACCESS);
     for (db, wanted) in spec.databases() {
         let name = quote::ident(&db.name)?;
         let owner = quote::ident(&db.owner)?;
@@ -462,13 +481,22 @@ pub fn plan_with_outcome(
             None => {
                 let mut attrs = DatabaseAttrs::default();
                 attrs.apply(wanted);
+                // Whether the database is set up for the privileged role already: a ready
+                // one granted ahead (see `web_access` above).
+                let mut set_up = false;
                 if !creation_only(wanted) && !now.ready.is_empty() {
                     // What CREATE DATABASE … OWNER would leave, in one transaction: the
-                    // ready database has template1's contents, encoding and locale, no ACL.
-                    let (ready, has) = now.ready.remove(0);
+                    // ready database has template1's contents, encoding and locale, and no
+                    // ACL but, when set up ahead, its grant to the privileged role. `OWNER TO`
+                    // hands that over as the grant after `CREATE DATABASE` would leave it (the
+                    // old owner, as grantee and as grantor, becomes the new one); its default
+                    // privileges are its superuser's, as the apply gives them; and schema
+                    // `public` belongs to `pg_database_owner` (PostgreSQL 15 and newer), so
+                    // Neon's block would not change its owner.
+                    let ready = now.ready.remove(0);
                     statements.push(Statement::batched(format!(
                         "ALTER DATABASE {} RENAME TO {name}",
-                        quote::ident(&ready)?
+                        quote::ident(&ready.name)?
                     )));
                     statements.push(Statement::batched(format!(
                         "ALTER DATABASE {name} OWNER TO {owner}"
@@ -479,13 +507,14 @@ pub fn plan_with_outcome(
                         connection_limit: Some(attrs.connection_limit),
                         is_template: Some(attrs.is_template),
                     };
-                    let changes = has.alter_clauses(&target);
+                    let changes = ready.attrs.alter_clauses(&target);
                     if !changes.is_empty() {
                         statements.push(Statement::batched(format!(
                             "ALTER DATABASE {name} WITH {}",
                             changes.join(" ")
                         )));
                     }
+                    set_up = ready.granted && !web_access;
                 } else {
                     let opts: String = wanted.create.iter().map(|c| format!("{c} ")).collect();
                     let strategy = match now.file_copy
@@ -504,7 +533,7 @@ pub fn plan_with_outcome(
                         owner: db.owner.clone(),
                         attrs,
                         invalid: false,
-                        granted: false,
+                        granted: set_up,
                         subscriptions: 0,
                     },
                 );

@@ -78,7 +78,7 @@ pub fn schema_privileges(owner: &str, admin: &str, privileged: &str) -> Result<S
     // Refuses what no name may hold (NUL); dollar quoting itself takes any text.
     quote::ident(owner)?;
     quote::ident(admin)?;
-    let privileged = quote::ident(privileged)?;
+    let [tables, sequences] = default_privileges(privileged)?;
     let body = format!(
         "DECLARE
     public_owner pg_catalog.oid;
@@ -95,16 +95,32 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER SCHEMA public OWNER TO %I', {owner});
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-               WHERE r.rolname OPERATOR(pg_catalog.=) 'web_access') THEN
-        GRANT CREATE ON SCHEMA public TO web_access;
+               WHERE r.rolname OPERATOR(pg_catalog.=) '{WEB_ACCESS}') THEN
+        GRANT CREATE ON SCHEMA public TO {WEB_ACCESS};
     END IF;
-    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO {privileged} WITH GRANT OPTION;
-    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO {privileged} WITH GRANT OPTION;
+    {tables};
+    {sequences};
 END",
         admin = quote::dollar(admin),
         owner = quote::dollar(owner),
     );
     Ok(do_block(&body))
+}
+
+/// The role Neon's [`schema_privileges`] lets create in schema `public` when it exists.
+pub const WEB_ACCESS: &str = "web_access";
+
+/// The default-privileges part of [`schema_privileges`], run in the database as compute_ctl's
+/// superuser: what it creates in schema `public` later is granted to the privileged role with
+/// grant option. Also run by the template backend in each of its ready databases.
+pub fn default_privileges(privileged: &str) -> Result<[String; 2], QuoteError> {
+    let privileged = quote::ident(privileged)?;
+    Ok(["TABLES", "SEQUENCES"].map(|kind| {
+        format!(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {kind} TO {privileged} \
+             WITH GRANT OPTION"
+        )
+    }))
 }
 
 /// §6.6, run in the database: drop each of its logical-replication subscriptions without

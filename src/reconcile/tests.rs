@@ -723,16 +723,18 @@ fn databases_spec(databases: &[(&str, &[[&str; 3]])]) -> ValidSpec {
     .unwrap()
 }
 
-/// How the template backend's ready databases look in the catalog.
-fn ready(names: &[&str]) -> Vec<(String, DatabaseAttrs)> {
+/// How the template backend's ready databases look in the catalog; `granted`: set up for the
+/// privileged role when the template was built (not by older layouts).
+fn ready(names: &[&str], granted: bool) -> Vec<ReadyDatabase> {
     names
         .iter()
-        .map(|n| {
-            let attrs = DatabaseAttrs {
+        .map(|n| ReadyDatabase {
+            name: n.to_string(),
+            attrs: DatabaseAttrs {
                 allow_connections: false,
                 ..DatabaseAttrs::default()
-            };
-            (n.to_string(), attrs)
+            },
+            granted,
         })
         .collect()
 }
@@ -766,7 +768,7 @@ fn a_new_database_takes_a_ready_one_unless_it_asks_for_creation_options() {
         ("late", &[]),
     ]);
     let mut catalog = prepared();
-    catalog.ready = ready(&["compute_ctl_ready_0", "compute_ctl_ready_1"]);
+    catalog.ready = ready(&["compute_ctl_ready_0", "compute_ctl_ready_1"], false);
     let (plan, after) = plan_with_outcome(&spec, &catalog, &ADMIN).unwrap();
     let b = |sql: &str| (sql.to_owned(), false);
     assert_eq!(
@@ -825,11 +827,123 @@ fn a_new_database_takes_a_ready_one_unless_it_asks_for_creation_options() {
     assert_idempotent(&spec, &catalog);
 }
 
+/// The statements of the schema-privileges phase, `[db] sql`.
+fn schema_privileges_of(plan: &Plan) -> Vec<String> {
+    render(plan)
+        .into_iter()
+        .find(|(name, _)| *name == "schema privileges")
+        .map(|(_, statements)| statements)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_ready_database_set_up_ahead_needs_no_schema_privileges() {
+    let spec = databases_spec(&[("plain", &[]), ("late", &[])]);
+    let mut catalog = prepared();
+    catalog.ready = ready(&["compute_ctl_ready_0"], true);
+    let (plan, after) = plan_with_outcome(&spec, &catalog, &ADMIN).unwrap();
+    // "plain" took the ready database: renamed and handed over, nothing to grant.
+    assert_eq!(
+        groups(&plan)[0],
+        (
+            "plain".to_owned(),
+            vec![
+                (
+                    "ALTER DATABASE \"compute_ctl_ready_0\" RENAME TO \"plain\"".to_owned(),
+                    false
+                ),
+                (
+                    "ALTER DATABASE \"plain\" OWNER TO \"app\"".to_owned(),
+                    false
+                ),
+                (
+                    "ALTER DATABASE \"plain\" WITH ALLOW_CONNECTIONS true".to_owned(),
+                    false
+                ),
+            ]
+        )
+    );
+    // Only the created one is set up in the schema-privileges phase.
+    assert_eq!(
+        schema_privileges_of(&plan),
+        [
+            format!(
+                "[late] {}",
+                neon::grant_database("late", "neon_superuser").unwrap()
+            ),
+            format!(
+                "[late] {}",
+                neon::schema_privileges("app", "cloud_admin", "neon_superuser").unwrap()
+            ),
+        ]
+    );
+    assert!(after.databases["plain"].granted);
+    assert_idempotent(&spec, &catalog);
+
+    // One not set up ahead (a template of an older layout) gets today's phase.
+    catalog.ready = ready(&["compute_ctl_ready_0"], false);
+    let older = super::plan(&spec, &catalog, &ADMIN).unwrap();
+    let set_up: Vec<String> = schema_privileges_of(&older)
+        .into_iter()
+        .filter(|s| s.starts_with("[plain] "))
+        .collect();
+    assert_eq!(set_up.len(), 2, "{set_up:?}");
+}
+
+#[test]
+fn a_ready_database_set_up_ahead_still_lets_web_access_create() {
+    // `web_access` exists after the role phases, whether it was there or the spec makes it:
+    // Neon's block grants it CREATE on schema public, so the taken database gets the phase.
+    let with_role = |roles: serde_json::Value| {
+        parse_spec(
+            serde_json::json!({"format_version": 1.0, "suspend_timeout_seconds": -1,
+                "cluster": {"roles": roles,
+                            "databases": [{"name": "plain", "owner": "app", "options": null}]}})
+            .to_string()
+            .as_bytes(),
+            &ADMIN,
+        )
+        .unwrap()
+    };
+    let app = serde_json::json!({"name": "app", "encrypted_password": null, "options": null});
+    let web =
+        serde_json::json!({"name": "web_access", "encrypted_password": null, "options": null});
+    let mut existing = prepared();
+    existing.ready = ready(&["compute_ctl_ready_0"], true);
+    existing.roles.insert("web_access".to_owned(), role(None));
+    let mut made = prepared();
+    made.ready = ready(&["compute_ctl_ready_0"], true);
+    for (spec, catalog) in [
+        (with_role(serde_json::json!([app.clone()])), existing),
+        (
+            with_role(serde_json::json!([app.clone(), web.clone()])),
+            made,
+        ),
+    ] {
+        let (plan, after) = plan_with_outcome(&spec, &catalog, &ADMIN).unwrap();
+        assert_eq!(
+            schema_privileges_of(&plan),
+            [
+                format!(
+                    "[plain] {}",
+                    neon::grant_database("plain", "neon_superuser").unwrap()
+                ),
+                format!(
+                    "[plain] {}",
+                    neon::schema_privileges("app", "cloud_admin", "neon_superuser").unwrap()
+                ),
+            ]
+        );
+        assert!(after.databases["plain"].granted);
+        assert_idempotent(&spec, &catalog);
+    }
+}
+
 #[test]
 fn ready_databases_are_left_alone_when_nothing_is_created() {
     let spec = databases_spec(&[("plain", &[])]);
     let (_, mut catalog) = plan_with_outcome(&spec, &prepared(), &ADMIN).unwrap();
-    catalog.ready = ready(&["compute_ctl_ready_0"]);
+    catalog.ready = ready(&["compute_ctl_ready_0"], true);
     let (plan, after) = plan_with_outcome(&spec, &catalog, &ADMIN).unwrap();
     assert!(plan.is_empty(), "{plan:#?}");
     assert_eq!(after.ready, catalog.ready);

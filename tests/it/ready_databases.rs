@@ -1,7 +1,9 @@
 //! Databases made ahead and the database phase against the real binary and PostgreSQL 15: a
 //! spec database taken from one of the template's ready databases ends up exactly as one
 //! `CREATE DATABASE` makes (compared with a compute on the `initdb` backend, which has none);
-//! one asking for creation-only options is created; the ready ones never show in
+//! one asking for creation-only options is created; the template set up what a first apply
+//! made (privileged role, health check, the taken database's grant and default privileges), and
+//! a role `web_access` still gets `CREATE` on a taken database's schema; the ready ones never show in
 //! `/dbs_and_roles`, and a spec may not name their prefix; a database phase of many databases,
 //! run on several sessions, reports the one that failed and keeps the others.
 
@@ -158,6 +160,56 @@ async fn a_taken_ready_database_is_what_create_database_makes() {
     created.terminate(Some("immediate")).await;
 }
 
+/// With a role `web_access`, a taken database lets it create in schema `public`, as a created
+/// one does (Neon's schema-privileges step; the template could not do it ahead).
+#[tokio::test(flavor = "multi_thread")]
+async fn web_access_may_create_in_a_taken_database_as_in_a_created_one() {
+    let cache_dir = shared_tempdir("compute-ctl-ready-cache-");
+    let cache = cache_dir.path().join("templates");
+    let spec = spec(
+        vec![role("app", None), role("web_access", None)],
+        vec![database("plain", "app")],
+        vec![],
+    );
+    let mut template = Compute::new("ready-web-template");
+    start_with_storage(
+        &mut template,
+        &spec,
+        &template_args(&cache)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let mut created = Compute::new("ready-web-initdb");
+    start_with_storage(&mut created, &spec, &["--storage", "initdb"]);
+    template.wait_for_status("running").await;
+    created.wait_for_status("running").await;
+
+    let mut conn = template.connect("postgres").await;
+    assert_eq!(
+        ready(&mut conn).await,
+        [format!("{PREFIX}1")],
+        "one was taken"
+    );
+    conn.close().await.ok();
+    for c in [&template, &created] {
+        let mut conn = c.connect("plain").await;
+        let may: bool =
+            sqlx::query_scalar("SELECT has_schema_privilege('web_access', 'public', 'CREATE')")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert!(may, "{}", c.log_tail(20));
+        conn.close().await.ok();
+    }
+    assert_eq!(
+        catalog_state(&template, "plain").await,
+        catalog_state(&created, "plain").await
+    );
+    template.terminate(Some("immediate")).await;
+    created.terminate(Some("immediate")).await;
+}
+
 /// Ready databases are never reported, and a spec may not name their prefix.
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_databases_are_invisible_and_their_prefix_is_refused() {
@@ -181,6 +233,45 @@ async fn ready_databases_are_invisible_and_their_prefix_is_refused() {
     let mut conn = c.connect("postgres").await;
     let left = ready(&mut conn).await;
     assert_eq!(left, [format!("{PREFIX}1")], "one of two was taken");
+    // The template's catalog held the rest of a first apply: the privileged role, the health
+    // check, and the taken database's grant and default privileges.
+    let log = c.log();
+    for phase in [
+        "create privileged role",
+        "schema privileges",
+        "extensions and health check",
+    ] {
+        assert!(
+            !log.contains(&format!("apply phase: {phase}")),
+            "{phase}:\n{}",
+            c.log_tail(30)
+        );
+    }
+    let granted: bool =
+        sqlx::query_scalar("SELECT has_database_privilege('neon_superuser', 'app', 'CREATE')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(granted);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM public.health_check WHERE id = 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    let mut inside = c.connect("app").await;
+    let defaults: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s %s %s', defaclrole::regrole, defaclobjtype, defaclacl) \
+         FROM pg_default_acl ORDER BY 1",
+    )
+    .fetch_all(&mut inside)
+    .await
+    .unwrap();
+    assert_eq!(defaults.len(), 2, "{defaults:?}");
+    assert!(
+        defaults.iter().all(|d| d.contains("neon_superuser=")),
+        "{defaults:?}"
+    );
+    inside.close().await.ok();
 
     let (code, body) =
         Compute::response(c.http().get(c.url("/dbs_and_roles")).send().await.unwrap()).await;

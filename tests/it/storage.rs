@@ -210,6 +210,48 @@ async fn template_is_built_once_reused_and_rebuilt_when_damaged_or_rekeyed() {
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(now.contains(&built[0]));
     stop_immediately(&mut other).await;
+
+    // Another privileged role: the template's catalog is prepared for it (the role, the ready
+    // databases' grants), so it is another key too, and a template of its own.
+    let mut renamed = Compute::new("tpl-other-privileged");
+    let mut args = renamed.config_args(&small_spec());
+    args.extend(
+        [
+            "--storage",
+            "template",
+            "--template-cache",
+            cache.to_str().unwrap(),
+            "--privileged-role-name",
+            "db_admin",
+        ]
+        .map(OsString::from),
+    );
+    renamed.start_raw(args);
+    renamed.wait_for_status("running").await;
+    assert!(
+        renamed
+            .log()
+            .contains("building the template (first start with this key)")
+    );
+    assert_eq!(templates(&cache).len(), 3);
+    let mut conn = renamed.connect("app").await;
+    let (roles, granted): (Vec<String>, bool) = (
+        sqlx::query_scalar(
+            "SELECT rolname::text FROM pg_roles \
+             WHERE rolname IN ('db_admin', 'neon_superuser') ORDER BY 1",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap(),
+        sqlx::query_scalar("SELECT has_database_privilege('db_admin', 'app', 'CREATE')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(roles, ["db_admin"]);
+    assert!(granted);
+    sqlx::Connection::close(conn).await.ok();
+    stop_immediately(&mut renamed).await;
 }
 
 /// Building a template removes those of a `postgres` binary since replaced at the same path

@@ -1,5 +1,5 @@
 //! What identifies a template: its key (the binaries, superuser, initdb options and owner that
-//! decide initdb's output), the `origin` it was built with, and the stamp: the manifest of its
+//! decide initdb's output, and the privileged role its catalog is prepared for), the `origin` it was built with, and the stamp: the manifest of its
 //! data directory (every entry's type, mode, size and mtime, under a SHA-256), checked at every
 //! start before a copy.
 
@@ -20,7 +20,9 @@ pub(super) const ORIGIN: &str = "origin";
 const STAMP_HEADER: &str = "compute_ctl template 1";
 /// Bump when the layout of a template changes, so old caches are not mistaken for new ones.
 /// Layout 2: the template holds ready databases (see [`super::READY_DATABASES`]).
-const LAYOUT: &str = "layout 2";
+/// Layout 3: it also holds the privileged role and `public.health_check`, and its ready
+/// databases are set up for the privileged role (see [`super::prepare_catalog`]).
+const LAYOUT: &str = "layout 3";
 
 /// The uid and gid the files of PGDATA belong to: the Postgres user's when compute_ctl is root,
 /// else compute_ctl's own (and nothing is changed).
@@ -30,7 +32,8 @@ pub(super) fn owner(node: &Node) -> Option<(u32, u32)> {
         .map(|user| (user.uid.as_raw(), user.gid.as_raw()))
 }
 
-/// The cache key: what decides the bytes `initdb` writes, as 16 hex digits.
+/// The cache key: what decides the bytes `initdb` writes, and the privileged role the
+/// template's catalog is prepared for, as 16 hex digits.
 pub(super) fn key(node: &Node) -> anyhow::Result<String> {
     let mut hash = Sha256::new();
     hash.update(format!("{LAYOUT}\n"));
@@ -44,9 +47,10 @@ pub(super) fn key(node: &Node) -> anyhow::Result<String> {
         )
     });
     hash.update(format!(
-        "superuser {:?}\ninitdb {:?}\nowner {uid}:{gid}\n",
+        "superuser {:?}\ninitdb {:?}\nowner {uid}:{gid}\nprivileged role {:?}\n",
         node.superuser,
-        pgdata::INITDB_OPTIONS
+        pgdata::INITDB_OPTIONS,
+        node.privileged_role
     ));
     Ok(hex(&hash.finalize()[..8]))
 }

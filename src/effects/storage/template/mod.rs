@@ -2,9 +2,11 @@
 //! then copied into PGDATA at every start (a reflink where the filesystem can, a kernel-side
 //! copy otherwise), which costs a fraction of running `initdb`.
 //!
-//! The key is a hash of what decides initdb's output: the `postgres` and `initdb` binaries
-//! (path, inode, size, mtime: a package upgrade changes them), the superuser, initdb's options
-//! and the owner of the files. A changed key builds a new template beside the old one.
+//! The key is a hash of what decides the template's contents: the `postgres` and `initdb`
+//! binaries (path, inode, size, mtime: a package upgrade changes them), the superuser, initdb's
+//! options, the owner of the files and the privileged role (`--privileged-role-name`: the
+//! catalog is prepared for it, see below). A changed key builds a new template beside the old
+//! one.
 //!
 //! Safety: a template is built in a staging directory, synced, then renamed into place, so a
 //! start never sees a half-built one. Every start checks the stamp (its checksum, then every
@@ -26,6 +28,13 @@
 //! competes with the user's work or races an apply, and a copy of the template (a spare, taken
 //! with a rename) has them for free. Those a spec does not take stay, hidden and closed to
 //! connections, for a later `/configure`, and go with the ephemeral PGDATA.
+//!
+//! For the same reason the template's catalog holds what every first apply made before (see
+//! [`prepare_catalog`]): the privileged role, `public.health_check` in `postgres`, and ready
+//! databases already granted to the privileged role with its default privileges in them, so
+//! that the database that takes one needs no session of its own in the schema-privileges
+//! phase (~8 ms, most of it opening that session) and the health-check phase (~3 ms) has
+//! nothing to do. The SQL is the apply's own ([`crate::reconcile::neon`]).
 //!
 //! Once a compute runs, it makes a spare copy of its template in the background; the next
 //! start renames that spare into PGDATA instead of copying.
@@ -52,6 +61,8 @@ use self::manifest::{Manifest, key, origin, owner, server_version};
 use super::{Backend, BoxFuture, Prepare};
 use crate::effects::{pgdata, process};
 use crate::node::Node;
+use crate::quote;
+use crate::reconcile::neon;
 use crate::report::millis;
 
 #[derive(Debug)]
@@ -279,7 +290,7 @@ async fn build(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    make_ready_databases(node, &data).await?;
+    prepare_catalog(node, &data).await?;
     fs::rename(data.join("postgresql.conf"), data.join(pgdata::INITDB_CONF))?;
     let version = server_version(node).await?;
     let origin = origin(node)?;
@@ -319,18 +330,58 @@ async fn build(
 /// would slow the start that finds no spare more than it would ever save.
 pub const READY_DATABASES: usize = 2;
 
-/// Make the template's ready databases with a single-user `postgres` on the freshly built
-/// cluster: empty copies of `template1` with its encoding and locale, owned by the superuser,
-/// closed to connections (so nobody puts anything in one before a spec takes it).
+/// Prepare the template's catalog with single-user `postgres` runs on the freshly built
+/// cluster, so that no start pays for it again (each would run it in its first apply):
+/// - in `postgres`: the privileged role, as the apply creates it ([`neon::create_privileged_role`]);
+///   the ready databases, empty copies of `template1` with its encoding and locale, owned by
+///   the superuser, closed to connections (so nobody puts anything in one before a spec takes
+///   it) and granted to the privileged role ([`neon::grant_database`]); and
+///   `public.health_check` with its row ([`neon::HEALTH_CHECK`]);
+/// - in each ready database (a single-user backend works in one database, and
+///   `ALLOW_CONNECTIONS false` only bars connections through the postmaster): the privileged
+///   role's default privileges ([`neon::default_privileges`]), as the superuser. With the
+///   grant, that is what the apply's schema-privileges phase gives a database its superuser
+///   owns, so a spec database that takes one skips that phase ([`crate::reconcile::ReadyDatabase`]).
+///
 /// `FILE_COPY` and `-F`: the template is synced once when complete.
-async fn make_ready_databases(node: &Node, data: &Path) -> anyhow::Result<()> {
-    let mut script = String::new();
-    for i in 0..READY_DATABASES {
-        let name = crate::quote::ident(&format!("{}{i}", crate::spec::READY_DATABASE_PREFIX))?;
-        script.push_str(&format!(
-            "CREATE DATABASE {name} ALLOW_CONNECTIONS false STRATEGY FILE_COPY\n"
+async fn prepare_catalog(node: &Node, data: &Path) -> anyhow::Result<()> {
+    let privileged = &node.privileged_role;
+    let ready: Vec<String> = (0..READY_DATABASES)
+        .map(|i| format!("{}{i}", crate::spec::READY_DATABASE_PREFIX))
+        .collect();
+    let mut main = vec![neon::create_privileged_role(privileged)?];
+    for name in &ready {
+        main.push(format!(
+            "CREATE DATABASE {} ALLOW_CONNECTIONS false STRATEGY FILE_COPY",
+            quote::ident(name)?
         ));
+        main.push(neon::grant_database(name, privileged)?);
     }
+    main.extend(neon::HEALTH_CHECK.map(str::to_owned));
+    single_user(node, data, "postgres", &main).await.context(
+        "preparing the template's catalog (privileged role, ready databases, health check)",
+    )?;
+    let defaults = neon::default_privileges(privileged)?;
+    for name in &ready {
+        single_user(node, data, name, &defaults)
+            .await
+            .with_context(|| format!("setting up the ready database {name:?}"))?;
+    }
+    Ok(())
+}
+
+/// Run `statements` in `database` with a single-user `postgres -F` on `data`, one statement a
+/// line (single-user mode ends a statement at a newline), failing on the first error.
+async fn single_user(
+    node: &Node,
+    data: &Path,
+    database: &str,
+    statements: &[String],
+) -> anyhow::Result<()> {
+    if let Some(bad) = statements.iter().find(|s| s.contains(['\n', '\r'])) {
+        bail!("a statement for single-user postgres spans lines: {bad:?}");
+    }
+    let script: String = statements.iter().map(|s| format!("{s}\n")).collect();
     // The script is a few hundred bytes: it fits a pipe's buffer, so it is written whole
     // before the child starts.
     // Close-on-exec: no other child inherits it (the child gets it as stdin, by dup2).
@@ -344,15 +395,15 @@ async fn make_ready_databases(node: &Node, data: &Path) -> anyhow::Result<()> {
         .arg("-F")
         .arg("-D")
         .arg(data)
-        .arg("postgres")
+        .arg(database)
         .stdin(std::process::Stdio::from(read));
     let output = process::output(&mut cmd)
         .await
-        .context("running postgres --single to make the ready databases")?;
+        .context("running postgres --single")?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() || stderr.contains("ERROR:") || stderr.contains("FATAL:") {
         bail!(
-            "making the ready databases failed ({}): {}",
+            "postgres --single failed ({}): {}",
             output.status,
             stderr.trim()
         );
