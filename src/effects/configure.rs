@@ -2,25 +2,56 @@
 //! then the installed extensions read in the background.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use compute_states::Event;
 use nix::sys::signal::Signal;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
 use super::{Work, apply, conf_check, extensions, lock, pgbouncer, pgdata, tls, within};
 use crate::report::millis;
 use crate::spec::{ComputeMode, TlsConfig, ValidSpec};
 
-/// The right to read the installed extensions, taken by a configuration that succeeded before
-/// it reports `ConfigurationApplied`: the reading then runs in the background of a running
-/// compute (as on Neon), not on the path of the start or the `/configure`. The next apply
-/// waits for it, since a reading's session would hold a database that apply renames; and so
-/// does each check of the compute monitor, since its sessions would count as activity
+/// The readings of the installed extensions, one at a time. Each runs in the background of a
+/// running compute (as on Neon), not on the path of the start or the `/configure`. The next
+/// apply interrupts it and waits for it to end, since a reading's session would hold a
+/// database that apply renames (its figures are read again after that apply); each check of
+/// the compute monitor waits for it too, since its sessions would count as activity
 /// (`activity_monitor_experimental` counts every session in `pg_stat_database`).
+#[derive(Clone, Default)]
+pub(super) struct Readings {
+    /// Held while a reading runs (the monitor waits on it).
+    pub(super) running: Arc<tokio::sync::Mutex<()>>,
+    /// Interrupts the reading under way.
+    cancel: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl Readings {
+    /// Interrupt a reading under way and wait for it to end, until `deadline` at most.
+    async fn interrupt(&self, deadline: Instant) {
+        lock(&self.cancel).cancel();
+        let _ = tokio::time::timeout_at(deadline.into(), self.running.lock()).await;
+    }
+
+    /// The right to read, taken by a configuration that succeeded before it reports
+    /// `ConfigurationApplied` (so the monitor started then waits for the reading).
+    async fn begin(&self) -> ExtensionReading {
+        let held = self.running.clone().lock_owned().await;
+        let cancel = CancellationToken::new();
+        *lock(&self.cancel) = cancel.clone();
+        ExtensionReading {
+            _held: held,
+            cancel,
+        }
+    }
+}
+
+/// One reading's right to run (see [`Readings`]).
 pub(super) struct ExtensionReading {
     _held: tokio::sync::OwnedMutexGuard<()>,
+    cancel: CancellationToken,
 }
 
 impl Work {
@@ -160,8 +191,8 @@ impl Work {
         session: Option<sqlx::PgConnection>,
     ) -> Result<ExtensionReading, String> {
         // A reading of the previous configuration may still hold sessions in the databases
-        // this apply renames or drops; it is bounded, and so is this wait.
-        let _ = tokio::time::timeout_at(deadline.into(), self.extension_reading.lock()).await;
+        // this apply renames or drops.
+        self.readings.interrupt(deadline).await;
         let began = Instant::now();
         let result = if !Self::updates_catalog(spec) {
             tracing::info!(
@@ -198,10 +229,7 @@ impl Work {
                 let took = began.elapsed();
                 tracing::info!(statements, "spec applied in {took:?}");
                 self.reporter.metrics(move |m| m.config_ms = millis(took));
-                // Taken before `running`: the monitor started then waits for the reading.
-                let reading = ExtensionReading {
-                    _held: self.extension_reading.clone().lock_owned().await,
-                };
+                let reading = self.readings.begin().await;
                 self.reporter.event(Event::ConfigurationApplied);
                 Ok(reading)
             }
@@ -216,10 +244,22 @@ impl Work {
     }
 
     /// Read the installed extensions for `/metrics` (as Neon does after a configuration),
-    /// within `--configure-timeout`; a failure only keeps the previous figures.
-    pub(super) async fn read_extensions(&self, reading: ExtensionReading) {
+    /// `after` a while, within `--configure-timeout`; a failure or an interruption only keeps
+    /// the previous figures.
+    pub(super) async fn read_extensions(&self, reading: ExtensionReading, after: Duration) {
         let limit = self.node.configure_timeout;
-        match tokio::time::timeout(limit, extensions::installed(&self.node)).await {
+        let read = async {
+            tokio::time::sleep(after).await;
+            tokio::time::timeout(limit, extensions::installed(&self.node)).await
+        };
+        let read = tokio::select! {
+            read = read => read,
+            _ = reading.cancel.cancelled() => {
+                tracing::info!("reading the installed extensions: interrupted by a configuration");
+                return;
+            }
+        };
+        match read {
             Ok(Ok(installed)) => {
                 if let Ok(json) =
                     serde_json::to_string(&serde_json::json!({ "extensions": installed }))

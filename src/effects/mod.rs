@@ -78,8 +78,8 @@ pub struct Effects {
     remote_ext: Arc<RemoteExtensions>,
     /// pgbouncer, with `--pgbouncer-ini`.
     pgbouncer: Option<Arc<Pgbouncer>>,
-    /// Held while the installed extensions are read (see [`ExtensionReading`]).
-    extension_reading: Arc<tokio::sync::Mutex<()>>,
+    /// The readings of the installed extensions.
+    readings: configure::Readings,
 }
 
 impl Effects {
@@ -109,7 +109,7 @@ impl Effects {
             lfc,
             prestarted: attach::Slot::default(),
             pgbouncer: None,
-            extension_reading: Arc::default(),
+            readings: configure::Readings::default(),
         }
     }
 
@@ -159,7 +159,7 @@ impl Effects {
             prestarted: self.prestarted.clone(),
             remote_ext: self.remote_ext.clone(),
             pgbouncer: self.pgbouncer.clone(),
-            extension_reading: self.extension_reading.clone(),
+            readings: self.readings.clone(),
         };
         if let Job::Start { spec, .. } | Job::Configure { spec, .. } | Job::Promote { spec, .. } =
             &job
@@ -191,7 +191,7 @@ impl Effects {
                     if postgres_running {
                         // Reported as an event; nobody else waits for the error.
                         if let Ok(reading) = work.reconfigure(spec, tls).await {
-                            work.read_extensions(reading).await;
+                            work.read_extensions(reading, Duration::ZERO).await;
                         }
                     } else {
                         work.start(spec, tls).await
@@ -224,7 +224,7 @@ impl Effects {
                     self.monitor_period,
                     self.activity_monitor_experimental.clone(),
                     lock(&self.postmaster).as_ref().map(|p| p.pid),
-                    self.extension_reading.clone(),
+                    self.readings.running.clone(),
                 );
                 self.spawn_cancellable(monitor.run());
                 if let Some(vm_monitor) = self.vm_monitor.take() {
@@ -328,7 +328,7 @@ struct Work {
     prestarted: attach::Slot,
     remote_ext: Arc<RemoteExtensions>,
     pgbouncer: Option<Arc<Pgbouncer>>,
-    extension_reading: Arc<tokio::sync::Mutex<()>>,
+    readings: configure::Readings,
 }
 
 /// Run one step of a configuration, failing with what timed out at `deadline`.

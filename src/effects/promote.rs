@@ -218,7 +218,7 @@ impl Work {
                     pg_promote_time_ms: timings.pg_promote_time_ms,
                     reconfigure_time_ms,
                 });
-                self.read_extensions(reading).await;
+                self.read_extensions(reading, Duration::ZERO).await;
             }
             Err(error) => fail(format!("promoted, but the spec was not applied: {error}")),
         }

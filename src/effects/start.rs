@@ -76,8 +76,7 @@ impl Work {
         {
             Ok(reading) => {
                 // What follows is housekeeping: the client that woke the compute comes first.
-                tokio::time::sleep(FIRST_CLIENT_GRACE).await;
-                self.read_extensions(reading).await;
+                self.read_extensions(reading, FIRST_CLIENT_GRACE).await;
                 true
             }
             Err(_) => false,
