@@ -89,6 +89,20 @@ async fn catalog_state(c: &Compute, db: &str) -> Vec<String> {
     out
 }
 
+/// The same spec started on the template backend (taking ready databases) and on the initdb
+/// backend (creating them), both running.
+async fn template_and_initdb(name: &str, spec: &Value, cache: &Path) -> (Compute, Compute) {
+    let mut template = Compute::new(&format!("{name}-template"));
+    let args = template_args(cache);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_with_storage(&mut template, spec, &args);
+    let mut created = Compute::new(&format!("{name}-initdb"));
+    start_with_storage(&mut created, spec, &["--storage", "initdb"]);
+    template.wait_for_status("running").await;
+    created.wait_for_status("running").await;
+    (template, created)
+}
+
 fn owned_by(name: &str, owner: &str, options: Value) -> Value {
     json!({"name": name, "owner": owner, "options": options})
 }
@@ -121,19 +135,7 @@ async fn a_taken_ready_database_is_what_create_database_makes() {
         vec![],
     );
 
-    let mut template = Compute::new("ready-template");
-    start_with_storage(
-        &mut template,
-        &spec,
-        &template_args(&cache)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    let mut created = Compute::new("ready-initdb");
-    start_with_storage(&mut created, &spec, &["--storage", "initdb"]);
-    template.wait_for_status("running").await;
-    created.wait_for_status("running").await;
+    let (template, created) = template_and_initdb("ready", &spec, &cache).await;
 
     // The template had two ready databases: the two specs without creation options took
     // them; "c locale" was created (with its locale: the ready ones have C.UTF-8).
@@ -171,19 +173,7 @@ async fn web_access_may_create_in_a_taken_database_as_in_a_created_one() {
         vec![database("plain", "app")],
         vec![],
     );
-    let mut template = Compute::new("ready-web-template");
-    start_with_storage(
-        &mut template,
-        &spec,
-        &template_args(&cache)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    let mut created = Compute::new("ready-web-initdb");
-    start_with_storage(&mut created, &spec, &["--storage", "initdb"]);
-    template.wait_for_status("running").await;
-    created.wait_for_status("running").await;
+    let (template, created) = template_and_initdb("ready-web", &spec, &cache).await;
 
     let mut conn = template.connect("postgres").await;
     assert_eq!(
