@@ -210,11 +210,42 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .with_pgbouncer(pgbouncer)
         .with_remote_ext_base_url(args.remote_ext_base_url.clone())?;
     let engine = Engine::new(inbox, effects);
+    // Running from here on: the spec's start begins while the HTTP routers are built.
+    let engine = tokio::spawn(engine.run());
 
     let external_addr = SocketAddr::new(args.external_http_addr, args.external_http_port);
     let internal_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), args.internal_http_port);
     let external = http::bind(external_addr).await?;
     let internal = http::bind(internal_addr).await?;
+    let notifier = systemd::spawn(&handle);
+    let signalled = CancellationToken::new();
+    tokio::spawn(signals::forward(handle.clone(), signalled.clone()));
+    match spec {
+        Some(spec) => {
+            let handle = handle.clone();
+            // Its keys are in force already (the engine's first snapshot has them).
+            let configuration = Configuration {
+                spec: Arc::new(spec),
+                jwks: Default::default(),
+                tls,
+                source,
+            };
+            tokio::spawn(
+                async move { handle.request(Input::Spec(configuration)).await }
+                    .instrument(telemetry::startup_span()),
+            );
+        }
+        None if args.prestart => {
+            tracing::info!("no spec yet: pre-starting postgres, then waiting for POST /configure");
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = handle
+                    .request(Input::Event(compute_states::Event::PrestartRequested))
+                    .await;
+            });
+        }
+        None => tracing::info!("no spec yet: waiting for POST /configure"),
+    }
     let stop_serving = CancellationToken::new();
     let request_timeout = args.http_request_timeout;
     let (external_cap, internal_cap) = http::serve::connection_caps();
@@ -244,43 +275,14 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             stop,
         ))
     });
-    let notifier = systemd::spawn(&handle);
-    let signalled = CancellationToken::new();
-    tokio::spawn(signals::forward(handle.clone(), signalled.clone()));
 
-    match spec {
-        Some(spec) => {
-            let handle = handle.clone();
-            // Its keys are in force already (the engine's first snapshot has them).
-            let configuration = Configuration {
-                spec: Arc::new(spec),
-                jwks: Default::default(),
-                tls,
-                source,
-            };
-            tokio::spawn(
-                async move { handle.request(Input::Spec(configuration)).await }
-                    .instrument(telemetry::startup_span()),
-            );
-        }
-        None if args.prestart => {
-            tracing::info!("no spec yet: pre-starting postgres, then waiting for POST /configure");
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let _ = handle
-                    .request(Input::Event(compute_states::Event::PrestartRequested))
-                    .await;
-            });
-        }
-        None => tracing::info!("no spec yet: waiting for POST /configure"),
-    }
     tracing::info!(
         "psql {}  |  curl http://127.0.0.1:{}/status",
         node.psql_url(),
         args.external_http_port
     );
 
-    let (code, effects) = engine.run().await;
+    let (code, effects) = engine.await.context("the engine's task")?;
     effects.shutdown().await;
     if let Some(notifier) = notifier {
         let _ = tokio::time::timeout(Duration::from_secs(1), notifier).await;
