@@ -13,18 +13,6 @@ use sqlx::Connection;
 const ORPHANS: usize = 4;
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn eventually(what: &str, c: &Compute, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {WAIT:?}\n{}",
-            c.log_tail(40)
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 fn spec_args(c: &Compute) -> Vec<OsString> {
     let name = "orphan's \"parent\" $x$ 🐘";
     let s = spec(vec![role(name, None)], vec![database(name, name)], vec![]);
@@ -63,17 +51,17 @@ async fn orphans_are_reaped_and_the_postmaster_exit_is_reported(c: &mut Compute,
             .filter(|p| p.comm == "sh")
             .count()
     };
-    eventually("the orphans are reparented to compute_ctl", c, || {
+    c.eventually("the orphans are reparented to compute_ctl", async || {
         shells() == ORPHANS
     })
     .await;
 
     fs::write(c.pgdata.join("go"), "").unwrap();
-    eventually("the orphans finish", c, || {
+    c.eventually("the orphans finish", async || {
         (0..ORPHANS).all(|i| c.pgdata.join(format!("done-{i}")).exists())
     })
     .await;
-    eventually("no orphan is left, not even as a zombie", c, || {
+    c.eventually("no orphan is left, not even as a zombie", async || {
         shells() == 0 && children_of(reaper).iter().all(Proc::is_live)
     })
     .await;
@@ -93,7 +81,7 @@ async fn orphans_are_reaped_and_the_postmaster_exit_is_reported(c: &mut Compute,
     );
     assert!(!log.contains("waiting for the postmaster failed"), "{log}");
     // Not `assert_no_postgres_left`: postmaster.pid holds a pid of the namespace.
-    eventually("no process is left for PGDATA", c, || {
+    c.eventually("no process is left for PGDATA", async || {
         processes_for(&c.pgdata, None).is_empty()
     })
     .await;
@@ -107,7 +95,7 @@ async fn as_pid_1_in_a_pid_namespace() {
     // unshare's forked child is compute_ctl, PID 1 of the new namespace.
     let unshare = c.child_pid();
     let mut compute_ctl = None;
-    eventually("compute_ctl runs under unshare", &c, || {
+    c.eventually("compute_ctl runs under unshare", async || {
         compute_ctl = children_of(unshare).first().map(|p| p.pid);
         compute_ctl.is_some()
     })

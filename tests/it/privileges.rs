@@ -3,8 +3,6 @@
 //! and `drop_subscriptions_before_start`, and compute_ctl's sessions ignoring database and
 //! role settings.
 
-use std::time::{Duration, Instant};
-
 use crate::common::*;
 use crate::reconcile::last_apply_statements;
 use reqwest::StatusCode;
@@ -57,18 +55,6 @@ async fn attributes(c: &Compute, role: &str) -> [bool; 6] {
 }
 
 /// Poll `check` (every 100 ms, 30 s at most) until it is true.
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, c: &Compute, mut check: F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within 30 s\n{}",
-            c.log_tail(60)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn migration_id(c: &Compute) -> Option<i64> {
     let mut conn = c.connect("postgres").await;
     let id = sqlx::query_scalar("SELECT id FROM neon_migration.migration_id")
@@ -197,7 +183,7 @@ async fn spec_roles_are_members_of_the_privileged_role() {
     conn.close().await.ok();
 
     // Neon's migrations ran: 12 of them, those for PostgreSQL 15 applied.
-    eventually("migrations done", &c, async || {
+    c.eventually("migrations done", async || {
         migration_id(&c).await == Some(12)
     })
     .await;
@@ -292,7 +278,7 @@ async fn subscriptions_are_dropped_before_their_database() {
     // Live: a row written on the publisher arrives in both.
     exec(&mut pubconn, "INSERT INTO t VALUES (1)").await;
     for db in [doomed, second] {
-        eventually("the row replicated", &c, async || {
+        c.eventually("the row replicated", async || {
             let mut conn = c.connect(db).await;
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
                 .fetch_one(&mut conn)
@@ -542,10 +528,11 @@ async fn a_failed_migration_is_counted() {
     let mut first = Compute::new("migration-fails");
     start(&mut first);
     first.wait_for_status("running").await;
-    eventually("migrations done", &first, async || {
-        migration_id(&first).await == Some(12)
-    })
-    .await;
+    first
+        .eventually("migrations done", async || {
+            migration_id(&first).await == Some(12)
+        })
+        .await;
     let mut conn = first.connect("postgres").await;
     exec(
         &mut conn,
@@ -566,10 +553,11 @@ async fn a_failed_migration_is_counted() {
     start(&mut second);
     second.wait_for_status("running").await;
     let name = "compute_ctl_db_migration_failed_total{migration_id=\"4\"}";
-    eventually("the failure counted", &second, async || {
-        second.metric(name).await == Some(1.0)
-    })
-    .await;
+    second
+        .eventually("the failure counted", async || {
+            second.metric(name).await == Some(1.0)
+        })
+        .await;
     assert_eq!(migration_id(&second).await, Some(3));
     assert!(
         second

@@ -502,18 +502,26 @@ impl Compute {
         self.wait_for_status_within(target, STATUS_TIMEOUT).await
     }
 
-    /// Poll the log until it holds `text` (60 s at most): for what a running compute does in
-    /// its background (Neon's migrations, the installed extensions).
-    pub async fn wait_for_log(&self, text: &str) {
+    /// Poll `check` until it holds (60 s at most), failing with `what` and the log's tail.
+    pub async fn eventually(&self, what: &str, mut check: impl AsyncFnMut() -> bool) {
         let deadline = Instant::now() + STATUS_TIMEOUT;
-        while !self.log().contains(text) {
+        while !check().await {
             assert!(
                 Instant::now() < deadline,
-                "{text:?} not in the log within {STATUS_TIMEOUT:?}\n{}",
-                self.log_tail(40)
+                "{what}: not within {STATUS_TIMEOUT:?}\n{}",
+                self.log_tail(60)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Poll the log until it holds `text`: for what a running compute does in its background
+    /// (Neon's migrations, the installed extensions).
+    pub async fn wait_for_log(&self, text: &str) {
+        self.eventually(&format!("{text:?} in the log"), async || {
+            self.log().contains(text)
+        })
+        .await
     }
 
     /// [`Compute::wait_for_status`] with another deadline.
