@@ -15,8 +15,8 @@ use crate::spec::{TlsConfig, ValidSpec};
 /// How long a start's housekeeping (the installed extensions, Neon's migrations, the spare
 /// copy of a template) waits once the compute is `running`: a serverless compute is started
 /// for a client that connects at once, and on a small machine the new backends and the copy
-/// of that housekeeping would compete with its connection (measured with `bench/attach`: the
-/// first connection took 6-11 ms instead of 2-5).
+/// of that housekeeping would compete with its connection (in traced attaches of
+/// `bench/attach`'s spec, the first connection took 6-11 ms instead of 2-5).
 const FIRST_CLIENT_GRACE: Duration = Duration::from_millis(100);
 
 /// A Postgres that runs, as a start leaves it for the apply.

@@ -90,9 +90,9 @@ pub fn choose(options: &StorageOptions, spec: &ComputeSpec) -> anyhow::Result<Bo
     }
     match options.local {
         LocalStorage::Initdb => Ok(Box::new(initdb::Initdb)),
-        LocalStorage::Template => Ok(Box::new(template::Template::new(
-            options.template_cache.clone(),
-        ))),
+        LocalStorage::Template => Ok(Box::new(template::Template {
+            cache: options.template_cache.clone(),
+        })),
         LocalStorage::Persistent => Ok(Box::new(persistent::Persistent)),
     }
 }

@@ -51,7 +51,7 @@ mod spares;
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -67,9 +67,7 @@ use crate::report::millis;
 
 #[derive(Debug)]
 pub struct Template {
-    cache: PathBuf,
-    /// This start took a spare without checking the template's files: `after_start` does.
-    unchecked: AtomicBool,
+    pub cache: PathBuf,
 }
 
 impl Backend for Template {
@@ -105,7 +103,7 @@ impl Backend for Template {
                 tracing::info!(template = %dir.display(), "using the cached template");
                 // A spare was copied from this very build of the template (its tag names the
                 // stamp's checksum) right after the template's files were checked: taking it
-                // needs the stamp only. The files are checked again after the start.
+                // needs the stamp only. The next spare's making checks the files (`after_start`).
                 let (node, cache, key, tag) = (
                     node.clone(),
                     self.cache.clone(),
@@ -116,7 +114,6 @@ impl Backend for Template {
                     tokio::task::spawn_blocking(move || spares::take(&node, &cache, &key, &tag))
                         .await??;
                 if taken {
-                    self.unchecked.store(true, Ordering::Relaxed);
                     let took = began.elapsed();
                     tracing::info!("took a spare copy of the template in {took:?}");
                     cx.reporter
@@ -169,42 +166,30 @@ impl Backend for Template {
 
     fn after_start<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if self.unchecked.load(Ordering::Relaxed) {
-                self.check_after_start(node).await;
+            // Making a spare checks the template's files first (a start that took a spare
+            // read its stamp only): a damaged one is rebuilt now, in the background of the
+            // running compute, rather than on the next start's path.
+            let Some(why) = spares::replenish(node, &self.cache).await else {
+                return;
+            };
+            let rebuilt = async {
+                let key = key(node)?;
+                build(
+                    node,
+                    &self.cache,
+                    &key,
+                    &cache::template(&self.cache, &key),
+                    &why,
+                )
+                .await
+            };
+            match rebuilt.await {
+                Ok(_) => {
+                    spares::replenish(node, &self.cache).await;
+                }
+                Err(error) => tracing::warn!("rebuilding the cached template: {error:#}"),
             }
-            spares::replenish(node, &self.cache).await
         })
-    }
-}
-
-impl Template {
-    pub fn new(cache: PathBuf) -> Self {
-        Self {
-            cache,
-            unchecked: AtomicBool::new(false),
-        }
-    }
-
-    /// Check the files of the template a start took a spare of; a damaged one is rebuilt now,
-    /// in the background of the running compute, rather than on the next start's path.
-    async fn check_after_start(&self, node: &Node) {
-        let checked = async {
-            let key = key(node)?;
-            let dir = cache::template(&self.cache, &key);
-            let (cache, key_owned, dir_owned) = (self.cache.clone(), key.clone(), dir.clone());
-            let checked = tokio::task::spawn_blocking(move || {
-                let _reading = cache::read_lock(&cache, &key_owned)?;
-                anyhow::Ok(Manifest::verify(&dir_owned))
-            })
-            .await??;
-            if let Err(why) = checked {
-                build(node, &self.cache, &key, &dir, &why).await?;
-            }
-            anyhow::Ok(())
-        };
-        if let Err(error) = checked.await {
-            tracing::warn!("checking the cached template after the start: {error:#}");
-        }
     }
 }
 

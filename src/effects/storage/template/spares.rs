@@ -140,8 +140,9 @@ impl Drop for CancelOnDrop {
 
 /// After a start: make a spare of this node's template for the next start, unless one waits
 /// already. Runs on its own thread at the lowest CPU and I/O priority; dropping the future
-/// (termination cancels the start's effect) stops the copy between two files.
-pub(super) async fn replenish(node: &Node, cache: &Path) {
+/// (termination cancels the start's effect) stops the copy between two files. Returns why the
+/// template's files failed their check, if they did (no spare is made of it).
+pub(super) async fn replenish(node: &Node, cache: &Path) -> Option<anyhow::Error> {
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -154,16 +155,27 @@ pub(super) async fn replenish(node: &Node, cache: &Path) {
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the thread that makes a spare of the template: {e}");
-        return;
+        return None;
     }
     match done_rx.await {
-        Ok(Ok(Some((spare, took)))) => {
+        Ok(Ok(Made::Spare(spare, took))) => {
             tracing::info!(spare = %spare.display(), "made a spare copy of the template for the next start in {took:?}")
         }
-        Ok(Ok(None)) => {}
+        Ok(Ok(Made::Nothing)) => {}
+        Ok(Ok(Made::Damaged(why))) => return Some(why),
         Ok(Err(e)) => tracing::warn!("making a spare copy of the template: {e:#}"),
         Err(_) => tracing::warn!("the thread making a spare copy of the template died"),
     }
+    None
+}
+
+/// What [`make`] did.
+enum Made {
+    Spare(PathBuf, std::time::Duration),
+    /// Not needed or not possible now.
+    Nothing,
+    /// The template's files failed their check: no spare is made of it.
+    Damaged(anyhow::Error),
 }
 
 /// Nice 19 and the idle I/O class for the calling thread only (Linux keeps both per thread;
@@ -177,39 +189,35 @@ fn lower_priority() {
     }
 }
 
-/// Make one spare of the node's template (blocking). `None`: not needed or not possible now.
-fn make(
-    node: &Node,
-    cache: &Path,
-    cancel: &AtomicBool,
-) -> anyhow::Result<Option<(PathBuf, std::time::Duration)>> {
+/// Make one spare of the node's template (blocking).
+fn make(node: &Node, cache: &Path, cancel: &AtomicBool) -> anyhow::Result<Made> {
     cache::sweep(cache);
     if CROSS_DEVICE.load(Ordering::Relaxed) {
-        return Ok(None);
+        return Ok(Made::Nothing);
     }
     let device = |path: &Path| fs::metadata(path).map(|m| m.dev());
     if device(cache)? != device(&node.pgdata)? {
         cross_device(cache, &node.pgdata);
-        return Ok(None);
+        return Ok(Made::Nothing);
     }
     let key = manifest::key(node)?;
     let Some(_lock) = cache::try_lock(&cache::spare_lock(cache, &key))? else {
-        return Ok(None); // another compute makes this key's spare right now
+        return Ok(Made::Nothing); // another compute makes this key's spare right now
     };
     let dir = cache::template(cache, &key);
     // Held while copying from the template (see `cache::read_lock`).
     let _reading = cache::read_lock(cache, &key)?;
     let manifest = match Manifest::verify(&dir) {
         Ok(manifest) => manifest,
-        // Being rebuilt, or damaged: the next start rebuilds it, then spares resume.
-        Err(_) => return Ok(None),
+        // Damaged (or being rebuilt: rebuilding waits for that build, then finds it done).
+        Err(why) => return Ok(Made::Damaged(why)),
     };
     let tag = tag(&manifest)?;
     if cache::spares(cache, &key)
         .iter()
         .any(|s| fs::read_to_string(s.join(TAG)).is_ok_and(|t| t == tag))
     {
-        return Ok(None);
+        return Ok(Made::Nothing);
     }
     let began = Instant::now();
     let (spare, making) = cache::new_spare(cache, &key);
@@ -235,5 +243,5 @@ fn make(
     fs::write(making.join(TAG), &tag)?;
     fs::rename(&making, &spare)
         .with_context(|| format!("renaming {} to {}", making.display(), spare.display()))?;
-    Ok(Some((spare, began.elapsed())))
+    Ok(Made::Spare(spare, began.elapsed()))
 }
