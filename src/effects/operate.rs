@@ -57,7 +57,7 @@ async fn answer(
             // Until its first output `pg_dump` may wait for a lock: a requester that goes away
             // meanwhile drops the dump, and the pump then stops `pg_dump`.
             let dump = tokio::select! {
-                dump = catalog::schema_dump(node, &database, cancel) => dump,
+                dump = catalog::schema_dump(node, &database, cancel.clone()) => dump,
                 _ = reply.closed() => return None,
             };
             match dump {
@@ -66,6 +66,9 @@ async fn answer(
                     let _ = reply.send(Ok(dump));
                     return Some(pump);
                 }
+                // The pump's error when a termination stopped `pg_dump` before its first
+                // output: unanswered, as every operation a termination cuts.
+                Err(_) if cancel.is_cancelled() => {}
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
