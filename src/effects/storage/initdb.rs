@@ -18,7 +18,8 @@ impl Backend for Initdb {
     fn prepare<'a>(&'a self, cx: &'a Prepare<'a>) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             pgdata::claim(cx.node).await?;
-            pgdata::initdb(cx.node).await
+            pgdata::initdb(cx.node).await?;
+            pgdata::settle(cx.node).await
         })
     }
 }
