@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::sql;
+use super::storage::FreshCatalog;
 use crate::node::Node;
 use crate::reconcile::migrations::{self, Migration};
 use crate::reconcile::{self, Catalog, DatabaseState, Phase, ReadyDatabase, RoleState, Statement};
@@ -27,12 +28,14 @@ use crate::spec::{READY_DATABASE_PREFIX, Reserved, ValidSpec};
 const APPLICATION_NAME: &str = "compute_ctl:apply_config";
 
 /// Bring roles and databases in line with the spec, on `session` (one of compute_ctl's on the
-/// default database) or a new one. Returns the number of statements run.
+/// default database) or a new one, planned against the catalog `fresh` names or the one read
+/// now. Returns the number of statements run.
 pub async fn apply(
     node: &Node,
     spec: &ValidSpec,
     concurrency: usize,
     session: Option<PgConnection>,
+    fresh: FreshCatalog,
 ) -> anyhow::Result<usize> {
     let mut conn = match session {
         Some(session) => session,
@@ -44,7 +47,19 @@ pub async fn apply(
         }
     };
     let roles = Reserved::new(&node.superuser, &node.privileged_role);
-    let catalog = read_catalog(&mut conn, &roles).await?;
+    let catalog = match fresh {
+        FreshCatalog::Known(mut catalog) => {
+            tracing::info!("planning against the catalog kept with the template");
+            catalog.file_copy = file_copy(&mut conn).await?;
+            catalog
+        }
+        FreshCatalog::Keep(keep) => {
+            let catalog = read_catalog(&mut conn, &roles).await?;
+            keep(&catalog);
+            catalog
+        }
+        FreshCatalog::Unknown => read_catalog(&mut conn, &roles).await?,
+    };
     let plan = reconcile::plan(spec, &catalog, &roles)?;
     for phase in &plan.phases {
         tracing::info!(statements = phase.len(), "apply phase: {}", phase.name());
@@ -320,16 +335,14 @@ async fn read_catalog(conn: &mut PgConnection, roles: &Reserved<'_>) -> anyhow::
         catalog.databases.insert(name, state);
     }
     catalog.ready.sort_by(|a, b| a.name.cmp(&b.name));
-    let (health_check, marks, file_copy): (bool, bool, bool) = sqlx::query_as(
-        "SELECT pg_catalog.to_regclass('public.health_check') IS NOT NULL, \
-         pg_catalog.to_regclass('neon.drop_subscriptions_done') IS NOT NULL, \
-         NOT pg_catalog.current_setting('fsync')::pg_catalog.bool \
-         AND COALESCE(pg_catalog.current_setting('neon.pageserver_connstring', true), '') \
-         OPERATOR(pg_catalog.=) ''",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .context("looking for public.health_check")?;
+    let (health_check, marks, file_copy): (bool, bool, bool) =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT pg_catalog.to_regclass('public.health_check') IS NOT NULL, \
+             pg_catalog.to_regclass('neon.drop_subscriptions_done') IS NOT NULL, {FILE_COPY}"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .context("looking for public.health_check")?;
     catalog.main.health_check = health_check;
     catalog.file_copy = file_copy;
     catalog.main.extensions =
@@ -348,6 +361,19 @@ async fn read_catalog(conn: &mut PgConnection, roles: &Reserved<'_>) -> anyhow::
         catalog.main.subscriptions_dropped_for = timelines.into_iter().flatten().collect();
     }
     Ok(catalog)
+}
+
+/// Whether `CREATE DATABASE` gets `STRATEGY FILE_COPY` ([`Catalog::file_copy`]): Postgres runs
+/// without fsync on local storage.
+const FILE_COPY: &str = "NOT pg_catalog.current_setting('fsync')::pg_catalog.bool \
+     AND COALESCE(pg_catalog.current_setting('neon.pageserver_connstring', true), '') \
+     OPERATOR(pg_catalog.=) ''";
+
+async fn file_copy(conn: &mut PgConnection) -> anyhow::Result<bool> {
+    sqlx::query_scalar(AssertSqlSafe(format!("SELECT {FILE_COPY}")))
+        .fetch_one(conn)
+        .await
+        .context("reading fsync")
 }
 
 /// Whether a database is one of compute_ctl's ready databases ([`READY_DATABASE_PREFIX`],

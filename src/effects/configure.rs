@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
+use super::storage::FreshCatalog;
 use super::{Work, apply, conf_check, extensions, lock, pgbouncer, pgdata, tls, within};
 use crate::report::millis;
 use crate::spec::{ComputeMode, TlsConfig, ValidSpec};
@@ -71,8 +72,15 @@ impl Work {
             });
             return Err(error);
         }
-        self.apply(&spec, spec.reconfigure_concurrency, deadline, None, None)
-            .await
+        self.apply(
+            &spec,
+            spec.reconfigure_concurrency,
+            deadline,
+            None,
+            None,
+            FreshCatalog::Unknown,
+        )
+        .await
     }
 
     /// Install the TLS pair (a pair that does not match fails here, before anything is
@@ -181,7 +189,8 @@ impl Work {
     ///
     /// With pgbouncer, the apply also makes its `auth_query` role and function; `start_pgbouncer`
     /// (at start: whether TLS is on) then starts it, a failure failing the configuration.
-    /// `session`, if any, is the apply's main session (otherwise it opens one).
+    /// `session`, if any, is the apply's main session (otherwise it opens one); `fresh` is
+    /// what a start knows of the catalog of the cluster it prepared.
     pub(super) async fn apply(
         &self,
         spec: &ValidSpec,
@@ -189,6 +198,7 @@ impl Work {
         deadline: Instant,
         start_pgbouncer: Option<bool>,
         session: Option<sqlx::PgConnection>,
+        fresh: FreshCatalog,
     ) -> Result<ExtensionReading, String> {
         // A reading of the previous configuration may still hold sessions in the databases
         // this apply renames or drops.
@@ -206,7 +216,8 @@ impl Work {
                 self.node.configure_timeout,
                 "applying the spec (roles and databases)",
                 async {
-                    let statements = apply::apply(&self.node, spec, concurrency, session).await?;
+                    let statements =
+                        apply::apply(&self.node, spec, concurrency, session, fresh).await?;
                     Ok(match &self.pgbouncer {
                         Some(_) => statements + pgbouncer::auth::ensure(&self.node).await?,
                         None => statements,

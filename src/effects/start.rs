@@ -32,9 +32,10 @@ pub(super) struct Started {
 impl Work {
     /// Build PGDATA, start Postgres, then apply the spec.
     pub(super) async fn start(&self, spec: Arc<ValidSpec>, tls: Option<TlsConfig>) {
-        let started = match self.take_prestarted(&spec).await {
-            Some(prestarted) => self.attach(prestarted, &spec, tls.as_ref()).await,
-            None => self.start_postgres(&spec, tls.as_ref(), false).await,
+        // An attach reads the catalog on its warm session: its pre-start used the cluster.
+        let (started, cold) = match self.take_prestarted(&spec).await {
+            Some(prestarted) => (self.attach(prestarted, &spec, tls.as_ref()).await, false),
+            None => (self.start_postgres(&spec, tls.as_ref(), false).await, true),
         };
         let started = match started {
             Ok(started) => started,
@@ -64,6 +65,10 @@ impl Work {
         // A fresh postmaster took every line of its files.
         self.reporter.warnings(Vec::new());
         let deadline = Instant::now() + self.node.configure_timeout;
+        let fresh = match cold {
+            true => backend.fresh_catalog(),
+            false => storage::FreshCatalog::Unknown,
+        };
         let applied = match self
             .apply(
                 &spec,
@@ -71,6 +76,7 @@ impl Work {
                 deadline,
                 Some(tls.is_some()),
                 session,
+                fresh,
             )
             .await
         {

@@ -1,10 +1,12 @@
 //! Role and database attributes as the catalog has them, and how the parsed options of a spec
 //! role or database ([`RoleOptions`], [`DatabaseOptions`]) compare with and change them.
 
+use serde::{Deserialize, Serialize};
+
 use crate::spec::options::{DatabaseOptions, RoleOptions};
 
 /// A role's attributes as `pg_authid` has them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleAttrs {
     /// Indexed like [`ROLE_FLAGS`](crate::spec::options::ROLE_FLAGS).
     pub flags: [bool; 6],
@@ -50,7 +52,7 @@ impl RoleAttrs {
 }
 
 /// A database's settings that `ALTER DATABASE` can change, as `pg_database` has them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseAttrs {
     pub allow_connections: bool,
     pub connection_limit: i32,

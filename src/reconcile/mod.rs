@@ -29,13 +29,16 @@ pub mod neon;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use crate::quote::{self, QuoteError};
 use crate::spec::options::DatabaseOptions;
 use crate::spec::{ComputeSpec, Delta, Reserved, Role, ValidSpec};
 pub use attrs::{DatabaseAttrs, RoleAttrs};
 
-/// What Postgres has now, as far as the plan cares.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What Postgres has now, as far as the plan cares. Serialized, it is what a template backend
+/// keeps of its template's catalog (`file_copy` aside: it depends on the running settings).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     pub roles: BTreeMap<String, RoleState>,
     pub databases: BTreeMap<String, DatabaseState>,
@@ -49,11 +52,12 @@ pub struct Catalog {
     /// Postgres runs with `fsync = off` on local storage, where copying the files is about twice
     /// as fast as WAL-logging every page (the default); with fsync on it is far slower
     /// (two synced checkpoints per database). Figures in BENCHMARKS.md.
+    #[serde(skip)]
     pub file_copy: bool,
 }
 
 /// The objects of the default database that the plan creates when they are missing.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MainDatabase {
     /// `public.health_check` exists.
     pub health_check: bool,
@@ -63,14 +67,14 @@ pub struct MainDatabase {
     pub subscriptions_dropped_for: BTreeSet<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoleState {
     /// `pg_authid.rolpassword`: `md5…`, `SCRAM-SHA-256$…` or none.
     pub password: Option<String>,
     pub attrs: RoleAttrs,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DatabaseState {
     pub owner: String,
     pub attrs: DatabaseAttrs,
@@ -84,7 +88,7 @@ pub struct DatabaseState {
 }
 
 /// An empty database made ahead, for a spec database to take ([`Catalog::ready`]).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReadyDatabase {
     pub name: String,
     pub attrs: DatabaseAttrs,

@@ -157,18 +157,35 @@ async fn an_attached_compute_is_a_cold_started_one() {
         "a reload sufficed: {metrics}"
     );
 
+    // Two cold starts: the first reads the template's catalog and keeps it, the second plans
+    // against the kept one.
     let mut cold = Compute::new("prestart-cold");
     cold.start_raw(template_args(&cache, cold.config_args(&attach_spec())));
     cold.wait_for_status("running").await;
-    // Neon's migrations run in the background of both.
-    for c in [&pooled, &cold] {
+    cold.wait_for_log("kept the template's catalog").await;
+    let mut kept = Compute::new("prestart-cold-kept");
+    kept.start_raw(template_args(&cache, kept.config_args(&attach_spec())));
+    kept.wait_for_status("running").await;
+    assert!(
+        kept.log()
+            .contains("planning against the catalog kept with the template"),
+        "{}",
+        kept.log_tail(40)
+    );
+    // Neon's migrations run in the background of each.
+    for c in [&pooled, &cold, &kept] {
         c.wait_for_log("migrations done").await;
     }
 
     let attached = fingerprint(&pooled).await;
-    let started = fingerprint(&cold).await;
-    for ((what, a), (_, b)) in attached.iter().zip(&started) {
-        assert_eq!(a, b, "{what} differs (left: attached, right: cold start)");
+    for (other, name) in [
+        (&cold, "cold start"),
+        (&kept, "cold start on the kept catalog"),
+    ] {
+        let started = fingerprint(other).await;
+        for ((what, a), (_, b)) in attached.iter().zip(&started) {
+            assert_eq!(a, b, "{what} differs (left: attached, right: {name})");
+        }
     }
 }
 

@@ -434,6 +434,11 @@ async fn a_running_compute_leaves_a_spare_that_the_next_start_takes() {
     );
     let key = key_of(&templates(&cache)[0]);
     let spare = wait_for_spare(&cache, &key, &[]).await;
+    // The catalog its apply read from that pristine copy is kept with the template.
+    first
+        .wait_for_log("kept the template's catalog for the next starts")
+        .await;
+    assert!(templates(&cache)[0].join("catalog.json").exists());
     // Root-only, so the Postgres user cannot tamper with what the next compute runs on.
     let meta = fs::metadata(&spare).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.uid()), (0o700, 0));
@@ -457,6 +462,15 @@ async fn a_running_compute_leaves_a_spare_that_the_next_start_takes() {
         second.log_tail(40)
     );
     assert!(!second.log().contains("copied the template"));
+    // ...and plans against the catalog the first start kept (tests/it/prestart.rs compares
+    // what such a start makes with a cold and an attached one).
+    assert!(
+        second
+            .log()
+            .contains("planning against the catalog kept with the template"),
+        "{}",
+        second.log_tail(40)
+    );
     assert!(!spare.exists(), "the spare taken is gone from the cache");
     assert!(!second.pgdata.join("PLANTED").exists());
     assert!(!second.pgdata.join(".compute_ctl-spare").exists());

@@ -44,6 +44,7 @@
 //! into PGDATA), `spares` (copies made ahead); this one builds templates and is the backend.
 
 mod cache;
+mod catalog;
 mod copy;
 mod manifest;
 mod spares;
@@ -51,6 +52,7 @@ mod spares;
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -58,7 +60,7 @@ use anyhow::{Context, bail};
 
 use self::copy::copy_tree;
 use self::manifest::{Manifest, key, origin, owner, server_version};
-use super::{Backend, BoxFuture, Prepare};
+use super::{Backend, BoxFuture, FreshCatalog, Prepare};
 use crate::effects::{pgdata, process};
 use crate::node::Node;
 use crate::quote;
@@ -67,7 +69,30 @@ use crate::report::millis;
 
 #[derive(Debug)]
 pub struct Template {
-    pub cache: PathBuf,
+    cache: PathBuf,
+    /// The build `prepare` copied into PGDATA (its directory and stamp checksum), and its
+    /// kept catalog if any, for [`Backend::fresh_catalog`].
+    copied: Mutex<Option<Copied>>,
+}
+
+#[derive(Debug)]
+struct Copied {
+    dir: PathBuf,
+    sum: String,
+    catalog: Option<crate::reconcile::Catalog>,
+}
+
+impl Template {
+    pub fn new(cache: PathBuf) -> Self {
+        Self {
+            cache,
+            copied: Mutex::new(None),
+        }
+    }
+
+    fn remember(&self, copied: Copied) {
+        *self.copied.lock().unwrap_or_else(|e| e.into_inner()) = Some(copied);
+    }
 }
 
 impl Backend for Template {
@@ -110,10 +135,20 @@ impl Backend for Template {
                     key.clone(),
                     spares::tag(manifest)?,
                 );
-                let taken =
-                    tokio::task::spawn_blocking(move || spares::take(&node, &cache, &key, &tag))
-                        .await??;
+                let (taken, kept) = tokio::task::spawn_blocking({
+                    let (dir, sum) = (dir.clone(), manifest.sum());
+                    move || {
+                        let taken = spares::take(&node, &cache, &key, &tag)?;
+                        anyhow::Ok((taken, taken.then(|| catalog::load(&dir, &sum)).flatten()))
+                    }
+                })
+                .await??;
                 if taken {
+                    self.remember(Copied {
+                        dir: dir.clone(),
+                        sum: manifest.sum(),
+                        catalog: kept,
+                    });
                     let took = began.elapsed();
                     tracing::info!("took a spare copy of the template in {took:?}");
                     cx.reporter
@@ -141,17 +176,27 @@ impl Backend for Template {
             let began = Instant::now();
             let (from, to, owner) = (dir.join("data"), node.pgdata.clone(), owner(node));
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
-            let copied = tokio::task::spawn_blocking(move || {
-                copy_tree(
-                    &manifest,
-                    &from,
-                    &to,
-                    owner,
-                    workers,
-                    &AtomicBool::new(false),
-                )
+            let sum = manifest.sum();
+            let (copied, kept) = tokio::task::spawn_blocking({
+                let (dir, sum) = (dir.clone(), sum.clone());
+                move || {
+                    let copied = copy_tree(
+                        &manifest,
+                        &from,
+                        &to,
+                        owner,
+                        workers,
+                        &AtomicBool::new(false),
+                    )?;
+                    anyhow::Ok((copied, catalog::load(&dir, &sum)))
+                }
             })
             .await??;
+            self.remember(Copied {
+                dir,
+                sum,
+                catalog: kept,
+            });
             let took = began.elapsed();
             tracing::info!(
                 files = copied.files,
@@ -162,6 +207,25 @@ impl Backend for Template {
                 .metrics(move |m| m.template_copy_ms = millis(took));
             Ok(())
         })
+    }
+
+    fn fresh_catalog(&self) -> FreshCatalog {
+        let copied = self.copied.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match copied {
+            None => FreshCatalog::Unknown,
+            Some(Copied {
+                catalog: Some(catalog),
+                ..
+            }) => FreshCatalog::Known(catalog),
+            Some(Copied { dir, sum, .. }) => FreshCatalog::Keep(Box::new(move |catalog| {
+                let catalog = catalog.clone();
+                // Off the start's path; a cache it cannot write only costs later starts the read.
+                tokio::task::spawn_blocking(move || match catalog::keep(&dir, &sum, &catalog) {
+                    Ok(()) => tracing::info!("kept the template's catalog for the next starts"),
+                    Err(error) => tracing::info!("keeping the template's catalog: {error:#}"),
+                });
+            })),
+        }
     }
 
     fn after_start<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, ()> {
