@@ -131,13 +131,15 @@ impl Kind {
 #[derive(Debug)]
 pub(super) struct Manifest {
     entries: Vec<Entry>,
+    /// See [`Manifest::sum`]: computed once, by the scan or the read that checked it.
+    sum: String,
 }
 
 impl Manifest {
     /// The SHA-256 of the manifest's body, as in the stamp: it changes whenever the template
     /// is rebuilt (every file has a new mtime), so it names one build of a template.
     pub(super) fn sum(&self) -> String {
-        hex(&Sha256::digest(self.body().as_bytes()))
+        self.sum.clone()
     }
 
     /// The entries, parents before children.
@@ -163,7 +165,12 @@ impl Manifest {
                 entries.push(entry);
             }
         }
-        Ok(Self { entries })
+        let mut manifest = Self {
+            entries,
+            sum: String::new(),
+        };
+        manifest.sum = hex(&Sha256::digest(manifest.body().as_bytes()));
+        Ok(manifest)
     }
 
     fn body(&self) -> String {
@@ -183,7 +190,7 @@ impl Manifest {
 
     pub(super) fn write(&self, dir: &Path, key: &str, version: &str) -> anyhow::Result<()> {
         let body = self.body();
-        let sum = self.sum();
+        let sum = &self.sum;
         let text = format!(
             "{STAMP_HEADER}\nkey {key}\nversion {version}\nentries {}\nsha256 {sum}\n{body}",
             self.entries.len()
@@ -246,7 +253,7 @@ impl Manifest {
                 entries.len()
             );
         }
-        Ok(Self { entries })
+        Ok(Self { entries, sum })
     }
 
     /// Check every entry of the data directory of `dir` against the stamp: type, size, mtime
@@ -349,6 +356,7 @@ mod tests {
         };
         let manifest = Manifest {
             entries: vec![entry.clone()],
+            sum: String::new(),
         };
         let body = manifest.body();
         assert_eq!(body, "f 600 8192 1700000000123456789 base/1/1259\n");
@@ -380,6 +388,8 @@ mod tests {
             .write(dir.path(), "k", "postgres (PostgreSQL) 15")
             .unwrap();
         assert_eq!(Manifest::verify(dir.path()).unwrap().entries.len(), 3);
+        // The read keeps the checksum it checked: the scan's.
+        assert_eq!(Manifest::read(dir.path()).unwrap().sum(), manifest.sum());
 
         let stamp = dir.path().join(STAMP);
         let text = fs::read_to_string(&stamp).unwrap();
