@@ -209,32 +209,22 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// The checksum the stamp of `dir` names, from its header alone: which build of the
+    /// template `dir` holds, all that taking a spare of that build needs (the spare was copied
+    /// once the build's files were checked). [`Manifest::read`] checks the rest.
+    pub(super) fn read_sum(dir: &Path) -> anyhow::Result<String> {
+        let path = dir.join(STAMP);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Header::parse(&path, &text)?.sum.to_owned())
+    }
+
     /// Read the stamp of `dir` (its checksum checked), not the files it lists.
     pub(super) fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(STAMP);
         let text =
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut parts = text.splitn(6, '\n');
-        let mut header = |name: &str| -> anyhow::Result<String> {
-            let line = parts.next().unwrap_or_default();
-            if name.is_empty() {
-                return Ok(line.to_owned());
-            }
-            line.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .map(str::to_owned)
-                .with_context(|| format!("{}: no {name} line", path.display()))
-        };
-        if header("")? != STAMP_HEADER {
-            bail!("{}: not a template stamp", path.display());
-        }
-        let _key = header("key")?;
-        let _version = header("version")?;
-        let count: usize = header("entries")?
-            .parse()
-            .with_context(|| format!("{}: entries", path.display()))?;
-        let sum = header("sha256")?;
-        let body = parts.next().unwrap_or_default();
+        let Header { count, sum, body } = Header::parse(&path, &text)?;
         if hex(&Sha256::digest(body.as_bytes())) != sum {
             bail!(
                 "{}: checksum mismatch (truncated or edited)",
@@ -253,7 +243,10 @@ impl Manifest {
                 entries.len()
             );
         }
-        Ok(Self { entries, sum })
+        Ok(Self {
+            entries,
+            sum: sum.to_owned(),
+        })
     }
 
     /// Check every entry of the data directory of `dir` against the stamp: type, size, mtime
@@ -278,6 +271,39 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+/// The header of a stamp, and its body (the entries, one a line).
+struct Header<'a> {
+    count: usize,
+    sum: &'a str,
+    body: &'a str,
+}
+
+impl<'a> Header<'a> {
+    fn parse(path: &Path, text: &'a str) -> anyhow::Result<Self> {
+        let mut parts = text.splitn(6, '\n');
+        let mut header = |name: &str| -> anyhow::Result<&'a str> {
+            let line = parts.next().unwrap_or_default();
+            if name.is_empty() {
+                return Ok(line);
+            }
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .with_context(|| format!("{}: no {name} line", path.display()))
+        };
+        if header("")? != STAMP_HEADER {
+            bail!("{}: not a template stamp", path.display());
+        }
+        let _key = header("key")?;
+        let _version = header("version")?;
+        let count = header("entries")?
+            .parse()
+            .with_context(|| format!("{}: entries", path.display()))?;
+        let sum = header("sha256")?;
+        let body = parts.next().unwrap_or_default();
+        Ok(Self { count, sum, body })
     }
 }
 
@@ -388,8 +414,9 @@ mod tests {
             .write(dir.path(), "k", "postgres (PostgreSQL) 15")
             .unwrap();
         assert_eq!(Manifest::verify(dir.path()).unwrap().entries.len(), 3);
-        // The read keeps the checksum it checked: the scan's.
+        // The read keeps the checksum it checked: the scan's, which the header names.
         assert_eq!(Manifest::read(dir.path()).unwrap().sum(), manifest.sum());
+        assert_eq!(Manifest::read_sum(dir.path()).unwrap(), manifest.sum());
 
         let stamp = dir.path().join(STAMP);
         let text = fs::read_to_string(&stamp).unwrap();

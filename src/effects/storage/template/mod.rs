@@ -116,7 +116,7 @@ impl Backend for Template {
                 let (cache, key, dir) = (self.cache.clone(), key.clone(), dir.clone());
                 tokio::task::spawn_blocking(move || {
                     let reading = cache::read_lock(&cache, &key)?;
-                    anyhow::Ok((Manifest::read(&dir), reading))
+                    anyhow::Ok((Manifest::read_sum(&dir), reading))
                 })
             };
             let (claimed, stamp) = tokio::join!(claim, stamp);
@@ -124,19 +124,20 @@ impl Backend for Template {
             // `reading` is held until the template is copied.
             let (stamp, reading) = stamp??;
             let began = Instant::now();
-            if let Ok(manifest) = &stamp {
+            if let Ok(sum) = &stamp {
                 tracing::info!(template = %dir.display(), "using the cached template");
                 // A spare was copied from this very build of the template (its tag names the
                 // stamp's checksum) right after the template's files were checked: taking it
-                // needs the stamp only. The next spare's making checks the files (`after_start`).
+                // needs that checksum only, from the stamp's header. The next spare's making
+                // checks the stamp and the files (`after_start`).
                 let (node, cache, key, tag) = (
                     node.clone(),
                     self.cache.clone(),
                     key.clone(),
-                    spares::tag(manifest)?,
+                    spares::tag(sum)?,
                 );
                 let (taken, kept) = tokio::task::spawn_blocking({
-                    let (dir, sum) = (dir.clone(), manifest.sum());
+                    let (dir, sum) = (dir.clone(), sum.clone());
                     move || {
                         let taken = spares::take(&node, &cache, &key, &tag)?;
                         anyhow::Ok((taken, taken.then(|| catalog::load(&dir, &sum)).flatten()))
@@ -146,7 +147,7 @@ impl Backend for Template {
                 if taken {
                     self.remember(Copied {
                         dir: dir.clone(),
-                        sum: manifest.sum(),
+                        sum: sum.clone(),
                         catalog: kept,
                     });
                     let took = began.elapsed();
@@ -158,10 +159,9 @@ impl Backend for Template {
             }
             // No spare: the template's files are checked before they are copied.
             let checked = match stamp {
-                Ok(manifest) => {
+                Ok(_) => {
                     let dir = dir.clone();
-                    tokio::task::spawn_blocking(move || manifest.check(&dir).map(|()| manifest))
-                        .await?
+                    tokio::task::spawn_blocking(move || Manifest::verify(&dir)).await?
                 }
                 Err(why) => Err(why),
             };

@@ -42,11 +42,10 @@ const STAGING: &str = ".compute_ctl-spare";
 /// different devices): spares are then neither taken nor made by this process.
 static CROSS_DEVICE: AtomicBool = AtomicBool::new(false);
 
-/// What a spare of the template with this manifest must say to be used.
-pub(super) fn tag(manifest: &Manifest) -> anyhow::Result<String> {
+/// What a spare of the template build whose stamp sums to `sum` must say to be used.
+pub(super) fn tag(sum: &str) -> anyhow::Result<String> {
     Ok(format!(
-        "compute_ctl spare 1\ntemplate {}\nboot {}\n",
-        manifest.sum(),
+        "compute_ctl spare 1\ntemplate {sum}\nboot {}\n",
         boot_id()?
     ))
 }
@@ -212,7 +211,7 @@ fn make(node: &Node, cache: &Path, cancel: &AtomicBool) -> anyhow::Result<Made> 
         // Damaged (or being rebuilt: rebuilding waits for that build, then finds it done).
         Err(why) => return Ok(Made::Damaged(why)),
     };
-    let tag = tag(&manifest)?;
+    let tag = tag(&manifest.sum())?;
     if cache::spares(cache, &key)
         .iter()
         .any(|s| fs::read_to_string(s.join(TAG)).is_ok_and(|t| t == tag))
