@@ -12,19 +12,32 @@ use crate::reconcile::Catalog;
 
 const FILE: &str = "catalog.json";
 
-/// The file: the catalog, and the build it was read from (its stamp's checksum).
+/// The file: the catalog, the build it was read from (its stamp's checksum) and the
+/// compute_ctl that read it (another one may read other things: it reads again).
 #[derive(Serialize, Deserialize)]
 struct Kept {
     template: String,
+    reader: String,
     catalog: Catalog,
 }
 
+/// This compute_ctl executable's identity (path, inode, size, mtime).
+fn reader() -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    super::manifest::binary_identity(&exe)
+        .ok()
+        .map(|(_, id)| id)
+}
+
 /// The catalog kept for the build whose stamp sums to `sum`; none when nothing was kept yet,
-/// or it was another build's, or the file does not parse (it is then read and kept again).
+/// or it was another build's or another compute_ctl's, or the file does not parse (it is then
+/// read and kept again).
 pub(super) fn load(dir: &Path, sum: &str) -> Option<Catalog> {
     let text = fs::read_to_string(dir.join(FILE)).ok()?;
     match serde_json::from_str::<Kept>(&text) {
-        Ok(kept) if kept.template == sum => Some(kept.catalog),
+        Ok(kept) if kept.template == sum && reader().as_ref() == Some(&kept.reader) => {
+            Some(kept.catalog)
+        }
         Ok(_) => None,
         Err(error) => {
             tracing::info!("reading the template's kept catalog again: {error}");
@@ -38,6 +51,7 @@ pub(super) fn load(dir: &Path, sum: &str) -> Option<Catalog> {
 pub(super) fn keep(dir: &Path, sum: &str, catalog: &Catalog) -> anyhow::Result<()> {
     let kept = Kept {
         template: sum.to_owned(),
+        reader: reader().context("this executable's identity")?,
         catalog: catalog.clone(),
     };
     let path = dir.join(FILE);
@@ -83,6 +97,12 @@ mod tests {
             }
         );
         assert_eq!(load(dir.path(), "b"), None);
+        // Kept by another compute_ctl executable: read again.
+        let text = fs::read_to_string(dir.path().join(FILE)).unwrap();
+        let mut other: Kept = serde_json::from_str(&text).unwrap();
+        other.reader = "binary /elsewhere".into();
+        fs::write(dir.path().join(FILE), serde_json::to_vec(&other).unwrap()).unwrap();
+        assert_eq!(load(dir.path(), "a"), None);
         fs::write(dir.path().join(FILE), "{").unwrap();
         assert_eq!(load(dir.path(), "a"), None);
     }

@@ -56,7 +56,7 @@ pub(super) fn key(node: &Node) -> anyhow::Result<String> {
 }
 
 /// A binary's real path, and a line naming that file's identity (an upgrade changes it).
-fn binary_identity(binary: &Path) -> anyhow::Result<(PathBuf, String)> {
+pub(super) fn binary_identity(binary: &Path) -> anyhow::Result<(PathBuf, String)> {
     let real = fs::canonicalize(binary).with_context(|| format!("reading {}", binary.display()))?;
     let meta = fs::metadata(&real).with_context(|| format!("reading {}", real.display()))?;
     let line = format!(
