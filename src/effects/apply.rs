@@ -47,35 +47,66 @@ pub async fn apply(
         }
     };
     let roles = Reserved::new(&node.superuser, &node.privileged_role);
-    let catalog = match fresh {
-        FreshCatalog::Known(mut catalog) => {
+    let applied = match fresh {
+        FreshCatalog::Known {
+            mut catalog,
+            forget,
+        } => {
             tracing::info!("planning against the catalog kept with the template");
             catalog.file_copy = file_copy(&mut conn).await?;
-            catalog
+            match run_plan(node, &mut conn, spec, &catalog, &roles, concurrency).await {
+                Ok(statements) => statements,
+                Err(error) => {
+                    // Every pristine copy of a build holds the kept catalog, so this should not
+                    // happen; if it does, it must not fail every start from that build.
+                    tracing::warn!(
+                        "the apply failed against the template's kept catalog ({error:#}): \
+                         forgetting it, reading the catalog and planning again"
+                    );
+                    forget();
+                    let catalog = read_catalog(&mut conn, &roles).await?;
+                    run_plan(node, &mut conn, spec, &catalog, &roles, concurrency).await?
+                }
+            }
         }
         FreshCatalog::Keep(keep) => {
             let catalog = read_catalog(&mut conn, &roles).await?;
             keep(&catalog);
-            catalog
+            run_plan(node, &mut conn, spec, &catalog, &roles, concurrency).await?
         }
-        FreshCatalog::Unknown => read_catalog(&mut conn, &roles).await?,
+        FreshCatalog::Unknown => {
+            let catalog = read_catalog(&mut conn, &roles).await?;
+            run_plan(node, &mut conn, spec, &catalog, &roles, concurrency).await?
+        }
     };
-    let plan = reconcile::plan(spec, &catalog, &roles)?;
+    conn.close().await.ok();
+    Ok(applied)
+}
+
+/// Plan the spec against `catalog` and run the plan. Returns the number of statements run.
+async fn run_plan(
+    node: &Node,
+    conn: &mut PgConnection,
+    spec: &ValidSpec,
+    catalog: &Catalog,
+    roles: &Reserved<'_>,
+    concurrency: usize,
+) -> anyhow::Result<usize> {
+    let plan = reconcile::plan(spec, catalog, roles)?;
     for phase in &plan.phases {
         tracing::info!(statements = phase.len(), "apply phase: {}", phase.name());
         match phase {
-            Phase::Main { name, statements } => run(&mut conn, name, None, statements).await?,
+            Phase::Main { name, statements } => run(conn, name, None, statements).await?,
             Phase::PerDatabase { name, databases } => {
                 per_database(node, name, databases, concurrency).await?
             }
             Phase::Concurrent { name, groups } => {
                 let sessions = create_sessions().min(groups.len());
                 tracing::info!(sessions, "{name}: {} databases", groups.len());
-                concurrent(node, &mut conn, name, groups, sessions).await?
+                concurrent(node, conn, name, groups, sessions).await?
             }
         }
     }
-    conn.close().await.ok();
     Ok(plan.len())
 }
 

@@ -859,3 +859,44 @@ async fn a_foreign_data_directory_is_refused_and_left_intact() {
         assert_eq!(fs::metadata(&c.pgdata).unwrap().mode(), dir_mode);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_catalog_that_does_not_match_is_forgotten_and_the_start_goes_on() {
+    let cache_dir = shared_tempdir("compute-ctl-test-cache-kept-");
+    let cache = cache_dir.path().join("templates");
+    let mut first = Compute::new("kept-first");
+    start_template(&mut first, &cache);
+    first.wait_for_status("running").await;
+    first
+        .wait_for_log("kept the template's catalog for the next starts")
+        .await;
+    stop_immediately(&mut first).await;
+
+    // A kept catalog that names a ready database the template does not have (as a bug could):
+    // the planner takes it first.
+    let kept = templates(&cache)[0].join("catalog.json");
+    let mut file: Value = serde_json::from_str(&fs::read_to_string(&kept).unwrap()).unwrap();
+    let ready = file["catalog"]["ready"].as_array_mut().unwrap();
+    let mut ghost = ready[0].clone();
+    ghost["name"] = "compute_ctl_ready_ghost".into();
+    ready.insert(0, ghost);
+    fs::write(&kept, serde_json::to_vec(&file).unwrap()).unwrap();
+
+    let mut second = Compute::new("kept-second");
+    start_template(&mut second, &cache);
+    second.wait_for_status("running").await;
+    let log = second.log();
+    assert!(
+        log.contains("planning against the catalog kept with the template")
+            && log.contains("forgetting it, reading the catalog and planning again"),
+        "{}",
+        second.log_tail(40)
+    );
+    second.connect("app").await;
+    second
+        .wait_for_log("forgot the template's kept catalog")
+        .await;
+    // The next start reads the catalog from its own pristine copy and keeps it again.
+    assert!(!kept.exists());
+    stop_immediately(&mut second).await;
+}

@@ -62,8 +62,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum FreshCatalog {
     /// The apply reads it.
     Unknown,
-    /// A pristine copy of a template whose catalog a start read before.
-    Known(Catalog),
+    /// A pristine copy of a template whose catalog a start read before; `forget` drops the
+    /// kept one, should an apply planned against it fail.
+    Known {
+        catalog: Catalog,
+        forget: Box<dyn FnOnce() + Send>,
+    },
     /// A pristine copy of a template whose catalog nobody kept yet: the apply reads it and
     /// hands it over, before changing anything.
     Keep(Box<dyn FnOnce(&Catalog) + Send>),

@@ -61,6 +61,15 @@ pub(super) fn keep(dir: &Path, sum: &str, catalog: &Catalog) -> anyhow::Result<(
     fs::rename(&partial, &path).with_context(|| format!("renaming to {}", path.display()))
 }
 
+/// Drop the kept catalog: the next start reads it again, from its own pristine copy.
+pub(super) fn forget(dir: &Path) {
+    match fs::remove_file(dir.join(FILE)) {
+        Ok(()) => tracing::info!("forgot the template's kept catalog"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!("forgetting the template's kept catalog: {error}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,9 +214,15 @@ impl Backend for Template {
         match copied {
             None => FreshCatalog::Unknown,
             Some(Copied {
+                dir,
                 catalog: Some(catalog),
                 ..
-            }) => FreshCatalog::Known(catalog),
+            }) => FreshCatalog::Known {
+                catalog,
+                forget: Box::new(move || {
+                    tokio::task::spawn_blocking(move || catalog::forget(&dir));
+                }),
+            },
             Some(Copied { dir, sum, .. }) => FreshCatalog::Keep(Box::new(move |catalog| {
                 let catalog = catalog.clone();
                 // Off the start's path; a cache it cannot write only costs later starts the read.
