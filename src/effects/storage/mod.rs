@@ -57,8 +57,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a start knows of the catalog of the cluster [`Backend::prepare`] left, before the
 /// apply's first session. Reading it costs that cold backend ~3 ms (the catalog caches are
-/// empty after a start), a tenth of a template start; a pristine copy of a template holds
-/// what every copy of that build holds.
+/// empty after a start), ~7% of a template start; a pristine copy of a template holds what
+/// every copy of that build holds.
 pub enum FreshCatalog {
     /// The apply reads it.
     Unknown,
