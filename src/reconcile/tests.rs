@@ -836,6 +836,20 @@ fn schema_privileges_of(plan: &Plan) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What that phase runs in database `db` of owner `app`: its grant, then Neon's block.
+fn set_up_in(db: &str) -> [String; 2] {
+    [
+        format!(
+            "[{db}] {}",
+            neon::grant_database(db, "neon_superuser").unwrap()
+        ),
+        format!(
+            "[{db}] {}",
+            neon::schema_privileges("app", "cloud_admin", "neon_superuser").unwrap()
+        ),
+    ]
+}
+
 #[test]
 fn a_ready_database_set_up_ahead_needs_no_schema_privileges() {
     let spec = databases_spec(&[("plain", &[]), ("late", &[])]);
@@ -864,19 +878,7 @@ fn a_ready_database_set_up_ahead_needs_no_schema_privileges() {
         )
     );
     // Only the created one is set up in the schema-privileges phase.
-    assert_eq!(
-        schema_privileges_of(&plan),
-        [
-            format!(
-                "[late] {}",
-                neon::grant_database("late", "neon_superuser").unwrap()
-            ),
-            format!(
-                "[late] {}",
-                neon::schema_privileges("app", "cloud_admin", "neon_superuser").unwrap()
-            ),
-        ]
-    );
+    assert_eq!(schema_privileges_of(&plan), set_up_in("late"));
     assert!(after.databases["plain"].granted);
     assert_idempotent(&spec, &catalog);
 
@@ -921,19 +923,7 @@ fn a_ready_database_set_up_ahead_still_lets_web_access_create() {
         ),
     ] {
         let (plan, after) = plan_with_outcome(&spec, &catalog, &ADMIN).unwrap();
-        assert_eq!(
-            schema_privileges_of(&plan),
-            [
-                format!(
-                    "[plain] {}",
-                    neon::grant_database("plain", "neon_superuser").unwrap()
-                ),
-                format!(
-                    "[plain] {}",
-                    neon::schema_privileges("app", "cloud_admin", "neon_superuser").unwrap()
-                ),
-            ]
-        );
+        assert_eq!(schema_privileges_of(&plan), set_up_in("plain"));
         assert!(after.databases["plain"].granted);
         assert_idempotent(&spec, &catalog);
     }

@@ -1,7 +1,7 @@
 //! What identifies a template: its key (the binaries, superuser, initdb options and owner that
-//! decide initdb's output, and the privileged role its catalog is prepared for), the `origin` it was built with, and the stamp: the manifest of its
-//! data directory (every entry's type, mode, size and mtime, under a SHA-256), checked at every
-//! start before a copy.
+//! decide initdb's output, and the privileged role its catalog is prepared for), the `origin`
+//! it was built with, and the stamp: the manifest of its data directory (every entry's type,
+//! mode, size and mtime, under a SHA-256), checked at every start before a copy.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -138,8 +138,8 @@ pub(super) struct Manifest {
 impl Manifest {
     /// The SHA-256 of the manifest's body, as in the stamp: it changes whenever the template
     /// is rebuilt (every file has a new mtime), so it names one build of a template.
-    pub(super) fn sum(&self) -> String {
-        self.sum.clone()
+    pub(super) fn sum(&self) -> &str {
+        &self.sum
     }
 
     /// The entries, parents before children.
@@ -165,35 +165,16 @@ impl Manifest {
                 entries.push(entry);
             }
         }
-        let mut manifest = Self {
-            entries,
-            sum: String::new(),
-        };
-        manifest.sum = hex(&Sha256::digest(manifest.body().as_bytes()));
-        Ok(manifest)
-    }
-
-    fn body(&self) -> String {
-        let mut body = String::new();
-        for e in &self.entries {
-            body.push_str(&format!(
-                "{} {:o} {} {} {}\n",
-                e.kind.letter(),
-                e.mode,
-                e.size,
-                e.mtime_ns,
-                e.path.display()
-            ));
-        }
-        body
+        let sum = hex(&Sha256::digest(body(&entries).as_bytes()));
+        Ok(Self { entries, sum })
     }
 
     pub(super) fn write(&self, dir: &Path, key: &str, version: &str) -> anyhow::Result<()> {
-        let body = self.body();
-        let sum = &self.sum;
         let text = format!(
-            "{STAMP_HEADER}\nkey {key}\nversion {version}\nentries {}\nsha256 {sum}\n{body}",
-            self.entries.len()
+            "{STAMP_HEADER}\nkey {key}\nversion {version}\nentries {}\nsha256 {}\n{}",
+            self.entries.len(),
+            self.sum,
+            body(&self.entries)
         );
         let path = dir.join(STAMP);
         let mut file =
@@ -220,7 +201,7 @@ impl Manifest {
     }
 
     /// Read the stamp of `dir` (its checksum checked), not the files it lists.
-    pub(super) fn read(dir: &Path) -> anyhow::Result<Self> {
+    fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(STAMP);
         let text =
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -307,6 +288,22 @@ impl<'a> Header<'a> {
     }
 }
 
+/// The stamp's body: one line an entry.
+fn body(entries: &[Entry]) -> String {
+    let mut body = String::new();
+    for e in entries {
+        body.push_str(&format!(
+            "{} {:o} {} {} {}\n",
+            e.kind.letter(),
+            e.mode,
+            e.size,
+            e.mtime_ns,
+            e.path.display()
+        ));
+    }
+    body
+}
+
 fn entry_of(meta: &fs::Metadata, path: PathBuf) -> anyhow::Result<Entry> {
     let kind = if meta.file_type().is_dir() {
         Kind::Dir
@@ -380,11 +377,7 @@ mod tests {
             mtime_ns: 1_700_000_000_123_456_789,
             path: PathBuf::from("base/1/1259"),
         };
-        let manifest = Manifest {
-            entries: vec![entry.clone()],
-            sum: String::new(),
-        };
-        let body = manifest.body();
+        let body = body(std::slice::from_ref(&entry));
         assert_eq!(body, "f 600 8192 1700000000123456789 base/1/1259\n");
         assert_eq!(parse_entry(body.trim_end()).unwrap(), entry);
     }

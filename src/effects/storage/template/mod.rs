@@ -12,9 +12,10 @@
 //! start never sees a half-built one. Every start checks the stamp (its checksum, then every
 //! listed entry's type, size and mtime) before copying: a truncated or missing stamp, or a
 //! deleted, truncated or rewritten file, makes it rebuild the template instead of using it.
-//! A start that takes a spare (below) checks the stamp only, since the spare was copied right
-//! after the files were checked; it checks the files once running, and a damaged template is
-//! then rebuilt in the background.
+//! A start that takes a spare (below) reads the stamp's header only (the build's checksum), since
+//! the spare was copied right after the files were checked; the making of the next spare
+//! checks the stamp and the files once the compute runs, and a damaged template is then
+//! rebuilt in the background.
 //! Silent corruption of a file's contents with its size and mtime unchanged is the
 //! filesystem's business: hashing the 40 MB of a template at every start would cost more than
 //! the copy. Concurrent starts that find no template take the key's lock in turn: the first
@@ -176,7 +177,7 @@ impl Backend for Template {
             let began = Instant::now();
             let (from, to, owner) = (dir.join("data"), node.pgdata.clone(), owner(node));
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
-            let sum = manifest.sum();
+            let sum = manifest.sum().to_owned();
             let (copied, kept) = tokio::task::spawn_blocking({
                 let (dir, sum) = (dir.clone(), sum.clone());
                 move || {

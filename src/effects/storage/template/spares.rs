@@ -10,10 +10,10 @@
 //!
 //! A start takes a spare with one `rename` into PGDATA: among concurrent starts exactly one
 //! wins it, the others find it gone and copy the template. A spare is made only from a template
-//! whose files were checked just before, and taken only when the stamp of its key's template
-//! reads back intact and the spare's tag names that very build of the template (the SHA-256 of
-//! its manifest) and this boot of the machine (spares are not synced: after a
-//! crash of the machine their contents are not trusted). At most one spare per key waits.
+//! whose files were checked just before, and taken only when the spare's tag names the build
+//! of the template that the stamp's header names (the SHA-256 of its manifest) and this boot of
+//! the machine (spares are not synced: after a crash of the machine their contents are not
+//! trusted). At most one spare per key waits.
 //! When the cache and PGDATA lie on different filesystems the rename cannot work: spares are
 //! then neither made nor taken.
 
@@ -211,7 +211,7 @@ fn make(node: &Node, cache: &Path, cancel: &AtomicBool) -> anyhow::Result<Made> 
         // Damaged (or being rebuilt: rebuilding waits for that build, then finds it done).
         Err(why) => return Ok(Made::Damaged(why)),
     };
-    let tag = tag(&manifest.sum())?;
+    let tag = tag(manifest.sum())?;
     if cache::spares(cache, &key)
         .iter()
         .any(|s| fs::read_to_string(s.join(TAG)).is_ok_and(|t| t == tag))
