@@ -331,8 +331,8 @@ pub async fn initdb(node: &Node) -> anyhow::Result<()> {
 /// Write back what `initdb --no-sync` left dirty, before Postgres starts. Not for durability
 /// (an ephemeral cluster needs none) but for speed: on this ext4, creating a file while the
 /// new cluster's ~40 MB were dirty took ~0.7 ms against ~0.2 ms once written back, and the
-/// start's `CREATE DATABASE` creates ~300 files; one `syncfs` took ~30 ms and the apply went
-/// from ~255 to 70–95 ms (BENCHMARKS.md). On tmpfs it costs nothing.
+/// start's `CREATE DATABASE` creates ~300 files; one `syncfs` took ~30 ms, and `bench/ab` puts
+/// the start's gain at 1–7 % there (BENCHMARKS.md). On tmpfs it writes nothing.
 pub async fn settle(node: &Node) -> anyhow::Result<()> {
     let pgdata = node.pgdata.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
